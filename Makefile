@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Re-install when the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench bench-quality services tiny-random clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# CPU wheel of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[worker,api,dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+## Generate the demo dataset (out/demo/) with the builtin model, on this machine.
+demo: setup
+	$(BIN)/dsgen run examples/demo.yaml --out out/demo
+
+## Run the whole test suite (starts Postgres and Redis here if they are down).
+test: setup services
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+services:
+	@bash .ci/services.sh
+
+## Engine throughput and memory (JSON on stdout).
+bench: setup
+	$(BIN)/python bench/engine.py
+
+bench-quality: setup
+	$(BIN)/python bench/quality.py
+
+## Rebuild the tiny random test model from its script (fixed seed).
+tiny-random: setup
+	$(BIN)/python -m worker.engine.builtin.make_tiny_random
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,313 @@
+"""The job spec: what a user asks dsgen to make.
+
+One pydantic model validated the same way by the CLI (`dsgen run`), the API and the
+scheduler. Every constraint carries a message that says what is allowed, because the
+message is what a user sees (see `describe_validation_error`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+METHODS_AVAILABLE = ("text2image",)
+METHODS_PLANNED = ("augment", "mask2image", "layout")
+EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
+SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
+SLOT_PATTERN = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
+CLASS_SLOT = re.compile(r"^class(_[1-9])?$")
+
+
+class StrictModel(BaseModel):
+    # Unknown keys are almost always typos ("step" for "steps"): refuse them by name.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelRef(StrictModel):
+    """Which diffusion model: `builtin:<name>`, a local diffusers folder, or a hub id."""
+
+    id: str = Field(min_length=1, description="builtin:<name>, a local diffusers folder, or a hub id")
+    revision: str | None = Field(default=None, description="hub revision (branch, tag or commit)")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class ClassSpec(StrictModel):
+    name: str = Field(min_length=1, max_length=64, description="class name used in labels")
+    words: list[str] | None = Field(
+        default=None,
+        description="words written in prompts for this class (default: the name); "
+        "one is picked per prompt",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_label_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _\-]*", v):
+            raise ValueError("class names use letters, digits, spaces, '_' or '-'")
+        return v
+
+    @field_validator("words")
+    @classmethod
+    def _words_not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or any(not w.strip() for w in v)):
+            raise ValueError("words must be a non-empty list of non-empty strings")
+        return v
+
+    @property
+    def prompt_words(self) -> list[str]:
+        return list(self.words) if self.words else [self.name]
+
+
+class PromptSpec(StrictModel):
+    """How each sample's prompt is made, deterministically from (job seed, sample index)."""
+
+    source: Literal["templates", "list", "captions_file"] = "templates"
+    templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {class}"],
+        description="templates with {class} (or {class_1}, {class_2}, ...) and other {slots}",
+    )
+    slots: dict[str, list[str]] = Field(
+        default_factory=dict, description="values for the other {slot}s of the templates"
+    )
+    prompts: list[str] = Field(default_factory=list, description="explicit prompts (source: list)")
+    captions_file: str | None = Field(
+        default=None, description="a text file, one caption per line (source: captions_file)"
+    )
+    append_class_names: bool | None = Field(
+        default=None,
+        description="append '; <class words>' to the prompt (Dataset Diffusion); "
+        "default: on for captions and lists, off for templates",
+    )
+    negative: str = Field(default="", max_length=1000)
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "PromptSpec":
+        if self.source == "templates":
+            if not self.templates:
+                raise ValueError("templates: give at least one template")
+            for t in self.templates:
+                names = SLOT_PATTERN.findall(t)
+                if not any(CLASS_SLOT.match(n) for n in names):
+                    raise ValueError(
+                        f"templates: {t!r} has no {{class}} slot; every template names a class"
+                    )
+                missing = [n for n in names if not CLASS_SLOT.match(n) and n not in self.slots]
+                if missing:
+                    raise ValueError(
+                        f"templates: slot {{{missing[0]}}} in {t!r} has no values; "
+                        f"add slots.{missing[0]}: [...]"
+                    )
+        elif self.source == "list" and not self.prompts:
+            raise ValueError("prompts: source 'list' needs a non-empty prompts list")
+        elif self.source == "captions_file" and not self.captions_file:
+            raise ValueError("captions_file: source 'captions_file' needs a path")
+        for name, values in self.slots.items():
+            if not values:
+                raise ValueError(f"slots.{name}: give at least one value")
+        return self
+
+
+class GenerationSpec(StrictModel):
+    width: int = Field(default=512, ge=8, le=4096, multiple_of=8, description="image width in pixels")
+    height: int = Field(default=512, ge=8, le=4096, multiple_of=8, description="image height in pixels")
+    steps: int = Field(default=30, ge=1, le=1000)
+    guidance_scale: float = Field(default=7.5, ge=0.0, le=50.0)
+    scheduler: Literal[SCHEDULERS] = "default"  # type: ignore[valid-type]
+    batch_size: int = Field(default=4, ge=1, le=256)
+
+
+class LabelSpec(StrictModel):
+    mode: Literal["refined", "daam", "none"] = Field(
+        default="refined",
+        description="refined: self-attention refinement (Dataset Diffusion); "
+        "daam: thresholded cross-attention; none: images only",
+    )
+    cross_resolutions: list[int] | Literal["auto"] = Field(
+        default="auto", description="sides of the cross-attention maps to aggregate, e.g. [16, 32]"
+    )
+    self_resolution: int | Literal["auto"] = Field(
+        default="auto", description="side of the self-attention map used for refinement"
+    )
+    step_window: tuple[float, float] = Field(
+        default=(0.0, 1.0), description="fraction of the denoising steps to aggregate, [start, end]"
+    )
+    tau: int = Field(default=4, ge=0, le=16, description="power of the self-attention matrix")
+    class_threshold: float = Field(default=0.6, gt=0.0, le=1.0)
+    uncertain_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    daam_threshold: float = Field(default=0.4, gt=0.0, le=1.0)
+    min_component_area: int = Field(default=16, ge=0, description="drop instances smaller than this (pixels)")
+
+    @field_validator("cross_resolutions")
+    @classmethod
+    def _resolutions(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one resolution or 'auto'")
+            if any(r < 1 or r & (r - 1) for r in v):
+                raise ValueError("resolutions are powers of two, e.g. [16, 32]")
+        return v
+
+    @model_validator(mode="after")
+    def _window_and_thresholds(self) -> "LabelSpec":
+        start, end = self.step_window
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError("step_window: need 0 <= start < end <= 1, e.g. [0.0, 1.0]")
+        if self.uncertain_threshold > self.class_threshold:
+            raise ValueError(
+                "uncertain_threshold: must be <= class_threshold "
+                f"({self.uncertain_threshold} > {self.class_threshold})"
+            )
+        return self
+
+
+class ExportSpec(StrictModel):
+    formats: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(EXPORT_FORMATS)
+    )
+    splits: dict[Literal["train", "val", "test"], float] = Field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
+        description="split ratios; they must add up to 1",
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("formats: list each format once")
+        return v
+
+    @field_validator("splits")
+    @classmethod
+    def _ratios(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(r < 0 for r in v.values()):
+            raise ValueError("split ratios must be >= 0")
+        if abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must add up to 1 (they add up to {sum(v.values()):g})")
+        if v.get("train", 0) <= 0:
+            raise ValueError("train ratio must be > 0")
+        return v
+
+
+class JobSpec(StrictModel):
+    """A dataset job: everything needed to reproduce it bit for bit."""
+
+    name: str = Field(default="dataset", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+    model: ModelRef
+    method: str = Field(default="text2image", description="text2image (augment, mask2image, layout: planned)")
+    classes: list[ClassSpec] = Field(min_length=1, max_length=1000)
+    prompts: PromptSpec = Field(default_factory=PromptSpec)
+    num_images: int = Field(ge=1, le=10_000_000)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    labels: LabelSpec = Field(default_factory=LabelSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"id": v} if isinstance(v, str) else v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v in METHODS_PLANNED:
+            raise ValueError(f"method {v!r} is planned but not available yet; use one of {list(METHODS_AVAILABLE)}")
+        if v not in METHODS_AVAILABLE:
+            raise ValueError(f"unknown method {v!r}; use one of {list(METHODS_AVAILABLE)}")
+        return v
+
+    @model_validator(mode="after")
+    def _classes_fit_prompts(self) -> "JobSpec":
+        names = [c.name for c in self.classes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"classes: {dupes[0]!r} is listed twice; class names must be unique")
+        if self.prompts.source == "templates":
+            for t in self.prompts.templates:
+                per_image = len({n for n in SLOT_PATTERN.findall(t) if CLASS_SLOT.match(n)})
+                if per_image > len(self.classes):
+                    raise ValueError(
+                        f"prompts.templates: {t!r} names {per_image} classes but the job has "
+                        f"{len(self.classes)}"
+                    )
+        return self
+
+    @property
+    def category_ids(self) -> dict[str, int]:
+        """Class name -> category id (1-based; 0 is background, 255 is ignore)."""
+        return {c.name: i + 1 for i, c in enumerate(self.classes)}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, with a message meant for the user."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def describe_validation_error(err: ValidationError) -> list[tuple[str, str]]:
+    """(field path, message) pairs, e.g. ("generation.steps", "Input should be ... (got 5000)")."""
+    out: list[tuple[str, str]] = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see examples/ for the allowed fields)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in e and e["type"] not in {"model_type", "dict_type"} and not isinstance(e["input"], (dict, list)):
+            msg = f"{msg} (got {e['input']!r})"
+        # Cross-field checks raise "field: reason"; fold the field into the path.
+        named = re.match(r"^([a-z_][a-z0-9_.]*): (.*)$", msg, flags=re.S)
+        if named and e["type"] == "value_error":
+            loc = f"{loc}.{named.group(1)}" if loc else named.group(1)
+            msg = named.group(2)
+        out.append((loc or "spec", msg))
+    return out
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a decoded spec; raise SpecError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise SpecError("the spec must be a mapping of fields (YAML or JSON object)")
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        field, msg = describe_validation_error(err)[0]
+        more = len(err.errors()) - 1
+        suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+        raise SpecError(f"{field}: {msg}{suffix}", field=field) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a job spec from a YAML or JSON file. Relative paths inside resolve against its folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise SpecError(f"{p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {err}".splitlines()[0]) from None
+    spec = parse_spec(data)
+    captions = spec.prompts.captions_file
+    if captions and not Path(captions).is_absolute():
+        spec = spec.model_copy(
+            update={"prompts": spec.prompts.model_copy(update={"captions_file": str((p.parent / captions).resolve())})}
+        )
+    return spec
