@@ -1,0 +1,45 @@
+import json
+
+import datasets
+import pytest
+
+from shared.export import write_hf
+
+
+@pytest.fixture
+def load_offline(monkeypatch, tmp_path):
+    # No network: the loader must find everything in the folder.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def load(data_dir):
+        return datasets.load_dataset("imagefolder", data_dir=str(data_dir), cache_dir=str(tmp_path / "hf-cache"))
+
+    return load
+
+
+def test_metadata_rows(dataset):
+    write_hf(dataset.root, dataset.records, dataset.categories, dataset.splits)
+    rows = [json.loads(line) for line in (dataset.root / "hf" / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == ["000000.png", "000001.png"]
+    first = rows[0]
+    assert first["index"] == 0 and first["seed"] == 1000 and first["prompt"].startswith("a photo")
+    assert first["objects"]["category"] == ["cat", "dog", "cat"]
+    assert first["objects"]["category_id"] == [1, 2, 1]
+    assert first["objects"]["bbox"][0] == [4.0, 4.0, 20.0, 16.0]
+    assert rows[1]["objects"]["bbox"] == []
+
+
+def test_load_dataset_imagefolder_reads_every_split_with_metadata(dataset, load_offline):
+    write_hf(dataset.root, dataset.records, dataset.categories, dataset.splits)
+    ds = load_offline(dataset.root / "hf")
+    assert set(ds) == {"train", "validation", "test"}
+    assert (ds["train"].num_rows, ds["validation"].num_rows, ds["test"].num_rows) == (2, 1, 1)
+    train = ds["train"].sort("index")
+    assert train[0]["image"].size == (64, 48)
+    assert train[0]["objects"]["category"] == ["cat", "dog", "cat"]
+    assert train[1]["objects"]["bbox"] == []
+    val = ds["validation"][0]
+    assert val["index"] == 2 and val["seed"] == 1002
+    assert val["objects"]["bbox"] == [list(a.bbox) for a in dataset.records[2].annotations]
