@@ -1,0 +1,51 @@
+"""The `dsgen` command line.
+
+Each command group lives in its own module and imports heavy things (torch, diffusers,
+fastapi) inside the command, so `dsgen --help` and the client commands stay fast and work
+in images without torch.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from shared.spec import SpecError
+
+
+class UserError(click.ClickException):
+    """A problem the user can fix: printed as one line, exit code 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:  # noqa: D401 - click API
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """dsgen: generate labeled datasets with diffusion models."""
+
+
+def _register() -> None:
+    from worker.cli import run as _run  # noqa: F401  (registers commands on import)
+
+    for optional in ("shapes", "service", "adaptor"):
+        try:
+            __import__(f"worker.cli.{optional}")
+        except ModuleNotFoundError as err:
+            if err.name != f"worker.cli.{optional}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register()
+    try:
+        cli.main(args=argv, prog_name="dsgen", standalone_mode=True)
+    except SpecError as err:  # raised outside a command's own handling
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

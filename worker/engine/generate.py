@@ -1,0 +1,153 @@
+"""The denoising loop: a batch of prompts + seeds -> images (+ captured attention).
+
+Written on diffusers' components (scheduler, UNet, text encoders, VAE) rather than on a
+pipeline class, because the same loop must drive latent models (SD 1.x/2.x/SDXL) and the
+pixel-space builtin models (which have no VAE and no pipeline class). Attention is captured
+through `capture_attention` (attention processors), never by patching diffusers.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import diffusers
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.spec import GenerationSpec, SpecError
+from worker.engine.attention import AttentionStore, CaptureConfig, capture_attention
+from worker.engine.models import LoadedModel
+from worker.engine.text import EncodedPrompts, encode_prompts
+
+SCHEDULER_CLASSES = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "ddpm": "DDPMScheduler",
+    "lcm": "LCMScheduler",
+}
+StepCallback = Callable[[int, int], None]
+
+
+@dataclass
+class GenerationOutput:
+    images: list[Image.Image]
+    store: AttentionStore | None
+    encoded: EncodedPrompts
+    latent_hw: tuple[int, int]
+
+
+def make_scheduler(model: LoadedModel, name: str):
+    """A fresh scheduler per batch: schedulers keep per-run state (step index, history)."""
+    if name == "default":
+        return model.scheduler.__class__.from_config(model.scheduler.config)
+    return getattr(diffusers, SCHEDULER_CLASSES[name]).from_config(model.scheduler.config)
+
+
+def size_multiple(model: LoadedModel) -> int:
+    """Image sides must be multiples of this: VAE factor x the UNet's downsampling."""
+    return model.vae_scale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+
+
+def check_size(model: LoadedModel, gen: GenerationSpec) -> None:
+    m = size_multiple(model)
+    for field in ("width", "height"):
+        if getattr(gen, field) % m:
+            raise SpecError(f"generation.{field}: must be a multiple of {m} for {model.info.id}", field=f"generation.{field}")
+
+
+def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """One CPU generator per sample: a sample's noise never depends on its batch-mates."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def _added_cond(model: LoadedModel, pooled: torch.Tensor, gen: GenerationSpec) -> dict[str, torch.Tensor]:
+    # SDXL micro-conditioning: original size, crop top-left, target size.
+    time_ids = torch.tensor([[gen.height, gen.width, 0, 0, gen.height, gen.width]], dtype=pooled.dtype)
+    return {"text_embeds": pooled, "time_ids": time_ids.to(pooled.device).repeat(pooled.shape[0], 1)}
+
+
+def _uncond(model: LoadedModel, negative: str, batch: int, cond: EncodedPrompts) -> EncodedPrompts:
+    zeros = model.extras.get("force_zeros_for_empty_prompt", model.kind == "sdxl")
+    if not negative and zeros:
+        return EncodedPrompts(
+            torch.zeros_like(cond.embeds),
+            None if cond.attention_mask is None else torch.ones_like(cond.attention_mask),
+            None if cond.pooled is None else torch.zeros_like(cond.pooled),
+            cond.offsets,
+            cond.input_ids,
+        )
+    return encode_prompts(model, [negative] * batch)
+
+
+def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    if model.vae is not None:
+        cfg = model.vae.config
+        latents = latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+        x = model.vae.decode(latents.to(model.vae.dtype)).sample
+    else:
+        x = latents
+    x = ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = x.permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in arr]
+
+
+@torch.no_grad()
+def generate(
+    model: LoadedModel,
+    prompts: list[str],
+    seeds: list[int],
+    gen: GenerationSpec,
+    negative_prompt: str = "",
+    capture: CaptureConfig | None = None,
+    on_step: StepCallback | None = None,
+) -> GenerationOutput:
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt")
+    check_size(model, gen)
+    device, dtype, unet = model.device, model.dtype, model.unet
+    batch = len(prompts)
+    cond = encode_prompts(model, prompts)
+    guided = gen.guidance_scale > 1.0
+    if guided:
+        uncond = _uncond(model, negative_prompt, batch, cond)
+        states = torch.cat([uncond.embeds, cond.embeds])
+        mask = None if cond.attention_mask is None else torch.cat([uncond.attention_mask, cond.attention_mask])
+        pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
+    else:
+        states, mask, pooled = cond.embeds, cond.attention_mask, cond.pooled
+    states = states.to(device, dtype)
+    mask = None if mask is None else mask.to(device)
+    added = None if pooled is None else _added_cond(model, pooled.to(device, dtype), gen)
+
+    scheduler = make_scheduler(model, gen.scheduler)
+    scheduler.set_timesteps(gen.steps, device=device)
+    timesteps = scheduler.timesteps
+    f = model.vae_scale
+    latent_hw = (gen.height // f, gen.width // f)
+    shape = (unet.config.in_channels, *latent_hw)
+    latents = (initial_noise(seeds, shape) * scheduler.init_noise_sigma).to(device, dtype)
+    # Stochastic schedulers (euler_a, ddpm) also draw noise at each step: seeded from the
+    # batch's first sample, so a re-run of the same aligned batch is identical.
+    step_generator = torch.Generator().manual_seed(seeds[0])
+
+    capturing = capture_attention(unet, capture) if capture is not None else nullcontext(None)
+    with capturing as store:
+        for i, t in enumerate(timesteps):
+            if store is not None:
+                store.begin_step(i, len(timesteps))
+            x = torch.cat([latents, latents]) if guided else latents
+            x = scheduler.scale_model_input(x, t)
+            eps = unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask, added_cond_kwargs=added).sample
+            if guided:
+                eps_u, eps_c = eps.chunk(2)
+                eps = eps_u + gen.guidance_scale * (eps_c - eps_u)
+            kwargs = {"generator": step_generator} if "generator" in scheduler.step.__code__.co_varnames else {}
+            latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
+            if on_step is not None:
+                on_step(i, len(timesteps))
+    return GenerationOutput(decode(model, latents), store, cond, latent_hw)
