@@ -1,0 +1,122 @@
+"""`dsgen run`: a job into a local folder, resumable, never destroying earlier work.
+
+Crash safety comes from ordering and atomic renames: every file of a sample is written to
+a temporary name and renamed into place, the sample's record.json last. A sample counts as
+done only when its record exists; the exports are rebuilt from the records, and
+manifest.json, written last, marks the dataset complete. A re-run of the same command
+therefore continues where the last one stopped and ends with the same files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from shared import layout
+from shared.records import SampleRecord
+from shared.spec import JobSpec, SpecError
+
+
+class OutputFolderError(SpecError):
+    def __init__(self, message: str):
+        super().__init__(message, field="--out")
+
+
+@dataclass
+class RunReport:
+    out: Path
+    generated: int
+    reused: int
+    manifest: Path
+
+
+def canonical_spec_json(spec: JobSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, indent=1) + "\n"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def check_folder(spec: JobSpec, out: Path, overwrite: bool) -> bool:
+    """Raise if using `out` would lose data; True when it holds this spec's run (resume)."""
+    if overwrite or not out.exists():
+        return False
+    if not out.is_dir():
+        raise OutputFolderError(f"--out {out} exists and is not a folder")
+    spec_file = out / layout.SPEC_FILE
+    if spec_file.is_file():
+        if spec_file.read_text() != canonical_spec_json(spec):
+            raise OutputFolderError(
+                f"--out {out} holds a dataset made from a different spec; "
+                "use another --out, or --overwrite to replace it"
+            )
+        return True
+    if any(out.iterdir()):
+        raise OutputFolderError(f"--out {out} exists and is not a dsgen dataset; use another --out, or --overwrite")
+    return False
+
+
+def prepare_folder(spec: JobSpec, out: Path, overwrite: bool) -> None:
+    """Create `out`, or accept it for resuming; refuse anything that would lose data."""
+    if check_folder(spec, out, overwrite):
+        return
+    if out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / layout.SPEC_FILE, canonical_spec_json(spec).encode())
+
+
+def completed_indexes(spec: JobSpec, out: Path) -> dict[int, SampleRecord]:
+    done = {}
+    for i in range(spec.num_images):
+        path = layout.record_path(out, i)
+        if path.is_file():
+            try:
+                done[i] = SampleRecord.model_validate_json(path.read_bytes())
+            except ValueError:
+                continue  # a torn record cannot happen with atomic writes, but never trust one
+    return done
+
+
+def run_to_folder(
+    spec: JobSpec,
+    out: Path,
+    overwrite: bool = False,
+    on_sample: Callable[[int, int, float], None] | None = None,
+    session_factory: Callable[[JobSpec], object] | None = None,
+) -> RunReport:
+    """Generate the missing samples of `spec` into `out`, then (re)write the exports.
+
+    `on_sample(done, total, seconds)` is called after each sample for progress display.
+    """
+    from shared.export import write_exports
+    from worker.engine.session import EngineSession
+
+    out = Path(out).resolve()
+    prepare_folder(spec, out, overwrite)
+    records = completed_indexes(spec, out)
+    reused = len(records)
+    todo = [i for i in range(spec.num_images) if i not in records]
+    if on_sample is not None:
+        on_sample(len(records), spec.num_images, 0.0)
+    if todo:
+        session = (session_factory or EngineSession)(spec)
+        for sample in session.generate(todo):
+            folder = layout.sample_dir(out, sample.record.index)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in sample.files().items():  # record.json comes last
+                write_atomic(folder / name, data)
+            records[sample.record.index] = sample.record
+            if on_sample is not None:
+                on_sample(len(records), spec.num_images, sample.seconds)
+    manifest = write_exports(out, spec, [records[i] for i in sorted(records)])
+    return RunReport(out, len(todo), reused, manifest)
