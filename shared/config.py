@@ -1,0 +1,89 @@
+"""Service configuration, read from the environment (prefix `DSGEN_`).
+
+One `Settings` object is built by each process's factory (API app, Celery app, CLI command)
+and passed down; nothing here connects to anything.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DSGEN_", extra="ignore")
+
+    # --- servers -------------------------------------------------------------------------
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/dsgen",
+        description="SQLAlchemy URL (postgresql+psycopg://... or sqlite:///path.db)",
+    )
+    database_connect_timeout_s: int = Field(default=3, ge=1)
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis)")
+    broker_connect_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- object store --------------------------------------------------------------------
+    storage: Literal["s3", "local"] = "s3"
+    s3_bucket: str = "dsgen"
+    s3_endpoint_url: str | None = Field(default=None, description="e.g. http://minio:9000 (None: AWS)")
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="endpoint that clients reach; presigned URLs are signed for it"
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "path"
+    local_storage_dir: Path = Path("./dsgen-data/objects")
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8000", description="base URL of the API, for local-store download links"
+    )
+    signing_secret: str = Field(default="change-me", description="HMAC secret for local-store download links")
+    presign_expiry_s: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+
+    # --- queue and shards ----------------------------------------------------------------
+    shard_size: int = Field(default=64, ge=1, description="samples per shard (one task each)")
+    max_attempts: int = Field(default=3, ge=1, description="attempts per shard before it fails")
+    upload_concurrency: int = Field(default=8, ge=1, le=64, description="parallel object writes per worker")
+    visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+    task_soft_time_limit_s: int = Field(default=3000, ge=1)
+    task_time_limit_s: int = Field(default=3600, ge=1)
+    heartbeat_interval_s: float = Field(default=10.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=120.0, gt=0, description="a running shard is stale after this")
+    requeue_grace_s: float = Field(default=60.0, ge=0, description="a queued shard missing from the broker for this long is re-sent")
+    finalize_timeout_s: float = Field(default=1800.0, gt=0)
+    reconcile_interval_s: float = Field(default=30.0, gt=0)
+    beat_schedule: Path = Field(default=Path("/tmp/dsgen-beat-schedule"), description="Celery beat's state file")
+
+    # --- API -----------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["builtin:tiny-random"],
+        description="model ids jobs may use (comma-separated in the environment)",
+    )
+    embedded_tenant: str | None = Field(
+        default=None, description="embedded mode: requests without a key act as this tenant"
+    )
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+
+    # --- limits (422 / 429) --------------------------------------------------------------
+    max_images_per_job: int = Field(default=100_000, ge=1)
+    max_resolution: int = Field(default=1024, ge=8)
+    max_steps: int = Field(default=100, ge=1)
+    max_prompt_length: int = Field(default=500, ge=1)
+    max_classes: int = Field(default=100, ge=1)
+    max_active_jobs_per_tenant: int = Field(default=10, ge=1, description="queued + running jobs per tenant")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_models(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("models"), str):
+            data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
+        return data
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")

@@ -1,0 +1,255 @@
+"""Queries, one function per question, taking a SQLAlchemy `Session`.
+
+State changes are compare-and-set: an UPDATE whose WHERE names the state it expects, with the
+row count telling whether it won. Sample and annotation writes are upserts keyed by
+(job, index), one statement per batch.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.orm import Session
+
+from shared.db.models import (
+    JOB_ACTIVE,
+    S_PENDING,
+    S_QUEUED,
+    S_RUNNING,
+    AnnotationRow,
+    ApiKey,
+    Export,
+    Job,
+    Sample,
+    Shard,
+    Tenant,
+)
+
+
+def _insert(session: Session, model: Any):  # noqa: ANN202
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover
+        raise RuntimeError(f"unsupported database {name}")
+    return insert(model)
+
+
+def upsert(session: Session, model: Any, rows: Sequence[dict], keys: Sequence[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET every other column, in one statement."""
+    if not rows:
+        return
+    stmt = _insert(session, model).values(list(rows))
+    columns = [c for c in rows[0] if c not in keys and c != "created_at"]
+    stmt = stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in columns})
+    session.execute(stmt)
+
+
+# ------------------------------------------------------------------------ tenants and keys
+def get_tenant_by_name(session: Session, name: str) -> Tenant | None:
+    return session.scalar(select(Tenant).where(Tenant.name == name))
+
+
+def get_or_create_tenant(session: Session, name: str) -> Tenant:
+    tenant = get_tenant_by_name(session, name)
+    if tenant is None:
+        tenant = Tenant(name=name)
+        session.add(tenant)
+        session.flush()
+    return tenant
+
+
+def add_api_key(session: Session, tenant: Tenant, prefix: str, key_hash: str) -> ApiKey:
+    key = ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=key_hash)
+    session.add(key)
+    session.flush()
+    return key
+
+
+def tenant_for_key_hash(session: Session, key_hash: str) -> Tenant | None:
+    return session.scalar(
+        select(Tenant).join(ApiKey, ApiKey.tenant_id == Tenant.id)
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+
+
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    """Serialise a tenant's submissions (limits and idempotency keys are checked under it)."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
+# -------------------------------------------------------------------------------- jobs
+def get_job(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID | None = None, *, lock: bool = False) -> Job | None:
+    q = select(Job).where(Job.id == job_id)
+    if tenant_id is not None:
+        q = q.where(Job.tenant_id == tenant_id)
+    if lock:
+        q = q.with_for_update(key_share=True)
+    return session.scalar(q)
+
+
+def find_job_by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def count_active_jobs(session: Session, tenant_id: uuid.UUID) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id, Job.status.in_(JOB_ACTIVE))
+    ) or 0
+
+
+def list_jobs(
+    session: Session,
+    tenant_id: uuid.UUID,
+    *,
+    status: str | None,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Job]:
+    """Newest first; `after` is the (created_at, id) of the last job of the previous page."""
+    q = select(Job).where(Job.tenant_id == tenant_id)
+    if status:
+        q = q.where(Job.status == status)
+    if after is not None:
+        created, jid = after
+        q = q.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < jid)))
+    return list(session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+
+
+def active_jobs(session: Session) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status.in_(JOB_ACTIVE))))
+
+
+def set_job_status(session: Session, job_id: uuid.UUID, expected: Iterable[str], values: dict) -> bool:
+    res = session.execute(update(Job).where(Job.id == job_id, Job.status.in_(list(expected))).values(**values))
+    return res.rowcount == 1
+
+
+def delete_job(session: Session, job_id: uuid.UUID) -> None:
+    # Children first (explicitly, so SQLite without cascades behaves like Postgres).
+    session.execute(delete(AnnotationRow).where(AnnotationRow.job_id == job_id))
+    session.execute(delete(Sample).where(Sample.job_id == job_id))
+    session.execute(delete(Shard).where(Shard.job_id == job_id))
+    session.execute(delete(Export).where(Export.job_id == job_id))
+    session.execute(delete(Job).where(Job.id == job_id))
+
+
+# ------------------------------------------------------------------------------ shards
+def get_shard(session: Session, job_id: uuid.UUID, index: int) -> Shard | None:
+    return session.get(Shard, (job_id, index))
+
+
+def list_shards(session: Session, job_id: uuid.UUID) -> list[Shard]:
+    return list(session.scalars(select(Shard).where(Shard.job_id == job_id).order_by(Shard.index)))
+
+
+def shard_status_counts(session: Session, job_id: uuid.UUID) -> dict[str, int]:
+    rows = session.execute(
+        select(Shard.status, func.count()).where(Shard.job_id == job_id).group_by(Shard.status)
+    )
+    return {status: n for status, n in rows}
+
+
+def update_shard(session: Session, job_id: uuid.UUID, index: int, where: Sequence[Any], values: dict) -> bool:
+    """Compare-and-set on one shard: True when the row matched `where` and was changed."""
+    res = session.execute(
+        update(Shard).where(Shard.job_id == job_id, Shard.index == index, *where).values(**values)
+    )
+    return res.rowcount == 1
+
+
+def update_shards(session: Session, job_id: uuid.UUID, where: Sequence[Any], values: dict) -> list[int]:
+    res = session.execute(
+        update(Shard).where(Shard.job_id == job_id, *where).values(**values).returning(Shard.index)
+    )
+    return sorted(r[0] for r in res)
+
+
+def stale_running_shards(session: Session, before: dt.datetime) -> list[Shard]:
+    return list(session.scalars(
+        select(Shard).where(Shard.status == S_RUNNING, or_(Shard.heartbeat_at.is_(None), Shard.heartbeat_at < before))
+    ))
+
+
+def unsent_shards(session: Session, pending_before: dt.datetime, queued_before: dt.datetime | None) -> list[Shard]:
+    """Pending shards older than `pending_before`; queued ones sent before `queued_before`."""
+    cond = and_(Shard.status == S_PENDING, or_(Shard.enqueued_at.is_(None), Shard.enqueued_at < pending_before))
+    if queued_before is not None:
+        cond = or_(cond, and_(Shard.status == S_QUEUED, Shard.enqueued_at < queued_before))
+    return list(session.scalars(select(Shard).where(cond).order_by(Shard.job_id, Shard.index)))
+
+
+# ----------------------------------------------------------------------------- samples
+def existing_sample_indexes(session: Session, job_id: uuid.UUID, start: int, stop: int) -> set[int]:
+    return set(session.scalars(
+        select(Sample.index).where(Sample.job_id == job_id, Sample.index >= start, Sample.index < stop)
+    ))
+
+
+def count_samples(session: Session, job_id: uuid.UUID) -> int:
+    return session.scalar(select(func.count()).select_from(Sample).where(Sample.job_id == job_id)) or 0
+
+
+def samples_per_shard(session: Session, job_id: uuid.UUID) -> dict[int, int]:
+    rows = session.execute(
+        select(Sample.shard_index, func.count()).where(Sample.job_id == job_id).group_by(Sample.shard_index)
+    )
+    return {i: n for i, n in rows}
+
+
+def list_samples(session: Session, job_id: uuid.UUID, *, after: int | None = None, limit: int | None = None) -> list[Sample]:
+    q = select(Sample).where(Sample.job_id == job_id)
+    if after is not None:
+        q = q.where(Sample.index > after)
+    q = q.order_by(Sample.index)
+    if limit is not None:
+        q = q.limit(limit)
+    return list(session.scalars(q))
+
+
+def annotations_for(session: Session, job_id: uuid.UUID, indexes: Sequence[int]) -> dict[int, list[AnnotationRow]]:
+    out: dict[int, list[AnnotationRow]] = {i: [] for i in indexes}
+    if not indexes:
+        return out
+    rows = session.scalars(
+        select(AnnotationRow).where(AnnotationRow.job_id == job_id, AnnotationRow.sample_index.in_(list(indexes)))
+        .order_by(AnnotationRow.sample_index, AnnotationRow.instance_id)
+    )
+    for r in rows:
+        out[r.sample_index].append(r)
+    return out
+
+
+def upsert_samples(session: Session, samples: Sequence[dict], annotations: Sequence[dict]) -> None:
+    """One batch of samples and their annotations. A re-run of a sample replaces its
+    annotations (ones that no longer exist are removed)."""
+    upsert(session, Sample, samples, ("job_id", "index"))
+    if samples:
+        job_id = samples[0]["job_id"]
+        keep = [(a["sample_index"], a["instance_id"]) for a in annotations]
+        stale = delete(AnnotationRow).where(
+            AnnotationRow.job_id == job_id,
+            AnnotationRow.sample_index.in_([s["index"] for s in samples]),
+        )
+        if keep:
+            stale = stale.where(tuple_(AnnotationRow.sample_index, AnnotationRow.instance_id).not_in(keep))
+        session.execute(stale)
+    upsert(session, AnnotationRow, annotations, ("job_id", "sample_index", "instance_id"))
+
+
+# ----------------------------------------------------------------------------- exports
+def upsert_export(session: Session, row: dict) -> None:
+    upsert(session, Export, [row], ("job_id", "format"))
+
+
+def list_exports(session: Session, job_id: uuid.UUID) -> list[Export]:
+    return list(session.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.format)))
+
+
+def get_export(session: Session, job_id: uuid.UUID, fmt: str) -> Export | None:
+    return session.get(Export, (job_id, fmt))

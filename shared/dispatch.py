@@ -1,0 +1,82 @@
+"""Sending work to the workers, by task name.
+
+`Dispatcher` is what the domain code calls (always after the commit, from a unit-of-work
+hook). `CeleryDispatcher` wraps any Celery app (the API's small publisher app or the worker's
+own app) without importing celery here; the embedded mode has an in-process one.
+"""
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from shared.errors import ServiceUnavailable
+from shared.tasks import FINALIZE_TASK, GPU_QUEUE, QUEUE_OF, SHARD_TASK
+
+
+class Dispatcher(Protocol):
+    def send_shard(self, job_id: uuid.UUID, shard_index: int) -> None: ...
+    def send_finalize(self, job_id: uuid.UUID) -> None: ...
+    def ping(self) -> None: ...
+    def queue_depth(self, queue: str = GPU_QUEUE) -> int | None: ...
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Any):
+        self.app = app
+
+    def _send(self, name: str, args: list[Any]) -> None:
+        try:
+            self.app.send_task(name, args=args, queue=QUEUE_OF[name])
+        except Exception as err:  # noqa: BLE001 - kombu/redis errors all mean "broker down"
+            raise ServiceUnavailable("broker", f"{type(err).__name__}: {err}"[:200]) from err
+
+    def send_shard(self, job_id: uuid.UUID, shard_index: int) -> None:
+        self._send(SHARD_TASK, [str(job_id), int(shard_index)])
+
+    def send_finalize(self, job_id: uuid.UUID) -> None:
+        self._send(FINALIZE_TASK, [str(job_id)])
+
+    def ping(self) -> None:
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=2)
+                client = getattr(conn.default_channel, "client", None)
+                if client is not None and hasattr(client, "ping"):
+                    client.ping()
+        except Exception as err:  # noqa: BLE001
+            raise ServiceUnavailable("broker", f"{type(err).__name__}: {err}"[:200]) from err
+
+    def queue_depth(self, queue: str = GPU_QUEUE) -> int | None:
+        """Messages waiting in `queue` (not counting ones a worker holds), None if unknown."""
+        try:
+            with self.app.connection_for_write() as conn:
+                ok = conn.default_channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+                return int(ok.message_count)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+class RecordingDispatcher:
+    """Keeps what would be sent (tests, dry runs)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[Any, ...]]] = []
+        self.fail: BaseException | None = None
+
+    def _record(self, name: str, *args: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append((name, args))
+
+    def send_shard(self, job_id: uuid.UUID, shard_index: int) -> None:
+        self._record(SHARD_TASK, str(job_id), int(shard_index))
+
+    def send_finalize(self, job_id: uuid.UUID) -> None:
+        self._record(FINALIZE_TASK, str(job_id))
+
+    def ping(self) -> None:
+        if self.fail is not None:
+            raise self.fail
+
+    def queue_depth(self, queue: str = GPU_QUEUE) -> int | None:
+        return sum(1 for name, _ in self.sent if QUEUE_OF[name] == queue)

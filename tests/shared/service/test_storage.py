@@ -1,0 +1,95 @@
+import time
+
+import httpx
+import pytest
+
+from shared.config import Settings
+from shared.errors import ServiceUnavailable
+from shared.storage import LocalStore, ObjectNotFound, make_store
+from shared.testing import closed_port, s3_env
+
+
+@pytest.fixture
+def s3_store(s3_endpoint, monkeypatch):
+    for k, v in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(k, v)
+    return make_store(Settings())
+
+
+@pytest.fixture
+def local_store(tmp_path):
+    return LocalStore(tmp_path / "objects", base_url="http://api.example", secret="s3cret", expires_s=60)
+
+
+@pytest.fixture(params=["s3", "local"])
+def store(request):
+    return request.getfixturevalue(f"{request.param}_store")
+
+
+def test_put_get_list_delete(store):
+    store.put("jobs/a/x/1.png", b"one")
+    store.put("jobs/a/x/1.png", b"one again")  # overwrite, never a second object
+    store.put("jobs/a/y.json", b"{}")
+    store.put("jobs/b/z.json", b"{}")
+    assert store.get("jobs/a/x/1.png") == b"one again"
+    assert store.list("jobs/a/") == ["jobs/a/x/1.png", "jobs/a/y.json"]
+    assert store.exists("jobs/a/y.json") and not store.exists("jobs/a/nope")
+    with pytest.raises(ObjectNotFound):
+        store.get("jobs/a/nope")
+    assert store.delete_prefix("jobs/a/") == 2
+    assert store.list("jobs/a/") == [] and store.list("jobs/b/") == ["jobs/b/z.json"]
+
+
+def test_bad_keys_are_refused(store):
+    for bad in ("/abs", "a/../b", "a//b", "dir/"):
+        with pytest.raises(ValueError):
+            store.put(bad, b"x")
+
+
+def test_s3_presigned_urls_download_and_use_the_public_endpoint(s3_endpoint, monkeypatch):
+    for k, v in s3_env(s3_endpoint).items():
+        monkeypatch.setenv(k, v)
+    store = make_store(Settings())
+    store.put("jobs/p/image.png", b"PNGDATA")
+    url = store.presign("jobs/p/image.png", download_name="x.png")
+    r = httpx.get(url)
+    assert r.status_code == 200 and r.content == b"PNGDATA"
+    assert r.headers["content-type"] == "image/png"
+    # signed for the public host: the host is in the URL, and rewriting it breaks the signature
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    monkeypatch.setenv("DSGEN_S3_PUBLIC_ENDPOINT_URL", public)
+    url2 = make_store(Settings()).presign("jobs/p/image.png")
+    assert url2.startswith(public + "/")
+    assert httpx.get(url2).content == b"PNGDATA"
+
+
+def test_s3_down_is_service_unavailable(monkeypatch):
+    for k, v in s3_env(f"http://127.0.0.1:{closed_port()}").items():
+        monkeypatch.setenv(k, v)
+    store = make_store(Settings())
+    started = time.time()
+    with pytest.raises(ServiceUnavailable) as err:
+        store.check()
+    assert err.value.component == "storage"
+    with pytest.raises(ServiceUnavailable):
+        store.put("jobs/a/b.png", b"x")
+    assert time.time() - started < 20
+
+
+def test_missing_bucket_is_service_unavailable(s3_endpoint, monkeypatch):
+    for k, v in s3_env(s3_endpoint, bucket="no-such-bucket").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ServiceUnavailable, match="bucket"):
+        make_store(Settings()).check()
+
+
+def test_local_links_are_signed_and_expire(local_store):
+    local_store.put("jobs/a/f.png", b"x")
+    url = local_store.presign("jobs/a/f.png")
+    q = httpx.URL(url).params
+    assert url.startswith("http://api.example/v1/files/jobs/a/f.png?")
+    assert local_store.verify("jobs/a/f.png", int(q["expires"]), q["sig"])
+    assert not local_store.verify("jobs/a/other.png", int(q["expires"]), q["sig"])
+    assert not local_store.verify("jobs/a/f.png", int(q["expires"]) + 1, q["sig"])
+    assert not local_store.verify("jobs/a/f.png", int(time.time()) - 1,
+                                  local_store._sig("jobs/a/f.png", int(time.time()) - 1))
