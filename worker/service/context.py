@@ -1,0 +1,77 @@
+"""What a worker process needs, built once per process (after the prefork fork)."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings
+from shared.db.session import UnitOfWork, make_engine, make_session_factory
+from shared.dispatch import Dispatcher
+from shared.records import SampleRecord
+from shared.spec import JobSpec
+from shared.storage import ObjectStore, make_store
+
+EngineFactory = Callable[[JobSpec], Any]  # -> object with .generate(indexes) -> Iterator[GeneratedSample]
+Exporter = Callable[[Path, JobSpec, list[SampleRecord]], Path]
+
+
+def default_engine_factory(spec: JobSpec) -> Any:
+    from worker.engine.session import EngineSession  # torch: only in the process that generates
+
+    return EngineSession(spec)
+
+
+def default_exporter(root: Path, spec: JobSpec, records: list[SampleRecord]) -> Path:
+    from shared.export import write_exports
+
+    return write_exports(root, spec, records)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    session_factory: Callable[[], Any]
+    store: ObjectStore
+    dispatcher: Dispatcher
+    engine_factory: EngineFactory = default_engine_factory
+    exporter: Exporter = default_exporter
+    worker_name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.session_factory)
+
+
+def build_context(settings: Settings, dispatcher: Dispatcher, **overrides: Any) -> WorkerContext:
+    engine = make_engine(settings)
+    return WorkerContext(settings=settings, session_factory=make_session_factory(engine),
+                         store=make_store(settings), dispatcher=dispatcher, **overrides)
+
+
+class Ticker:
+    """Calls `fn` every `interval` seconds in a daemon thread until stopped."""
+
+    def __init__(self, interval: float, fn: Callable[[], None]):
+        self._interval = interval
+        self._fn = fn
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="dsgen-heartbeat")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._fn()
+            except Exception:  # noqa: BLE001 - a missed heartbeat is not fatal
+                pass
+
+    def __enter__(self) -> "Ticker":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,115 @@
+"""Finalisation (cpu queue): the job's samples into a temporary folder in the local dataset
+layout, the export writers over it, one archive per format uploaded, the manifest last."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import uuid
+import zipfile
+from pathlib import Path
+
+from shared import keys, layout
+from shared.db import repositories as repo
+from shared.db.models import FAILED, FINALIZING, utcnow
+from shared.lifecycle import finish_job
+from shared.records import SampleRecord
+from shared.spec import JobSpec
+from worker.service.context import Ticker, WorkerContext
+
+log = logging.getLogger(__name__)
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def zip_folder(folder: Path, dest: Path) -> None:
+    """A deterministic archive: sorted entries, fixed timestamps (same bytes every time)."""
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, path.read_bytes())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
+    with ctx.uow() as uow:
+        job = repo.get_job(uow.session, job_id)
+        if job is None:
+            return "missing"
+        if job.status != FINALIZING:
+            return "skipped"
+        job.finalize_heartbeat_at = utcnow()
+        spec = JobSpec.model_validate(job.spec)
+        shard_size = job.shard_size
+        rows = [(r.index, r.record) for r in repo.list_samples(uow.session, job_id)]
+
+    def beat() -> None:
+        with ctx.uow() as uow:
+            repo.set_job_status(uow.session, job_id, (FINALIZING,), {"finalize_heartbeat_at": utcnow()})
+
+    try:
+        with Ticker(ctx.settings.heartbeat_interval_s, beat):
+            _export(ctx, job_id, spec, shard_size, rows)
+    except Exception as err:  # noqa: BLE001
+        log.exception("finalize of %s failed", job_id)
+        return _finalize_failed(ctx, job_id, f"{type(err).__name__}: {err}"[:2000])
+    with ctx.uow() as uow:
+        finish_job(uow, job_id, ok=True)
+    return "succeeded"
+
+
+def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int, rows: list) -> None:
+    if len(rows) != spec.num_images:
+        raise RuntimeError(f"{len(rows)} samples written, {spec.num_images} expected")
+    with tempfile.TemporaryDirectory(prefix="dsgen-finalize-") as tmp:
+        root, archives = Path(tmp) / "dataset", Path(tmp) / "archives"
+        archives.mkdir(parents=True)
+        records: list[SampleRecord] = []
+        for index, data in rows:
+            record = SampleRecord.model_validate(data)
+            records.append(record)
+            folder = layout.sample_dir(root, index)
+            folder.mkdir(parents=True, exist_ok=True)
+            names = [n for n in (record.files.image, record.files.semantic, record.files.instances) if n]
+            for name in [*names, layout.RECORD_FILE]:
+                (folder / name).write_bytes(ctx.store.get(keys.sample_key(job_id, index, shard_size, name)))
+        manifest = ctx.exporter(root, spec, records)
+        uploaded = []
+        for fmt in spec.export.formats:
+            folder = layout.export_dir(root, fmt)
+            if not folder.is_dir():
+                raise RuntimeError(f"the {fmt} writer produced no folder")
+            archive = archives / f"{fmt}.zip"
+            zip_folder(folder, archive)
+            key = keys.export_key(job_id, fmt)
+            ctx.store.put_file(key, archive)
+            uploaded.append({"job_id": job_id, "format": fmt, "key": key, "size_bytes": archive.stat().st_size,
+                             "sha256": _sha256(archive), "created_at": utcnow()})
+        with ctx.uow() as uow:
+            for row in uploaded:
+                repo.upsert_export(uow.session, row)
+        ctx.store.put(keys.manifest_key(job_id), Path(manifest).read_bytes())  # the commit point: last
+
+
+def _finalize_failed(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> str:
+    with ctx.uow() as uow:
+        job = repo.get_job(uow.session, job_id, lock=True)
+        if job is None or job.status != FINALIZING:
+            return "lost"
+        if job.finalize_attempts >= ctx.settings.max_attempts:
+            finish_job(uow, job_id, ok=False, error=f"finalize failed after {job.finalize_attempts} attempts: {error}")
+            return FAILED
+        job.finalize_attempts += 1
+        job.finalize_heartbeat_at = utcnow()
+        job.error = f"finalize attempt failed: {error}"
+        uow.after_commit(lambda: ctx.dispatcher.send_finalize(job_id))
+        return "requeued"

@@ -1,0 +1,48 @@
+"""Thin Celery tasks: ids in, one domain call, a short string out.
+
+The per-process context (database engine, object store, dispatcher) is built on the first
+task a process runs, i.e. in the prefork child, never at import time or in the parent.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import Celery
+
+from shared.dispatch import CeleryDispatcher
+from shared.tasks import FINALIZE_TASK, RECONCILE_TASK, SHARD_TASK
+from worker.service.context import WorkerContext, build_context
+
+log = logging.getLogger(__name__)
+_contexts: dict[int, WorkerContext] = {}
+
+
+def context_for(app: Celery) -> WorkerContext:
+    ctx = _contexts.get(id(app))
+    if ctx is None:
+        ctx = _contexts[id(app)] = build_context(app.dsgen_settings, CeleryDispatcher(app))
+    return ctx
+
+
+def register_tasks(app: Celery) -> None:
+    @app.task(name=SHARD_TASK, acks_late=True, ignore_result=True)
+    def run_shard_task(job_id: str, shard_index: int) -> str:
+        from worker.service.shards import run_shard
+
+        return run_shard(context_for(app), uuid.UUID(job_id), int(shard_index))
+
+    @app.task(name=FINALIZE_TASK, acks_late=True, ignore_result=True)
+    def finalize_task(job_id: str) -> str:
+        from worker.service.finalize import finalize_job
+
+        return finalize_job(context_for(app), uuid.UUID(job_id))
+
+    @app.task(name=RECONCILE_TASK, ignore_result=True)
+    def reconcile_task() -> dict:
+        from worker.service.reconcile import reconcile
+
+        report = reconcile(context_for(app)).as_dict()
+        if report:
+            log.warning("reconciler: %s", report)
+        return report
