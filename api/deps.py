@@ -1,0 +1,53 @@
+"""Request-scoped dependencies: the app's resources and the caller's tenant."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from shared.config import Settings
+from shared.db.session import UnitOfWork
+from shared.dispatch import Dispatcher
+from shared.errors import Unauthorized
+from shared.storage import ObjectStore
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    session_factory: Callable[[], Any]
+    store: ObjectStore
+    dispatcher: Dispatcher
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.session_factory)
+
+
+def resources(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+bearer = HTTPBearer(auto_error=False, description="an API key from `dsgen keys create`")
+
+
+def current_tenant(request: Request,
+                   credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> uuid.UUID:
+    """`Authorization: Bearer <api key>` -> tenant id (401 otherwise)."""
+    from shared import auth
+    from shared.db import repositories as repo
+
+    res: Resources = request.app.state.resources
+    header = request.headers.get("authorization", "")
+    with res.uow() as uow:
+        if not header and res.settings.embedded_tenant:
+            return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
+        if credentials is None or not credentials.credentials.strip():
+            raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `dsgen keys create`)")
+        tenant = auth.tenant_for_key(uow.session, credentials.credentials.strip())
+        if tenant is None:
+            raise Unauthorized("unknown or revoked API key")
+        return tenant.id

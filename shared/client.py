@@ -1,0 +1,99 @@
+"""A small client of the dsgen REST API (used by `dsgen submit/jobs/pull` and the benchmark)."""
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(f"{message} (HTTP {status})")
+        self.status, self.message, self.field = status, message, field
+
+
+class Client:
+    def __init__(self, server: str, api_key: str | None, *, timeout: float = 30.0, transport: Any = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=server.rstrip("/"), headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as err:
+            raise ApiError(0, f"cannot reach {self._http.base_url}: {err}") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                message, field = str(body.get("detail", r.text)), body.get("field")
+            except ValueError:
+                message, field = r.text[:300] or r.reason_phrase, None
+            raise ApiError(r.status_code, message, field)
+        return r.json() if r.content and r.headers.get("content-type", "").startswith("application/json") else None
+
+    def submit(self, spec: dict, idempotency_key: str | None = None) -> dict:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}")
+
+    def jobs(self, status: str | None = None, limit: int = 50, cursor: str | None = None) -> dict:
+        params = {k: v for k, v in {"status": status, "limit": limit, "cursor": cursor}.items() if v is not None}
+        return self._call("GET", "/v1/jobs", params=params)
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def retry(self, job_id: str) -> dict:
+        return self._call("POST", f"/v1/jobs/{job_id}/retry")
+
+    def delete(self, job_id: str) -> None:
+        self._call("DELETE", f"/v1/jobs/{job_id}")
+
+    def export(self, job_id: str, fmt: str) -> dict:
+        return self._call("GET", f"/v1/jobs/{job_id}/exports/{fmt}")
+
+    def wait(self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None, on_progress: Any = None) -> dict:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            job = self.job(job_id)
+            if on_progress is not None:
+                on_progress(job)
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout_s}s")
+            time.sleep(poll_s)
+
+    def pull(self, job_id: str, fmt: str, out: Path) -> list[str]:
+        """Download an export archive (presigned URL) and unpack it into `out`."""
+        url = self.export(job_id, fmt)["url"]
+        try:
+            r = httpx.get(url, timeout=300, follow_redirects=True)
+        except httpx.HTTPError as err:
+            raise ApiError(0, f"cannot download the export: {err}") from None
+        if r.status_code != 200:
+            raise ApiError(r.status_code, f"download of the {fmt} export failed")
+        out.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(io.BytesIO(r.content)) as zf:
+            root = out.resolve()
+            for name in zf.namelist():
+                if not (root / name).resolve().is_relative_to(root):
+                    raise ApiError(0, f"unsafe path in archive: {name}")
+            zf.extractall(out)
+            return zf.namelist()

@@ -1,0 +1,298 @@
+"""Job use cases of the API, independent of HTTP: each takes a unit of work (and the
+dispatcher / object store it needs) and returns a view from `shared.views`."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import math
+import uuid
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared import keys
+from shared.config import Settings
+from shared.db import repositories as repo
+from shared.db.models import JOB_STATES, JOB_TERMINAL, Job, Shard, utcnow
+from shared.db.session import UnitOfWork
+from shared.dispatch import Dispatcher
+from shared.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
+from shared.lifecycle import request_cancel, retry_failed, send_shards_after_commit
+from shared.spec import JobSpec, describe_validation_error
+from shared.storage import ObjectStore
+from shared.views import (
+    AnnotationView,
+    ExportList,
+    ExportView,
+    JobPage,
+    JobSummary,
+    JobView,
+    ModelList,
+    ModelView,
+    Progress,
+    RetryResult,
+    SamplePage,
+    SampleUrls,
+    SampleView,
+    ShardView,
+)
+
+
+class SpecInvalid(InvalidRequest):
+    def __init__(self, errors: list[tuple[str, str]]):
+        field, msg = errors[0]
+        super().__init__(f"{field}: {msg}", field=field)
+        self.errors = errors
+
+
+# ------------------------------------------------------------------------------ validate
+def validate_spec(body: Any, settings: Settings) -> JobSpec:
+    """The same pydantic model as `dsgen run`, then the server's limits (422 naming the field)."""
+    if isinstance(body, JobSpec):
+        spec = body
+    elif not isinstance(body, dict):
+        raise SpecInvalid([("spec", "the body must be a JSON object (a job spec)")])
+    else:
+        try:
+            spec = JobSpec.model_validate(body)
+        except ValidationError as err:
+            raise SpecInvalid(describe_validation_error(err)) from None
+    check_limits(spec, settings)
+    return spec
+
+
+def check_limits(spec: JobSpec, settings: Settings) -> None:
+    errors: list[tuple[str, str]] = []
+    if spec.num_images > settings.max_images_per_job:
+        errors.append(("num_images", f"at most {settings.max_images_per_job} images per job on this server (got {spec.num_images})"))
+    for side in ("width", "height"):
+        v = getattr(spec.generation, side)
+        if v > settings.max_resolution:
+            errors.append((f"generation.{side}", f"at most {settings.max_resolution} pixels on this server (got {v})"))
+    if spec.generation.steps > settings.max_steps:
+        errors.append(("generation.steps", f"at most {settings.max_steps} steps on this server (got {spec.generation.steps})"))
+    if len(spec.classes) > settings.max_classes:
+        errors.append(("classes", f"at most {settings.max_classes} classes per job on this server (got {len(spec.classes)})"))
+    texts = [("prompts.templates", t) for t in spec.prompts.templates] + [("prompts.prompts", p) for p in spec.prompts.prompts]
+    texts.append(("prompts.negative", spec.prompts.negative))
+    for field, text in texts:
+        if len(text) > settings.max_prompt_length:
+            errors.append((field, f"prompts are at most {settings.max_prompt_length} characters on this server (got {len(text)})"))
+            break
+    if spec.prompts.source == "captions_file":
+        errors.append(("prompts.captions_file", "a file on the server cannot be used over the API; send the captions with source: list"))
+    if spec.model.id not in settings.models:
+        errors.append(("model.id", f"model {spec.model.id!r} is not served here; available: {settings.models}"))
+    if errors:
+        raise SpecInvalid(errors)
+
+
+def spec_hash(spec: JobSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+# -------------------------------------------------------------------------------- views
+def _progress(uow: UnitOfWork, job: Job, with_shards: bool) -> tuple[Progress, list[ShardView]]:
+    per_shard = repo.samples_per_shard(uow.session, job.id)
+    done = sum(per_shard.values())
+    shards = repo.list_shards(uow.session, job.id)
+    counts: dict[str, int] = {}
+    for s in shards:
+        counts[s.status] = counts.get(s.status, 0) + 1
+    rate = eta = None
+    if job.started_at and done:
+        elapsed = ((job.finished_at or utcnow()) - job.started_at).total_seconds()
+        if elapsed > 0:
+            rate = round(done / elapsed, 3)
+            if job.status not in JOB_TERMINAL and rate > 0:
+                eta = round((job.num_images - done) / rate, 1)
+    progress = Progress(done=done, total=job.num_images, fraction=round(done / job.num_images, 4),
+                        shards=counts, images_per_s=rate, eta_s=eta)
+    views = [
+        ShardView(index=s.index, start=s.start, stop=s.stop, status=s.status, attempts=s.attempts,
+                  done=per_shard.get(s.index, 0), worker=s.worker, error=s.error)
+        for s in shards
+    ] if with_shards else []
+    return progress, views
+
+
+def _summary(job: Job) -> JobSummary:
+    return JobSummary(id=job.id, name=job.name, status=job.status, created_at=job.created_at,
+                      started_at=job.started_at, finished_at=job.finished_at,
+                      num_images=job.num_images, error=job.error)
+
+
+def job_view(uow: UnitOfWork, job: Job) -> JobView:
+    progress, shards = _progress(uow, job, True)
+    return JobView(**_summary(job).model_dump(), progress=progress, shard_list=shards,
+                   spec=job.spec, cancel_requested=job.cancel_requested)
+
+
+def _own_job(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID, *, lock: bool = False) -> Job:
+    job = repo.get_job(uow.session, job_id, tenant_id, lock=lock)
+    if job is None:  # another tenant's job looks exactly like a missing one
+        raise NotFound(f"job {job_id} not found", field="job_id")
+    return job
+
+
+# ------------------------------------------------------------------------------- use cases
+def submit_job(
+    uow: UnitOfWork,
+    dispatcher: Dispatcher,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    body: Any,
+    idempotency_key: str | None = None,
+) -> tuple[JobView, bool]:
+    """Validate, write the job and its shards in one transaction, send the shards after the
+    commit. Returns (job, created); the same Idempotency-Key returns the first job."""
+    spec = validate_spec(body, settings)
+    if idempotency_key is not None and not (1 <= len(idempotency_key) <= 200):
+        raise InvalidRequest("Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
+    dispatcher.ping()  # broker down: 503 before anything is written
+    s = uow.session
+    repo.lock_tenant(s, tenant_id)
+    digest = spec_hash(spec)
+    if idempotency_key:
+        existing = repo.find_job_by_idempotency_key(s, tenant_id, idempotency_key)
+        if existing is not None:
+            if existing.spec_hash != digest:
+                raise Conflict("Idempotency-Key was already used with a different spec", field="Idempotency-Key")
+            return job_view(uow, existing), False
+    active = repo.count_active_jobs(s, tenant_id)
+    if active >= settings.max_active_jobs_per_tenant:
+        raise TooManyRequests(
+            f"this tenant already has {active} queued or running jobs (limit {settings.max_active_jobs_per_tenant}); "
+            "wait for one to finish or cancel one"
+        )
+    batch = spec.generation.batch_size  # shards hold whole batches: no batch is split or redone
+    size = max(batch, math.ceil(settings.shard_size / batch) * batch)
+    n = spec.num_images
+    job = Job(id=uuid.uuid4(), tenant_id=tenant_id, name=spec.name, spec=spec.model_dump(mode="json"),
+              spec_hash=digest, status="queued", num_images=n, shard_size=size,
+              num_shards=math.ceil(n / size), idempotency_key=idempotency_key,
+              cancel_requested=False, finalize_attempts=0)
+    s.add(job)
+    s.flush()
+    s.add_all(Shard(job_id=job.id, index=i, start=i * size, stop=min(n, (i + 1) * size), status="pending",
+                    attempts=0) for i in range(job.num_shards))
+    s.flush()
+    send_shards_after_commit(uow, dispatcher, job.id, list(range(job.num_shards)))
+    s.flush()
+    return job_view(uow, job), True
+
+
+def get_job(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobView:
+    return job_view(uow, _own_job(uow, tenant_id, job_id))
+
+
+def encode_cursor(created: dt.datetime, job_id: uuid.UUID) -> str:
+    raw = json.dumps([created.isoformat(), str(job_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, jid = json.loads(raw)
+        when = dt.datetime.fromisoformat(created)
+        if when.tzinfo is None:
+            raise ValueError
+        return when, uuid.UUID(jid)
+    except Exception:  # noqa: BLE001 - any malformed cursor is the client's error
+        raise InvalidRequest("cursor: not a cursor returned by this API", field="cursor") from None
+
+
+def list_jobs(uow: UnitOfWork, tenant_id: uuid.UUID, *, status: str | None, cursor: str | None, limit: int) -> JobPage:
+    if status is not None and status not in JOB_STATES:
+        raise InvalidRequest(f"status: one of {list(JOB_STATES)} (got {status!r})", field="status")
+    after = decode_cursor(cursor) if cursor else None
+    jobs = repo.list_jobs(uow.session, tenant_id, status=status, after=after, limit=limit + 1)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    nxt = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
+    return JobPage(items=[_summary(j) for j in jobs], next_cursor=nxt)
+
+
+def cancel_job(uow: UnitOfWork, dispatcher: Dispatcher, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobView:
+    job = _own_job(uow, tenant_id, job_id, lock=True)
+    if job.status in JOB_TERMINAL or job.status == "finalizing":
+        raise Conflict(f"job is {job.status}; only queued or running jobs can be cancelled", field="status")
+    request_cancel(uow, dispatcher, job)
+    return job_view(uow, job)
+
+
+def retry_job(uow: UnitOfWork, dispatcher: Dispatcher, tenant_id: uuid.UUID, job_id: uuid.UUID) -> RetryResult:
+    job = _own_job(uow, tenant_id, job_id, lock=True)
+    if job.status != "failed":
+        raise Conflict(f"job is {job.status}; only failed jobs can be retried", field="status")
+    dispatcher.ping()
+    indexes = retry_failed(uow, dispatcher, job)
+    return RetryResult(job=job_view(uow, job), shards=indexes)
+
+
+def delete_job(uow: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_id: uuid.UUID) -> None:
+    """Objects first (a failure leaves the rows, so the delete can be repeated), then rows."""
+    job = _own_job(uow, tenant_id, job_id, lock=True)
+    if job.status not in JOB_TERMINAL:
+        raise Conflict(f"job is {job.status}; cancel it and wait for it to stop before deleting it", field="status")
+    store.delete_prefix(keys.job_prefix(job.id))
+    repo.delete_job(uow.session, job.id)
+
+
+def list_samples(uow: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_id: uuid.UUID, *,
+                 cursor: str | None, limit: int) -> SamplePage:
+    job = _own_job(uow, tenant_id, job_id)
+    after = None
+    if cursor is not None:
+        if not cursor.isdigit() or len(cursor) > 9:
+            raise InvalidRequest("cursor: not a cursor returned by this API", field="cursor")
+        after = int(cursor)
+    rows = repo.list_samples(uow.session, job.id, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    anns = repo.annotations_for(uow.session, job.id, [r.index for r in rows])
+
+    def url(key: str | None) -> str | None:
+        return store.presign(key) if key else None
+
+    items = [
+        SampleView(
+            index=r.index, seed=r.seed, prompt=r.prompt, negative_prompt=r.negative_prompt, quality=r.quality or {},
+            annotations=[AnnotationView(instance_id=a.instance_id, category=a.category, category_id=a.category_id,
+                                        bbox=list(a.bbox), area=a.area, score=a.score, source=a.source)
+                         for a in anns[r.index]],
+            urls=SampleUrls(image=store.presign(r.image_key), semantic=url(r.semantic_key),
+                            instances=url(r.instances_key), overlay=url(r.overlay_key), record=store.presign(r.record_key)),
+        )
+        for r in rows
+    ]
+    return SamplePage(items=items, next_cursor=str(rows[-1].index) if more and rows else None)
+
+
+def list_exports(uow: UnitOfWork, store: ObjectStore, settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ExportList:
+    job = _own_job(uow, tenant_id, job_id)
+    items = [
+        ExportView(format=e.format, size_bytes=e.size_bytes, sha256=e.sha256,
+                   url=store.presign(e.key, download_name=f"{job.name}-{e.format}.zip"),
+                   expires_in_s=settings.presign_expiry_s)
+        for e in repo.list_exports(uow.session, job.id)
+    ]
+    manifest = store.presign(keys.manifest_key(job.id)) if job.status == "succeeded" else None
+    return ExportList(items=items, manifest_url=manifest)
+
+
+def get_export(uow: UnitOfWork, store: ObjectStore, settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID, fmt: str) -> ExportView:
+    job = _own_job(uow, tenant_id, job_id)
+    e = repo.get_export(uow.session, job.id, fmt)
+    if e is None:
+        raise NotFound(f"job {job_id} has no {fmt!r} export (exports exist once the job has succeeded)", field="format")
+    return ExportView(format=e.format, size_bytes=e.size_bytes, sha256=e.sha256,
+                      url=store.presign(e.key, download_name=f"{job.name}-{e.format}.zip"),
+                      expires_in_s=settings.presign_expiry_s)
+
+
+def list_models(settings: Settings) -> ModelList:
+    return ModelList(items=[ModelView(id=m) for m in settings.models])
