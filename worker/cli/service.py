@@ -1,0 +1,271 @@
+"""Service commands: `dsgen api`, `dsgen worker`, `dsgen migrate`, `dsgen keys create`,
+`dsgen serve --embedded`, and the client side `dsgen submit/jobs/pull` (a remote server,
+key from DSGEN_API_KEY). Heavy modules are imported inside the commands."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from worker.cli import UserError, cli
+
+SERVER_OPT = click.option("--server", envvar="DSGEN_SERVER", default="http://127.0.0.1:8000", show_default=True,
+                          help="API base URL (env DSGEN_SERVER)")
+
+
+def _settings(**overrides):
+    from pydantic import ValidationError
+
+    from shared.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(f"configuration: DSGEN_{str(first['loc'][0]).upper()}: {first['msg']}") from None
+
+
+# ----------------------------------------------------------------------------- processes
+@cli.command("api")
+@click.option("--host", default=None, help="bind address (env DSGEN_API_HOST)")
+@click.option("--port", type=int, default=None, help="port (env DSGEN_API_PORT)")
+@click.option("--workers", type=int, default=1, show_default=True, help="uvicorn worker processes")
+def api_command(host: str | None, port: int | None, workers: int) -> None:
+    """Serve the REST API (uvicorn; configuration from DSGEN_* variables)."""
+    import uvicorn
+
+    s = _settings()
+    uvicorn.run("api.app:create_app", factory=True, host=host or s.api_host, port=port or s.api_port,
+                workers=workers, proxy_headers=True)
+
+
+@cli.command("worker")
+@click.option("--queues", "-Q", default="gpu", show_default=True, help="comma-separated: gpu, cpu")
+@click.option("--concurrency", "-c", type=int, default=1, show_default=True,
+              help="prefork children (1 per GPU for the gpu queue)")
+@click.option("--beat", is_flag=True, help="also run the periodic reconciler (exactly one process may)")
+@click.option("--loglevel", default="info", show_default=True)
+@click.option("--hostname", "-n", default=None, help="Celery node name")
+def worker_command(queues: str, concurrency: int, beat: bool, loglevel: str, hostname: str | None) -> None:
+    """Run a Celery worker (prefork; the model loads in the child on its first shard)."""
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    bad = [q for q in names if q not in ("gpu", "cpu")]
+    if bad or not names:
+        raise UserError(f"--queues: use gpu and/or cpu (got {queues!r})")
+    from worker.celery_app import create_celery_app
+
+    settings = _settings()
+    app = create_celery_app(settings)
+    argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "--pool", "prefork",
+            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if hostname:
+        argv += ["-n", hostname]
+    if beat:
+        argv += ["-B", "-s", str(settings.beat_schedule)]
+    app.worker_main(argv)
+
+
+@cli.command("migrate")
+@click.option("--database-url", default=None, help="override DSGEN_DATABASE_URL")
+@click.option("--revision", default="head", show_default=True)
+def migrate_command(database_url: str | None, revision: str) -> None:
+    """Bring the database schema to REVISION (Alembic migrations)."""
+    from shared.db.migrate import upgrade
+
+    url = database_url or _settings().database_url
+    try:
+        upgrade(url, revision)
+    except Exception as err:  # noqa: BLE001 - connection errors are the user's to fix
+        raise UserError(f"migration failed: {str(err).splitlines()[0]}") from None
+    click.echo(f"database at {revision}")
+
+
+@cli.group("keys")
+def keys_group() -> None:
+    """API keys."""
+
+
+@keys_group.command("create")
+@click.option("--tenant", required=True, help="tenant name (created if new)")
+@click.option("--database-url", default=None, help="override DSGEN_DATABASE_URL")
+def keys_create(tenant: str, database_url: str | None) -> None:
+    """Create an API key for TENANT; it is printed once."""
+    from shared import auth
+    from shared.db.session import UnitOfWork, make_engine, make_session_factory
+    from shared.errors import ServiceUnavailable
+
+    engine = make_engine(database_url or _settings().database_url)
+    try:
+        with UnitOfWork(make_session_factory(engine)) as uow:
+            t, key = auth.create_api_key(uow.session, tenant)
+            tenant_id = t.id
+    except ValueError as err:
+        raise UserError(f"--tenant: {err}") from None
+    except ServiceUnavailable as err:
+        raise UserError(str(err)) from None
+    finally:
+        engine.dispose()
+    click.echo(key)
+    click.echo(f"tenant {tenant} ({tenant_id}); keep the key: it is not stored and cannot be shown again", err=True)
+
+
+@cli.command("serve")
+@click.option("--embedded", is_flag=True, required=True, help="API + in-process generation, SQLite, a local folder")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=Path("dsgen-data"), show_default=True,
+              help="folder for the database and the objects")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+def serve_command(embedded: bool, data_dir: Path, host: str, port: int) -> None:
+    """One machine, no servers: the API with generation in this process (no key needed)."""
+    import uvicorn
+
+    app = build_embedded_app(data_dir, host=host, port=port)
+    click.echo(f"dsgen embedded: http://{host}:{port}/docs  (data in {data_dir.resolve()})", err=True)
+    uvicorn.run(app, host=host, port=port)
+
+
+def build_embedded_app(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8000, engine_factory=None):
+    """The embedded app: same API and worker code, SQLite + local store + in-process dispatcher."""
+    import secrets
+
+    from api.app import create_app
+    from shared.db.migrate import upgrade
+    from worker.service.context import WorkerContext
+    from worker.service.embedded import InProcessDispatcher
+
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret_file = data_dir / "signing-secret"
+    if not secret_file.exists():
+        secret_file.write_text(secrets.token_hex(32))
+    settings = _settings(
+        database_url=f"sqlite:///{data_dir / 'dsgen.db'}",
+        storage="local",
+        local_storage_dir=data_dir / "objects",
+        public_base_url=f"http://{host}:{port}",
+        signing_secret=secret_file.read_text().strip(),
+        embedded_tenant=os.environ.get("DSGEN_EMBEDDED_TENANT", "local"),
+    )
+    upgrade(settings.database_url)  # the same migrations as Postgres
+    dispatcher = InProcessDispatcher()
+    extra = {"engine_factory": engine_factory} if engine_factory else {}
+
+    def start(res) -> None:
+        dispatcher.start(WorkerContext(settings=settings, session_factory=res.session_factory, store=res.store,
+                                       dispatcher=dispatcher, **extra))
+
+    return create_app(settings, dispatcher=dispatcher, on_startup=start, on_shutdown=dispatcher.shutdown)
+
+
+# --------------------------------------------------------------------------------- client
+def _client(server: str):
+    from shared.client import Client
+
+    return Client(server, os.environ.get("DSGEN_API_KEY"))
+
+
+def _api_call(fn, *args, **kwargs):
+    from shared.client import ApiError
+
+    try:
+        return fn(*args, **kwargs)
+    except ApiError as err:
+        raise UserError(err.message if err.status == 0 else f"{err.message} (HTTP {err.status})") from None
+
+
+def _wait_with_bar(client, job: dict) -> dict:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[state]}"), TimeElapsedColumn(), transient=False) as bar:
+        task = bar.add_task(job["name"], total=job["progress"]["total"], state=job["status"])
+
+        def update(j: dict) -> None:
+            p = j["progress"]
+            rate = f" {p['images_per_s']:.2f} img/s" if p.get("images_per_s") else ""
+            bar.update(task, completed=p["done"], state=f"{j['status']}{rate}")
+
+        return _api_call(client.wait, job["id"], on_progress=update)
+
+
+@cli.command("submit")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@SERVER_OPT
+@click.option("--wait", is_flag=True, help="show a progress bar until the job ends")
+@click.option("--idempotency-key", default=None, help="submitting twice with the same key makes one job")
+def submit_command(spec_path: Path, server: str, wait: bool, idempotency_key: str | None) -> None:
+    """Submit a job SPEC to a dsgen server; prints the job id."""
+    from shared.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as err:
+        raise UserError(str(err)) from None
+    with _client(server) as client:
+        job = _api_call(client.submit, spec.model_dump(mode="json"), idempotency_key)
+        click.echo(job["id"])
+        if wait:
+            job = _wait_with_bar(client, job)
+            click.echo(f"{job['status']}: {job['progress']['done']}/{job['progress']['total']} samples", err=True)
+            if job["status"] != "succeeded":
+                raise UserError(f"job {job['status']}: {job.get('error') or ''}".strip())
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """Jobs on a dsgen server."""
+
+
+@jobs_group.command("list")
+@SERVER_OPT
+@click.option("--status", default=None)
+@click.option("--limit", type=int, default=50, show_default=True)
+def jobs_list(server: str, status: str | None, limit: int) -> None:
+    with _client(server) as client:
+        page = _api_call(client.jobs, status=status, limit=limit)
+    for j in page["items"]:
+        click.echo(f"{j['id']}  {j['status']:<10}  {j['num_images']:>7}  {j['created_at']}  {j['name']}")
+
+
+@jobs_group.command("show")
+@click.argument("job_id")
+@SERVER_OPT
+def jobs_show(job_id: str, server: str) -> None:
+    with _client(server) as client:
+        click.echo(json.dumps(_api_call(client.job, job_id), indent=2))
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id")
+@SERVER_OPT
+def jobs_cancel(job_id: str, server: str) -> None:
+    with _client(server) as client:
+        click.echo(_api_call(client.cancel, job_id)["status"])
+
+
+@jobs_group.command("retry")
+@click.argument("job_id")
+@SERVER_OPT
+def jobs_retry(job_id: str, server: str) -> None:
+    with _client(server) as client:
+        result = _api_call(client.retry, job_id)
+    click.echo(f"{result['job']['status']}: shards sent again: {result['shards']}")
+
+
+@cli.command("pull")
+@click.argument("job_id")
+@SERVER_OPT
+@click.option("--format", "fmt", default="coco", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def pull_command(job_id: str, server: str, fmt: str, out: Path) -> None:
+    """Download an export of a finished job and unpack it into OUT."""
+    with _client(server) as client:
+        names = _api_call(client.pull, job_id, fmt, out)
+    click.echo(f"{len(names)} files in {out}", err=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli())
