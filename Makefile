@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality services tiny-random clean
+.PHONY: setup demo test bench bench-quality bench-service serve services tiny-random clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ bench: setup
 
 bench-quality: setup
 	$(BIN)/python bench/quality.py
+
+## End-to-end service throughput (API + 1 and 2 workers vs engine) and API latency (JSON).
+bench-service: setup services
+	$(BIN)/python bench/service.py
+
+## API + dashboard + in-process workers on SQLite and a local folder (no servers needed).
+serve: setup
+	$(BIN)/dsgen serve --embedded
 
 ## Rebuild the tiny random test model from its script (fixed seed).
 tiny-random: setup
