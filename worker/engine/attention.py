@@ -296,13 +296,28 @@ class CapturingAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
     def _attend(self, attn, query, key, value, mask) -> torch.Tensor:
-        """Softmax attention, a chunk of heads at a time; records the head-mean probabilities."""
+        """Attention output; records head-mean probabilities when the store is active.
+
+        Only what is recorded is computed with an explicit softmax: steps outside the window
+        and, under CFG, the unconditional half go through SDPA like every other layer.
+        """
+        batch = query.shape[0]
+        if not self.store.active:
+            return _sdpa(attn, query, key, value, mask)
+        if not self.store.config.guidance:
+            return self._attend_recorded(attn, query, key, value, mask)
+        if batch % 2:
+            raise RuntimeError(f"guidance=True needs an even batch ([uncond, cond]), got {batch}")
+        half = batch // 2
+        split_mask = (None, None) if mask is None else (mask[:half], mask[half:]) if mask.shape[0] == batch else (mask, mask)
+        uncond = _sdpa(attn, query[:half], key[:half], value[:half], split_mask[0])
+        cond = self._attend_recorded(attn, query[half:], key[half:], value[half:], split_mask[1])
+        return torch.cat([uncond.to(cond.dtype), cond])
+
+    def _attend_recorded(self, attn, query, key, value, mask) -> torch.Tensor:
+        """Explicit softmax attention, a chunk of heads at a time; adds the head mean to the store."""
         batch, heads, n_q, _ = query.shape
         n_k = key.shape[2]
-        keep = batch // 2 if self.store.config.guidance else 0  # CFG: [uncond, cond]
-        if self.store.config.guidance and batch % 2:
-            raise RuntimeError(f"guidance=True needs an even batch ([uncond, cond]), got {batch}")
-        record = self.store.active
         chunk = max(1, PROBS_CHUNK_ELEMENTS // max(1, batch * n_q * n_k))
         outputs, probs_sum = [], None
         for h0 in range(0, heads, chunk):
@@ -318,13 +333,17 @@ class CapturingAttnProcessor:
             probs = scores.softmax(dim=-1)
             del scores
             outputs.append(torch.matmul(probs.to(value.dtype), value[:, sl]))
-            if record:
-                part = probs[keep:].sum(dim=1)
-                probs_sum = part if probs_sum is None else probs_sum + part
+            part = probs.sum(dim=1)
+            probs_sum = part if probs_sum is None else probs_sum + part
             del probs
-        if record:
-            self.store.add(self.kind, self.resolution, self.hw, probs_sum / heads)
+        self.store.add(self.kind, self.resolution, self.hw, probs_sum / heads)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+
+def _sdpa(attn, query, key, value, mask) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=attn.scale
+    )
 
 
 @dataclass(frozen=True)
