@@ -41,7 +41,8 @@ def _spec(model: str, images: int, steps: int | None, batch: int, labels: str):
         "name": "bench",
         "model": model,
         "classes": [{"name": w} for w in words[:2]],
-        "prompts": {"templates": load_model(model).extras.get("demo_templates") or ["a {class}"]},
+        "prompts": {"templates": load_model(model).extras.get("demo_templates") or ["a {class}"],
+                    "slots": load_model(model).extras.get("demo_slots") or {}},
         "num_images": images + batch,  # + one warm-up batch
         "generation": gen,
         "labels": labels_cfg,
@@ -55,6 +56,7 @@ def plain_loop(spec) -> float:
 
     from shared.prompts import plan_sample
     from worker.engine.models import load_model
+    from worker.engine.text import encode_prompts
 
     m = load_model(spec.model)
     gen = spec.generation
@@ -66,9 +68,10 @@ def plain_loop(spec) -> float:
             timed_start = time.perf_counter()
         plans = [plan_sample(spec, i) for i in range(b0, min(b0 + B, spec.num_images))]
         with torch.no_grad():
-            tok = m.tokenizer([p.prompt for p in plans] + [""] * len(plans), padding="max_length",
-                              max_length=m.tokenizer.model_max_length, truncation=True, return_tensors="pt")
-            states = m.text_encoder(tok.input_ids).last_hidden_state
+            # Text encoding is shared with the engine (it is model-specific and negligible);
+            # the denoising loop below uses diffusers' stock attention processors only.
+            text = encode_prompts(m, [p.prompt for p in plans] + [""] * len(plans))
+            states, mask = text.embeds, text.attention_mask
             sched = m.scheduler.__class__.from_config(m.scheduler.config)
             sched.set_timesteps(gen.steps)
             x = torch.stack([torch.randn(m.unet.config.in_channels, gen.height // f, gen.width // f,
@@ -77,7 +80,8 @@ def plain_loop(spec) -> float:
             cond, uncond = states[: len(plans)], states[len(plans):]
             for t in sched.timesteps:
                 inp = sched.scale_model_input(torch.cat([x, x]), t)
-                eps = m.unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+                eps = m.unet(inp, t, encoder_hidden_states=torch.cat([uncond, cond]),
+                             encoder_attention_mask=None if mask is None else torch.cat([mask[len(plans):], mask[: len(plans)]])).sample
                 eu, ec = eps.chunk(2)
                 x = sched.step(eu + gen.guidance_scale * (ec - eu), t, x).prev_sample
             if m.vae is not None:
