@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality bench-service serve services tiny-random clean
+.PHONY: setup demo test bench bench-quality bench-service serve services browser tiny-random clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,15 @@ demo: setup
 	$(BIN)/dsgen run examples/demo.yaml --out out/demo
 
 ## Run the whole test suite (starts Postgres and Redis here if they are down).
-test: setup services
+test: setup services browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 services:
 	@bash .ci/services.sh
+
+## Debian's Chromium for the dashboard tests (Playwright drives it; it never downloads one).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 
 ## Engine throughput and memory (JSON on stdout).
 bench: setup

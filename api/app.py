@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         description="Dataset generation jobs: images, masks and boxes from text-to-image diffusion models.",
         lifespan=lifespan,
     )
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = ApiMetrics(app.state)
     app.state.settings = settings
     install_error_handlers(app)
 
@@ -94,8 +94,14 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         m.latency.labels(request.method, route).observe(time.perf_counter() - started)
         return response
 
-    from api.routes import jobs, system
+    from fastapi.staticfiles import StaticFiles
+
+    from api.routes import dashboard, datasets, jobs, schedules, system
 
     app.include_router(system.router)
     app.include_router(jobs.router)
+    app.include_router(schedules.router)
+    app.include_router(datasets.router)
+    app.include_router(dashboard.router)
+    app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from urllib.parse import quote
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,27 @@ class Client:
     def export(self, job_id: str, fmt: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}/exports/{fmt}")
 
+    def datasets(self) -> dict:
+        return self._call("GET", "/v1/datasets")
+
+    def versions(self, name: str) -> dict:
+        return self._call("GET", f"/v1/datasets/{quote(name, safe='')}/versions")
+
+    def version(self, name: str, version: str = "latest") -> dict:
+        return self._call("GET", f"/v1/datasets/{quote(name, safe='')}/versions/{quote(version, safe='')}")
+
+    def diff(self, name: str, base: str, head: str = "latest") -> dict:
+        return self._call("GET", f"/v1/datasets/{quote(name, safe='')}/diff", params={"base": base, "head": head})
+
+    def pull_version(self, name: str, version: str, fmt: str, out: Path) -> tuple[dict, list[str]]:
+        """Download one export of a dataset version (`latest`, N or vN) into `out`."""
+        v = self.version(name, version)
+        export = next((e for e in v["exports"] if e["format"] == fmt), None)
+        if export is None:
+            have = sorted(e["format"] for e in v["exports"])
+            raise ApiError(404, f"{name} {v['name']} has no {fmt!r} export (it has {have})", "format")
+        return v, self._download(export["url"], fmt, out)
+
     def wait(self, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None, on_progress: Any = None) -> dict:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -82,7 +104,9 @@ class Client:
 
     def pull(self, job_id: str, fmt: str, out: Path) -> list[str]:
         """Download an export archive (presigned URL) and unpack it into `out`."""
-        url = self.export(job_id, fmt)["url"]
+        return self._download(self.export(job_id, fmt)["url"], fmt, out)
+
+    def _download(self, url: str, fmt: str, out: Path) -> list[str]:
         try:
             r = httpx.get(url, timeout=300, follow_redirects=True)
         except httpx.HTTPError as err:

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     requeue_grace_s: float = Field(default=60.0, ge=0, description="a queued shard missing from the broker for this long is re-sent")
     finalize_timeout_s: float = Field(default=1800.0, gt=0)
     reconcile_interval_s: float = Field(default=30.0, gt=0)
+    schedule_tick_s: float = Field(default=15.0, gt=0, description="how often the scheduler looks for due schedules")
+    schedule_grace_s: float = Field(
+        default=120.0, ge=0,
+        description="a firing later than this is 'missed' (the schedule's policy: skip it, or catch up once)",
+    )
+    log_format: Literal["json", "text"] = Field(default="json", description="service processes' log lines")
     beat_schedule: Path = Field(default=Path("/tmp/dsgen-beat-schedule"), description="Celery beat's state file")
 
     # --- API -----------------------------------------------------------------------------

@@ -18,11 +18,14 @@ class Dispatcher(Protocol):
     def send_finalize(self, job_id: uuid.UUID) -> None: ...
     def ping(self) -> None: ...
     def queue_depth(self, queue: str = GPU_QUEUE) -> int | None: ...
+    def workers_alive(self) -> int | None: ...
 
 
 class CeleryDispatcher:
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, *, ping_cache_s: float = 10.0):
         self.app = app
+        self._ping_cache_s = ping_cache_s
+        self._alive: tuple[float, int | None] | None = None
 
     def _send(self, name: str, args: list[Any]) -> None:
         try:
@@ -55,6 +58,22 @@ class CeleryDispatcher:
         except Exception:  # noqa: BLE001
             return None
 
+    def workers_alive(self) -> int | None:
+        """Celery workers answering a broadcast ping (cached for a few seconds: scrapes are
+        frequent and each ping waits for its replies); None when the broker is unreachable."""
+        import time
+
+        now = time.monotonic()
+        if self._alive is not None and now - self._alive[0] < self._ping_cache_s:
+            return self._alive[1]
+        try:
+            replies = self.app.control.ping(timeout=0.5)
+            alive: int | None = len(replies or [])
+        except Exception:  # noqa: BLE001
+            alive = None
+        self._alive = (now, alive)
+        return alive
+
 
 class RecordingDispatcher:
     """Keeps what would be sent (tests, dry runs)."""
@@ -80,3 +99,6 @@ class RecordingDispatcher:
 
     def queue_depth(self, queue: str = GPU_QUEUE) -> int | None:
         return sum(1 for name, _ in self.sent if QUEUE_OF[name] == queue)
+
+    def workers_alive(self) -> int | None:
+        return None

@@ -11,14 +11,16 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import select
 
 from shared import keys
 from shared.config import Settings
 from shared.db import repositories as repo
-from shared.db.models import JOB_STATES, JOB_TERMINAL, Job, Shard, utcnow
+from shared.db.models import JOB_STATES, JOB_TERMINAL, Dataset, Job, Shard, utcnow
 from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
+from shared.overlay import colour_hex
 from shared.lifecycle import request_cancel, retry_failed, send_shards_after_commit
 from shared.spec import JobSpec, describe_validation_error
 from shared.storage import ObjectStore
@@ -118,16 +120,27 @@ def _progress(uow: UnitOfWork, job: Job, with_shards: bool) -> tuple[Progress, l
     return progress, views
 
 
-def _summary(job: Job) -> JobSummary:
+def _summary(job: Job, dataset: str | None = None) -> JobSummary:
     return JobSummary(id=job.id, name=job.name, status=job.status, created_at=job.created_at,
                       started_at=job.started_at, finished_at=job.finished_at,
-                      num_images=job.num_images, error=job.error)
+                      num_images=job.num_images, error=job.error, dataset=dataset)
+
+
+def _dataset_names(uow: UnitOfWork, jobs: list[Job]) -> dict[uuid.UUID, str]:
+    ids = {j.dataset_id for j in jobs if j.dataset_id is not None}
+    if not ids:
+        return {}
+    return {d.id: d.name for d in uow.session.scalars(select(Dataset).where(Dataset.id.in_(ids)))}
 
 
 def job_view(uow: UnitOfWork, job: Job) -> JobView:
     progress, shards = _progress(uow, job, True)
-    return JobView(**_summary(job).model_dump(), progress=progress, shard_list=shards,
-                   spec=job.spec, cancel_requested=job.cancel_requested)
+    version = repo.version_of_job(uow.session, job.id) if job.dataset_id else None
+    dataset = _dataset_names(uow, [job]).get(job.dataset_id) if job.dataset_id else None
+    return JobView(**_summary(job, dataset).model_dump(), progress=progress, shard_list=shards,
+                   spec=job.spec, cancel_requested=job.cancel_requested,
+                   version=version.version if version else None,
+                   class_colours={c.get("name", ""): colour_hex(i + 1) for i, c in enumerate(job.spec.get("classes", []))})
 
 
 def _own_job(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID, *, lock: bool = False) -> Job:
@@ -145,12 +158,18 @@ def submit_job(
     tenant_id: uuid.UUID,
     body: Any,
     idempotency_key: str | None = None,
+    dataset: str | None = None,
 ) -> tuple[JobView, bool]:
     """Validate, write the job and its shards in one transaction, send the shards after the
-    commit. Returns (job, created); the same Idempotency-Key returns the first job."""
+    commit. Returns (job, created); the same Idempotency-Key returns the first job. With a
+    `dataset` name the job becomes that dataset's next version when it succeeds."""
     spec = validate_spec(body, settings)
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 200):
         raise InvalidRequest("Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
+    if dataset is not None:
+        from shared.datasets import check_name
+
+        check_name(dataset, "dataset")
     dispatcher.ping()  # broker down: 503 before anything is written
     s = uow.session
     repo.lock_tenant(s, tenant_id)
@@ -170,10 +189,11 @@ def submit_job(
     batch = spec.generation.batch_size  # shards hold whole batches: no batch is split or redone
     size = max(batch, math.ceil(settings.shard_size / batch) * batch)
     n = spec.num_images
+    dataset_id = repo.get_or_create_dataset(s, tenant_id, dataset).id if dataset is not None else None
     job = Job(id=uuid.uuid4(), tenant_id=tenant_id, name=spec.name, spec=spec.model_dump(mode="json"),
               spec_hash=digest, status="queued", num_images=n, shard_size=size,
               num_shards=math.ceil(n / size), idempotency_key=idempotency_key,
-              cancel_requested=False, finalize_attempts=0)
+              cancel_requested=False, finalize_attempts=0, dataset_id=dataset_id)
     s.add(job)
     s.flush()
     s.add_all(Shard(job_id=job.id, index=i, start=i * size, stop=min(n, (i + 1) * size), status="pending",
@@ -213,7 +233,8 @@ def list_jobs(uow: UnitOfWork, tenant_id: uuid.UUID, *, status: str | None, curs
     more = len(jobs) > limit
     jobs = jobs[:limit]
     nxt = encode_cursor(jobs[-1].created_at, jobs[-1].id) if more and jobs else None
-    return JobPage(items=[_summary(j) for j in jobs], next_cursor=nxt)
+    names = _dataset_names(uow, jobs)
+    return JobPage(items=[_summary(j, names.get(j.dataset_id) if j.dataset_id else None) for j in jobs], next_cursor=nxt)
 
 
 def cancel_job(uow: UnitOfWork, dispatcher: Dispatcher, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobView:
@@ -261,8 +282,10 @@ def list_samples(uow: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_
     items = [
         SampleView(
             index=r.index, seed=r.seed, prompt=r.prompt, negative_prompt=r.negative_prompt, quality=r.quality or {},
+            lineage=r.lineage or {},
             annotations=[AnnotationView(instance_id=a.instance_id, category=a.category, category_id=a.category_id,
-                                        bbox=list(a.bbox), area=a.area, score=a.score, source=a.source)
+                                        bbox=list(a.bbox), area=a.area, score=a.score, source=a.source,
+                                        colour=colour_hex(a.category_id))
                          for a in anns[r.index]],
             urls=SampleUrls(image=store.presign(r.image_key), semantic=url(r.semantic_key),
                             instances=url(r.instances_key), overlay=url(r.overlay_key), record=store.presign(r.record_key)),
@@ -296,3 +319,20 @@ def get_export(uow: UnitOfWork, store: ObjectStore, settings: Settings, tenant_i
 
 def list_models(settings: Settings) -> ModelList:
     return ModelList(items=[ModelView(id=m) for m in settings.models])
+
+
+def parse_spec_text(text: str) -> dict[str, Any]:
+    """A spec written as YAML or JSON (the dashboard's form) -> the JSON object to submit.
+    Only the syntax is checked here; the fields are validated when it is submitted."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML/JSON"
+        raise InvalidRequest(f"text: {problem}{where}", field="text") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("text: a spec is a mapping (key: value lines, or a JSON object)", field="text")
+    return json.loads(json.dumps(data, default=str))

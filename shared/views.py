@@ -37,6 +37,7 @@ class JobSummary(BaseModel):
     finished_at: dt.datetime | None = None
     num_images: int
     error: str | None = None
+    dataset: str | None = Field(default=None, description="the named dataset this job makes a version of")
 
 
 class JobView(JobSummary):
@@ -44,6 +45,8 @@ class JobView(JobSummary):
     shard_list: list[ShardView] = Field(default_factory=list)
     spec: dict[str, Any]
     cancel_requested: bool = False
+    version: int | None = Field(default=None, description="its dataset version, once it succeeded")
+    class_colours: dict[str, str] = Field(default_factory=dict, description="class -> colour in the mask overlay")
 
 
 class JobPage(BaseModel):
@@ -59,6 +62,7 @@ class AnnotationView(BaseModel):
     area: float
     score: float
     source: str
+    colour: str | None = Field(default=None, description="the class colour of the mask overlay (#rrggbb)")
 
 
 class SampleUrls(BaseModel):
@@ -75,6 +79,7 @@ class SampleView(BaseModel):
     prompt: str
     negative_prompt: str = ""
     quality: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict, description="model, method and parameters")
     annotations: list[AnnotationView] = Field(default_factory=list)
     urls: SampleUrls
 
@@ -108,3 +113,82 @@ class ModelList(BaseModel):
 class RetryResult(BaseModel):
     job: JobView
     shards: list[int] = Field(description="indexes of the shards sent again")
+
+
+# ------------------------------------------------------------------------------ datasets
+class DatasetSummary(BaseModel):
+    name: str
+    created_at: dt.datetime
+    versions: int
+    latest: int | None = Field(default=None, description="number of the latest version")
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetSummary]
+
+
+class DatasetVersionView(BaseModel):
+    dataset: str
+    version: int
+    name: str = Field(description="v1, v2, ...")
+    job_id: uuid.UUID
+    created_at: dt.datetime
+    summary: dict[str, Any] = Field(description="samples, instances and images per class, mean quality")
+    manifest_url: str | None = None
+    exports: list[ExportView] = Field(default_factory=list)
+
+
+class DatasetVersionList(BaseModel):
+    dataset: str
+    items: list[DatasetVersionView] = Field(description="newest first")
+    jobs: list[uuid.UUID] = Field(default_factory=list, description="the dataset's jobs (newest 50), versions or not")
+
+
+class DiffEntry(BaseModel):
+    base: float | int | None = None
+    head: float | int | None = None
+    delta: float | int | None = None
+
+
+class DatasetDiff(BaseModel):
+    dataset: str
+    base: int
+    head: int
+    samples: DiffEntry
+    instances: dict[str, DiffEntry] = Field(description="instances per class")
+    images: dict[str, DiffEntry] = Field(description="images with at least one instance, per class")
+    quality: dict[str, DiffEntry] = Field(description="mean quality values")
+
+
+# ----------------------------------------------------------------------------- schedules
+class ScheduleView(BaseModel):
+    id: uuid.UUID
+    name: str
+    dataset: str
+    cron: str
+    timezone: str
+    spec: dict[str, Any]
+    enabled: bool
+    missed: str
+    vary_seed: bool
+    next_fire_at: dt.datetime | None = None
+    last_fired_at: dt.datetime | None = None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class ScheduleList(BaseModel):
+    items: list[ScheduleView]
+
+
+class ScheduleRunView(BaseModel):
+    scheduled_for: dt.datetime
+    created_at: dt.datetime
+    job_id: uuid.UUID | None = None
+    job_status: str | None = None
+    version: int | None = None
+    error: str | None = None
+
+
+class ScheduleRunList(BaseModel):
+    items: list[ScheduleRunView]

@@ -11,7 +11,7 @@ from kombu import Queue
 
 from shared.celery_conf import celery_config
 from shared.config import Settings
-from shared.tasks import CPU_QUEUE, GPU_QUEUE, RECONCILE_TASK
+from shared.tasks import CPU_QUEUE, GPU_QUEUE, RECONCILE_TASK, SCHEDULE_TICK_TASK
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -24,7 +24,13 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "task": RECONCILE_TASK,
             "schedule": settings.reconcile_interval_s,
             "options": {"queue": CPU_QUEUE, "expires": settings.reconcile_interval_s * 2},
-        }
+        },
+        # dataset schedules; a duplicated tick (or a second beat) fires nothing twice
+        "schedules": {
+            "task": SCHEDULE_TICK_TASK,
+            "schedule": settings.schedule_tick_s,
+            "options": {"queue": CPU_QUEUE, "expires": settings.schedule_tick_s * 2},
+        },
     }
     app.dsgen_settings = settings  # type: ignore[attr-defined]
     from worker.tasks import register_tasks

@@ -11,7 +11,7 @@ import uuid
 from celery import Celery
 
 from shared.dispatch import CeleryDispatcher
-from shared.tasks import FINALIZE_TASK, RECONCILE_TASK, SHARD_TASK
+from shared.tasks import FINALIZE_TASK, RECONCILE_TASK, SCHEDULE_TICK_TASK, SHARD_TASK
 from worker.service.context import WorkerContext, build_context
 
 log = logging.getLogger(__name__)
@@ -28,15 +28,19 @@ def context_for(app: Celery) -> WorkerContext:
 def register_tasks(app: Celery) -> None:
     @app.task(name=SHARD_TASK, acks_late=True, ignore_result=True)
     def run_shard_task(job_id: str, shard_index: int) -> str:
+        from shared.logs import log_context
         from worker.service.shards import run_shard
 
-        return run_shard(context_for(app), uuid.UUID(job_id), int(shard_index))
+        with log_context(job_id=job_id, shard=int(shard_index)):
+            return run_shard(context_for(app), uuid.UUID(job_id), int(shard_index))
 
     @app.task(name=FINALIZE_TASK, acks_late=True, ignore_result=True)
     def finalize_task(job_id: str) -> str:
+        from shared.logs import log_context
         from worker.service.finalize import finalize_job
 
-        return finalize_job(context_for(app), uuid.UUID(job_id))
+        with log_context(job_id=job_id):
+            return finalize_job(context_for(app), uuid.UUID(job_id))
 
     @app.task(name=RECONCILE_TASK, ignore_result=True)
     def reconcile_task() -> dict:
@@ -46,3 +50,9 @@ def register_tasks(app: Celery) -> None:
         if report:
             log.warning("reconciler: %s", report)
         return report
+
+    @app.task(name=SCHEDULE_TICK_TASK, ignore_result=True)
+    def schedule_tick_task() -> int:
+        from worker.service.scheduling import run_tick
+
+        return run_tick(context_for(app))

@@ -30,12 +30,14 @@ def submit_job(
     response: Response,
     spec: JobSpec,
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key", max_length=200),
+    dataset: str | None = Query(default=None, max_length=100,
+                                description="name of the dataset this job makes the next version of"),
     tenant: uuid.UUID = Depends(current_tenant),
     res: Resources = Depends(resources),
 ) -> JobView:
     with res.uow() as uow:
         view, created = jobs.submit_job(uow, res.dispatcher, res.settings, tenant,
-                                        spec, idempotency_key)
+                                        spec, idempotency_key, dataset=dataset)
     if created:
         request.app.state.metrics.jobs_submitted.inc()
     response.status_code = 201 if created else 200

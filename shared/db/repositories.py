@@ -21,11 +21,16 @@ from shared.db.models import (
     S_RUNNING,
     AnnotationRow,
     ApiKey,
+    Dataset,
+    DatasetVersion,
     Export,
     Job,
     Sample,
+    Schedule,
+    ScheduleRun,
     Shard,
     Tenant,
+    utcnow,
 )
 
 
@@ -136,6 +141,8 @@ def delete_job(session: Session, job_id: uuid.UUID) -> None:
     session.execute(delete(Sample).where(Sample.job_id == job_id))
     session.execute(delete(Shard).where(Shard.job_id == job_id))
     session.execute(delete(Export).where(Export.job_id == job_id))
+    session.execute(delete(DatasetVersion).where(DatasetVersion.job_id == job_id))
+    session.execute(update(ScheduleRun).where(ScheduleRun.job_id == job_id).values(job_id=None))
     session.execute(delete(Job).where(Job.id == job_id))
 
 
@@ -253,3 +260,149 @@ def list_exports(session: Session, job_id: uuid.UUID) -> list[Export]:
 
 def get_export(session: Session, job_id: uuid.UUID, fmt: str) -> Export | None:
     return session.get(Export, (job_id, fmt))
+
+
+# ---------------------------------------------------------------------------- datasets
+def get_dataset(session: Session, tenant_id: uuid.UUID, name: str, *, lock: bool = False) -> Dataset | None:
+    q = select(Dataset).where(Dataset.tenant_id == tenant_id, Dataset.name == name)
+    if lock:
+        q = q.with_for_update()
+    return session.scalar(q)
+
+
+def get_or_create_dataset(session: Session, tenant_id: uuid.UUID, name: str) -> Dataset:
+    """Race-safe: two requests naming a new dataset at once make one row."""
+    stmt = _insert(session, Dataset).values(id=uuid.uuid4(), tenant_id=tenant_id, name=name, created_at=utcnow())
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["tenant_id", "name"]))
+    return get_dataset(session, tenant_id, name)  # type: ignore[return-value]
+
+
+def lock_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
+
+
+def list_datasets(session: Session, tenant_id: uuid.UUID) -> list[tuple[Dataset, int, int | None]]:
+    """(dataset, number of versions, latest version), by name."""
+    versions = (select(DatasetVersion.dataset_id, func.count().label("n"), func.max(DatasetVersion.version).label("latest"))
+                .group_by(DatasetVersion.dataset_id).subquery())
+    rows = session.execute(
+        select(Dataset, versions.c.n, versions.c.latest).outerjoin(versions, versions.c.dataset_id == Dataset.id)
+        .where(Dataset.tenant_id == tenant_id).order_by(Dataset.name)
+    )
+    return [(d, n or 0, latest) for d, n, latest in rows]
+
+
+def list_versions(session: Session, dataset_id: uuid.UUID) -> list[tuple[DatasetVersion, Job]]:
+    rows = session.execute(
+        select(DatasetVersion, Job).join(Job, Job.id == DatasetVersion.job_id)
+        .where(DatasetVersion.dataset_id == dataset_id).order_by(DatasetVersion.version.desc())
+    )
+    return [(v, j) for v, j in rows]
+
+
+def get_version(session: Session, dataset_id: uuid.UUID, version: int | None) -> DatasetVersion | None:
+    """`None`: the latest version."""
+    q = select(DatasetVersion).where(DatasetVersion.dataset_id == dataset_id)
+    q = q.where(DatasetVersion.version == version) if version is not None else q.order_by(DatasetVersion.version.desc()).limit(1)
+    return session.scalar(q)
+
+
+def version_of_job(session: Session, job_id: uuid.UUID) -> DatasetVersion | None:
+    return session.scalar(select(DatasetVersion).where(DatasetVersion.job_id == job_id))
+
+
+def max_version(session: Session, dataset_id: uuid.UUID) -> int:
+    return session.scalar(select(func.max(DatasetVersion.version)).where(DatasetVersion.dataset_id == dataset_id)) or 0
+
+
+def jobs_of_dataset(session: Session, dataset_id: uuid.UUID, limit: int = 50) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.dataset_id == dataset_id)
+                                .order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+
+
+# --------------------------------------------------------------------------- schedules
+def get_schedule(session: Session, schedule_id: uuid.UUID, tenant_id: uuid.UUID | None = None) -> Schedule | None:
+    q = select(Schedule).where(Schedule.id == schedule_id)
+    if tenant_id is not None:
+        q = q.where(Schedule.tenant_id == tenant_id)
+    return session.scalar(q)
+
+
+def get_schedule_by_name(session: Session, tenant_id: uuid.UUID, name: str) -> Schedule | None:
+    return session.scalar(select(Schedule).where(Schedule.tenant_id == tenant_id, Schedule.name == name))
+
+
+def list_schedules(session: Session, tenant_id: uuid.UUID) -> list[Schedule]:
+    return list(session.scalars(select(Schedule).where(Schedule.tenant_id == tenant_id).order_by(Schedule.name)))
+
+
+def due_schedule_ids(session: Session, now: dt.datetime) -> list[uuid.UUID]:
+    return list(session.scalars(
+        select(Schedule.id).where(Schedule.enabled.is_(True), Schedule.next_fire_at <= now).order_by(Schedule.next_fire_at)
+    ))
+
+
+def lock_due_schedule(session: Session, schedule_id: uuid.UUID, now: dt.datetime) -> Schedule | None:
+    """The schedule, locked, if it is still due (a scheduler that waited on the lock sees the
+    row the winner committed, no longer due, and gets None)."""
+    return session.scalar(
+        select(Schedule).where(Schedule.id == schedule_id, Schedule.enabled.is_(True), Schedule.next_fire_at <= now)
+        .with_for_update()
+    )
+
+
+def insert_run(session: Session, schedule_id: uuid.UUID, scheduled_for: dt.datetime) -> bool:
+    """INSERT the firing ... ON CONFLICT DO NOTHING: True only for the one that made it."""
+    stmt = _insert(session, ScheduleRun).values(schedule_id=schedule_id, scheduled_for=scheduled_for,
+                                                job_id=None, error=None, created_at=utcnow())
+    stmt = stmt.on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_for"]).returning(ScheduleRun.schedule_id)
+    return session.execute(stmt).first() is not None
+
+
+def set_run(session: Session, schedule_id: uuid.UUID, scheduled_for: dt.datetime, **values: Any) -> None:
+    session.execute(update(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id,
+                                              ScheduleRun.scheduled_for == scheduled_for).values(**values))
+
+
+def list_runs(session: Session, schedule_id: uuid.UUID, limit: int) -> list[tuple[ScheduleRun, Job | None, int | None]]:
+    rows = session.execute(
+        select(ScheduleRun, Job, DatasetVersion.version)
+        .outerjoin(Job, Job.id == ScheduleRun.job_id)
+        .outerjoin(DatasetVersion, DatasetVersion.job_id == ScheduleRun.job_id)
+        .where(ScheduleRun.schedule_id == schedule_id)
+        .order_by(ScheduleRun.scheduled_for.desc()).limit(limit)
+    )
+    return [(r, j, v) for r, j, v in rows]
+
+
+def delete_schedule(session: Session, schedule_id: uuid.UUID) -> None:
+    session.execute(delete(ScheduleRun).where(ScheduleRun.schedule_id == schedule_id))
+    session.execute(delete(Schedule).where(Schedule.id == schedule_id))
+
+
+# ----------------------------------------------------------------------------- metrics
+def job_status_counts(session: Session) -> dict[str, int]:
+    return {s: n for s, n in session.execute(select(Job.status, func.count()).group_by(Job.status))}
+
+
+def count_all_samples(session: Session, since: dt.datetime | None = None) -> int:
+    q = select(func.count()).select_from(Sample)
+    if since is not None:
+        q = q.where(Sample.created_at >= since)
+    return session.scalar(q) or 0
+
+
+def shard_duration_buckets(session: Session, bounds: Sequence[float]) -> tuple[list[int], int, float]:
+    """Finished (succeeded) shards: cumulative counts per upper bound (seconds), count, sum."""
+    rows = session.execute(
+        select(Shard.started_at, Shard.finished_at).where(Shard.status == "succeeded", Shard.started_at.is_not(None),
+                                                          Shard.finished_at.is_not(None))
+    )
+    durations = [max(0.0, (f - s).total_seconds()) for s, f in rows]
+    cumulative = [sum(1 for d in durations if d <= b) for b in bounds]
+    return cumulative, len(durations), float(sum(durations))
+
+
+def shard_retries(session: Session) -> int:
+    """Attempts beyond the first, over every shard."""
+    return session.scalar(select(func.coalesce(func.sum(Shard.attempts - 1), 0)).where(Shard.attempts > 1)) or 0

@@ -37,9 +37,11 @@ def api_command(host: str | None, port: int | None, workers: int) -> None:
     """Serve the REST API (uvicorn; configuration from DSGEN_* variables)."""
     import uvicorn
 
+    from shared.logs import logging_dict
+
     s = _settings()
     uvicorn.run("api.app:create_app", factory=True, host=host or s.api_host, port=port or s.api_port,
-                workers=workers, proxy_headers=True)
+                workers=workers, proxy_headers=True, log_config=logging_dict(s.log_format))
 
 
 @cli.command("worker")
@@ -55,9 +57,17 @@ def worker_command(queues: str, concurrency: int, beat: bool, loglevel: str, hos
     bad = [q for q in names if q not in ("gpu", "cpu")]
     if bad or not names:
         raise UserError(f"--queues: use gpu and/or cpu (got {queues!r})")
+    from celery.signals import setup_logging
+
+    from shared.logs import configure_logging
     from worker.celery_app import create_celery_app
 
     settings = _settings()
+
+    @setup_logging.connect(weak=False)
+    def _structured_logs(loglevel=None, **_kw) -> None:  # noqa: ANN001 - celery signal; replaces celery's set-up
+        configure_logging(settings.log_format, loglevel or "INFO")
+
     app = create_celery_app(settings)
     argv = ["worker", "-Q", ",".join(names), "-c", str(concurrency), "--pool", "prefork",
             "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
@@ -122,9 +132,12 @@ def serve_command(embedded: bool, data_dir: Path, host: str, port: int) -> None:
     """One machine, no servers: the API with generation in this process (no key needed)."""
     import uvicorn
 
+    from shared.logs import logging_dict
+
     app = build_embedded_app(data_dir, host=host, port=port)
-    click.echo(f"dsgen embedded: http://{host}:{port}/docs  (data in {data_dir.resolve()})", err=True)
-    uvicorn.run(app, host=host, port=port)
+    click.echo(f"dsgen embedded: http://{host}:{port}/  (dashboard; API docs at /docs; data in {data_dir.resolve()})",
+               err=True)
+    uvicorn.run(app, host=host, port=port, log_config=logging_dict(app.state.settings.log_format))
 
 
 def build_embedded_app(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8000, engine_factory=None):
@@ -265,6 +278,63 @@ def pull_command(job_id: str, server: str, fmt: str, out: Path) -> None:
     with _client(server) as client:
         names = _api_call(client.pull, job_id, fmt, out)
     click.echo(f"{len(names)} files in {out}", err=True)
+
+
+@cli.group("datasets")
+def datasets_group() -> None:
+    """Named datasets on a dsgen server and their versions (v1, v2, ..., latest)."""
+
+
+def _name_at_version(ref: str) -> tuple[str, str]:
+    name, _, version = ref.partition("@")
+    if not name:
+        raise UserError(f"NAME[@VERSION]: a dataset name is needed (got {ref!r})")
+    return name, version or "latest"
+
+
+@datasets_group.command("list")
+@SERVER_OPT
+def datasets_list(server: str) -> None:
+    """Datasets of your tenant, with their number of versions."""
+    with _client(server) as client:
+        page = _api_call(client.datasets)
+    for d in page["items"]:
+        latest = f"v{d['latest']}" if d["latest"] else "-"
+        click.echo(f"{d['name']:<30}  {d['versions']:>4} version(s)  latest {latest:<6}  {d['created_at']}")
+
+
+@datasets_group.command("show")
+@click.argument("ref", metavar="NAME[@VERSION]")
+@SERVER_OPT
+@click.option("--diff", "base", default=None, metavar="VERSION", help="also compare with this older version")
+def datasets_show(ref: str, server: str, base: str | None) -> None:
+    """NAME: its versions; NAME@VERSION (latest, 3, v3): that version as JSON."""
+    name, version = _name_at_version(ref)
+    with _client(server) as client:
+        if "@" not in ref and base is None:
+            page = _api_call(client.versions, name)
+            for v in page["items"]:
+                click.echo(f"{v['name']:<6}  {v['job_id']}  {v['summary'].get('samples', '?'):>7} samples  {v['created_at']}")
+            if not page["items"]:
+                click.echo("no version yet", err=True)
+            return
+        out = _api_call(client.version, name, version)
+        if base is not None:
+            out = {"version": out, "diff": _api_call(client.diff, name, base, version)}
+    click.echo(json.dumps(out, indent=2))
+
+
+@datasets_group.command("pull")
+@click.argument("ref", metavar="NAME[@VERSION]")
+@SERVER_OPT
+@click.option("--format", "fmt", default="coco", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def datasets_pull(ref: str, server: str, fmt: str, out: Path) -> None:
+    """Download an export of a dataset version (default: latest) and unpack it into OUT."""
+    name, version = _name_at_version(ref)
+    with _client(server) as client:
+        v, names = _api_call(client.pull_version, name, version, fmt, out)
+    click.echo(f"{name} {v['name']} (job {v['job_id']}): {len(names)} files in {out}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,19 +24,24 @@ class InProcessDispatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reconciler: threading.Thread | None = None
+        self._scheduler: threading.Thread | None = None
 
     def _submit(self, queue: str, fn: Any, *args: Any) -> None:
+        from shared.logs import log_context
+
         with self._lock:
             self._waiting[queue] += 1
+        ids = {"job_id": str(args[0]), "shard": args[1] if len(args) > 1 else None}
 
         def run() -> None:
             with self._lock:
                 self._waiting[queue] -= 1
-            try:
-                assert self.ctx is not None, "InProcessDispatcher.start() was not called"
-                fn(self.ctx, *args)
-            except Exception:  # noqa: BLE001 - the reconciler picks it up again
-                log.exception("embedded task failed")
+            with log_context(**ids):
+                try:
+                    assert self.ctx is not None, "InProcessDispatcher.start() was not called"
+                    fn(self.ctx, *args)
+                except Exception:  # noqa: BLE001 - the reconciler picks it up again
+                    log.exception("embedded task failed")
 
         self._pools[queue].submit(run)
 
@@ -53,26 +58,36 @@ class InProcessDispatcher:
     def ping(self) -> None:
         return None
 
+    def workers_alive(self) -> int | None:
+        """The generation thread of this process (it is alive while the server is)."""
+        return 0 if self._stop.is_set() else 1
+
     def queue_depth(self, queue: str = GPU_QUEUE) -> int | None:
         with self._lock:
             return self._waiting[queue]
 
     def start(self, ctx: WorkerContext) -> None:
-        """Pick up what a previous process left (its shards are dead), then reconcile periodically."""
+        """Pick up what a previous process left (its shards are dead), then reconcile and fire
+        due schedules periodically (the same domain functions as the Celery beat tasks)."""
         from worker.service.reconcile import reconcile
+        from worker.service.scheduling import run_tick
 
         self.ctx = ctx
         reconcile(ctx, assume_running_dead=True)
 
-        def loop() -> None:
-            while not self._stop.wait(ctx.settings.reconcile_interval_s):
+        def loop(name: str, interval: float, fn: Any) -> None:
+            while not self._stop.wait(interval):
                 try:
-                    reconcile(ctx)
+                    fn(ctx)
                 except Exception:  # noqa: BLE001
-                    log.exception("reconciler failed")
+                    log.exception("%s failed", name)
 
-        self._reconciler = threading.Thread(target=loop, daemon=True, name="dsgen-reconciler")
+        self._reconciler = threading.Thread(target=loop, args=("reconciler", ctx.settings.reconcile_interval_s, reconcile),
+                                            daemon=True, name="dsgen-reconciler")
         self._reconciler.start()
+        self._scheduler = threading.Thread(target=loop, args=("scheduler", ctx.settings.schedule_tick_s, run_tick),
+                                           daemon=True, name="dsgen-scheduler")
+        self._scheduler.start()
 
     def shutdown(self, wait: bool = False) -> None:
         self._stop.set()

@@ -9,7 +9,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
-from shared import keys, layout
+from shared import datasets, keys, layout
 from shared.db import repositories as repo
 from shared.db.models import FAILED, FINALIZING, utcnow
 from shared.lifecycle import finish_job
@@ -58,16 +58,19 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
 
     try:
         with Ticker(ctx.settings.heartbeat_interval_s, beat):
-            _export(ctx, job_id, spec, shard_size, rows)
+            summary = _export(ctx, job_id, spec, shard_size, rows)
     except Exception as err:  # noqa: BLE001
-        log.exception("finalize of %s failed", job_id)
+        log.exception("finalize of %s failed", job_id, extra={"job_id": str(job_id)})
         return _finalize_failed(ctx, job_id, f"{type(err).__name__}: {err}"[:2000])
     with ctx.uow() as uow:
-        finish_job(uow, job_id, ok=True)
+        if finish_job(uow, job_id, ok=True):  # the same transaction makes it its dataset's next version
+            version = datasets.record_version(uow, job_id, summary)
+            log.info("job succeeded", extra={"job_id": str(job_id), "dataset_version": version})
     return "succeeded"
 
 
-def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int, rows: list) -> None:
+def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int, rows: list) -> dict:
+    """Exports and manifest; returns the dataset summary of the samples (for its version)."""
     if len(rows) != spec.num_images:
         raise RuntimeError(f"{len(rows)} samples written, {spec.num_images} expected")
     with tempfile.TemporaryDirectory(prefix="dsgen-finalize-") as tmp:
@@ -98,6 +101,7 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
             for row in uploaded:
                 repo.upsert_export(uow.session, row)
         ctx.store.put(keys.manifest_key(job_id), Path(manifest).read_bytes())  # the commit point: last
+    return datasets.summarize(records, [c.name for c in spec.classes])
 
 
 def _finalize_failed(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> str:

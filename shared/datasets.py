@@ -1,0 +1,184 @@
+"""Named datasets and their versions.
+
+A dataset groups the jobs that produce it (a schedule's runs, or jobs submitted with
+`?dataset=NAME`). Each job of the dataset that succeeds becomes the next version (v1, v2, ...,
+numbered in the order they succeed, under a lock on the dataset row), with a summary of its
+samples that the diffs compare: sample count, instances and images per class, mean quality.
+"""
+from __future__ import annotations
+
+import re
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from shared import keys
+from shared.config import Settings
+from shared.db import repositories as repo
+from shared.db.models import Dataset, DatasetVersion, Job
+from shared.db.session import UnitOfWork
+from shared.errors import InvalidRequest, NotFound
+from shared.records import SampleRecord
+from shared.storage import ObjectStore
+from shared.views import (
+    DatasetDiff,
+    DatasetList,
+    DatasetSummary,
+    DatasetVersionList,
+    DatasetVersionView,
+    DiffEntry,
+    ExportView,
+)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
+NAME_RULE = "1 to 100 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_name(name: str, field: str = "dataset") -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise InvalidRequest(f"{field}: {NAME_RULE} (got {name!r})"[:300], field=field)
+    return name
+
+
+def parse_ref(ref: str, field: str = "version") -> int | None:
+    """'latest' -> None; '3' or 'v3' -> 3."""
+    text = ref.strip().lower()
+    if text == "latest":
+        return None
+    if text.startswith("v"):
+        text = text[1:]
+    if not text.isdigit() or len(text) > 9 or int(text) < 1:
+        raise InvalidRequest(f"{field}: 'latest', N or vN with N >= 1 (got {ref!r})"[:300], field=field)
+    return int(text)
+
+
+# -------------------------------------------------------------------------------- summary
+def _numbers(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield prefix, float(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(f"{prefix}.{k}" if prefix else str(k), v)
+
+
+def summarize(records: Sequence[SampleRecord], classes: Sequence[str]) -> dict[str, Any]:
+    """What a version's diff compares. Quality: the mean of every numeric quality value
+    (nested ones by dotted name, e.g. `peak_attention.cat`) over the samples that have it."""
+    instances: Counter[str] = Counter({c: 0 for c in classes})
+    images: Counter[str] = Counter({c: 0 for c in classes})
+    sums: dict[str, float] = {}
+    counts: Counter[str] = Counter()
+    for r in records:
+        per = Counter(a.category for a in r.annotations)
+        instances.update(per)
+        images.update(per.keys())
+        for k, v in _numbers("", r.quality):
+            sums[k] = sums.get(k, 0.0) + v
+            counts[k] += 1
+    return {
+        "samples": len(records),
+        "instances": dict(sorted(instances.items())),
+        "images": dict(sorted(images.items())),
+        "quality": {k: round(sums[k] / counts[k], 6) for k in sorted(sums)},
+    }
+
+
+def record_version(uow: UnitOfWork, job_id: uuid.UUID, summary: dict[str, Any]) -> int | None:
+    """The succeeded job becomes its dataset's next version (once: a second call returns the
+    same number). None for a job without a dataset."""
+    s = uow.session
+    job = repo.get_job(s, job_id)
+    if job is None or job.dataset_id is None:
+        return None
+    repo.lock_dataset(s, job.dataset_id)  # numbering is serialised per dataset
+    existing = repo.version_of_job(s, job_id)
+    if existing is not None:
+        return existing.version
+    version = repo.max_version(s, job.dataset_id) + 1
+    s.add(DatasetVersion(dataset_id=job.dataset_id, version=version, job_id=job_id, summary=summary))
+    s.flush()
+    return version
+
+
+# ---------------------------------------------------------------------------------- reads
+def _own_dataset(uow: UnitOfWork, tenant_id: uuid.UUID, name: str) -> Dataset:
+    check_name(name, "name")
+    ds = repo.get_dataset(uow.session, tenant_id, name)
+    if ds is None:
+        raise NotFound(f"dataset {name!r} not found", field="name")
+    return ds
+
+
+def _version(uow: UnitOfWork, ds: Dataset, ref: str, field: str = "version") -> DatasetVersion:
+    number = parse_ref(ref, field)
+    v = repo.get_version(uow.session, ds.id, number)
+    if v is None:
+        what = "no version yet" if number is None else f"no version v{number}"
+        raise NotFound(f"dataset {ds.name!r} has {what}", field=field)
+    return v
+
+
+def list_datasets(uow: UnitOfWork, tenant_id: uuid.UUID) -> DatasetList:
+    return DatasetList(items=[
+        DatasetSummary(name=d.name, created_at=d.created_at, versions=n, latest=latest)
+        for d, n, latest in repo.list_datasets(uow.session, tenant_id)
+    ])
+
+
+def _version_view(uow: UnitOfWork, store: ObjectStore | None, settings: Settings | None, ds: Dataset,
+                  v: DatasetVersion, job: Job) -> DatasetVersionView:
+    exports: list[ExportView] = []
+    manifest = None
+    if store is not None and settings is not None:
+        manifest = store.presign(keys.manifest_key(job.id))
+        exports = [ExportView(format=e.format, size_bytes=e.size_bytes, sha256=e.sha256,
+                              url=store.presign(e.key, download_name=f"{ds.name}-v{v.version}-{e.format}.zip"),
+                              expires_in_s=settings.presign_expiry_s)
+                   for e in repo.list_exports(uow.session, job.id)]
+    return DatasetVersionView(dataset=ds.name, version=v.version, name=f"v{v.version}", job_id=job.id,
+                              created_at=v.created_at, summary=v.summary or {}, manifest_url=manifest,
+                              exports=exports)
+
+
+def list_versions(uow: UnitOfWork, tenant_id: uuid.UUID, name: str) -> DatasetVersionList:
+    ds = _own_dataset(uow, tenant_id, name)
+    items = [_version_view(uow, None, None, ds, v, j) for v, j in repo.list_versions(uow.session, ds.id)]
+    jobs = [j.id for j in repo.jobs_of_dataset(uow.session, ds.id)]
+    return DatasetVersionList(dataset=ds.name, items=items, jobs=jobs)
+
+
+def get_version(uow: UnitOfWork, store: ObjectStore, settings: Settings, tenant_id: uuid.UUID, name: str,
+                ref: str) -> DatasetVersionView:
+    ds = _own_dataset(uow, tenant_id, name)
+    v = _version(uow, ds, ref)
+    job = repo.get_job(uow.session, v.job_id)
+    assert job is not None  # the version row is deleted with its job
+    return _version_view(uow, store, settings, ds, v, job)
+
+
+def _delta(a: float | int | None, b: float | int | None) -> float | int | None:
+    if a is None or b is None:
+        return None
+    d = b - a
+    return round(d, 6) if isinstance(d, float) else d
+
+
+def diff(uow: UnitOfWork, tenant_id: uuid.UUID, name: str, base: str, head: str) -> DatasetDiff:
+    """head - base: sample count, instances and images per class, mean quality."""
+    ds = _own_dataset(uow, tenant_id, name)
+    va, vb = _version(uow, ds, base, "base"), _version(uow, ds, head, "head")
+    a, b = va.summary or {}, vb.summary or {}
+
+    def table(key: str) -> dict[str, DiffEntry]:
+        ka, kb = a.get(key, {}) or {}, b.get(key, {}) or {}
+        return {k: DiffEntry(base=ka.get(k), head=kb.get(k), delta=_delta(ka.get(k), kb.get(k)))
+                for k in sorted(set(ka) | set(kb))}
+
+    return DatasetDiff(
+        dataset=ds.name, base=va.version, head=vb.version,
+        samples=DiffEntry(base=a.get("samples"), head=b.get("samples"), delta=_delta(a.get("samples"), b.get("samples"))),
+        instances=table("instances"), images=table("images"), quality=table("quality"),
+    )
