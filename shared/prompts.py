@@ -129,6 +129,13 @@ def _plan_free_text(spec: JobSpec, prompt: str, index: int) -> SamplePlan:
     return SamplePlan(index, sample_seed(spec.seed, index), text, spec.prompts.negative, mentions)
 
 
+def plan_free_text(spec: JobSpec, prompt: str, index: int) -> SamplePlan:
+    """The plan of sample `index` with a given prompt (e.g. an image2image source's caption)."""
+    if not 0 <= index < spec.num_images:
+        raise IndexError(f"sample index {index} outside 0..{spec.num_images - 1}")
+    return _plan_free_text(spec, prompt, index)
+
+
 def plan_sample(spec: JobSpec, index: int) -> SamplePlan:
     """Seed, prompt and class mentions of sample `index` of the job."""
     if not 0 <= index < spec.num_images:

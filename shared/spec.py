@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-METHODS_AVAILABLE = ("text2image",)
+METHODS_AVAILABLE = ("text2image", "image2image")
 METHODS_PLANNED = ("augment", "mask2image", "layout")
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
@@ -148,6 +148,23 @@ class LabelSpec(StrictModel):
     uncertain_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     daam_threshold: float = Field(default=0.4, gt=0.0, le=1.0)
     min_component_area: int = Field(default=16, ge=0, description="drop instances smaller than this (pixels)")
+    boxes: Literal["attention", "adaptor", "both"] = Field(
+        default="attention",
+        description="where boxes come from: attention (instances of the attention masks); adaptor (a detection "
+        "adaptor reading the UNet's features, DiffusionEngine; no masks); both (attention masks, boxes matched "
+        "to adaptor boxes)",
+    )
+    adaptor: str | None = Field(
+        default=None,
+        description="adaptor folder (from `dsgen adaptor train`) or builtin:<name>; default: the model's "
+        "shipped adaptor (builtin:<model>-adaptor)",
+    )
+    adaptor_score_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="keep adaptor boxes scoring above this")
+    adaptor_nms_iou: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which NMS drops the weaker box")
+    match_iou: float = Field(default=0.5, gt=0.0, le=1.0, description="boxes 'both': IoU for an adaptor box to match an attention instance")
+    keep_empty: bool = Field(
+        default=False, description="keep images in which the adaptor finds no box (default: drop them from the exports)"
+    )
 
     @field_validator("cross_resolutions")
     @classmethod
@@ -169,6 +186,34 @@ class LabelSpec(StrictModel):
                 "uncertain_threshold: must be <= class_threshold "
                 f"({self.uncertain_threshold} > {self.class_threshold})"
             )
+        if self.boxes == "both" and self.mode == "none":
+            raise ValueError("boxes: 'both' keeps attention masks, so it needs labels.mode 'refined' or 'daam'")
+        if self.adaptor is not None and self.boxes == "attention":
+            raise ValueError("adaptor: set labels.boxes to 'adaptor' or 'both' to use an adaptor")
+        if self.adaptor is not None and not self.adaptor.strip():
+            raise ValueError("adaptor: give a folder or builtin:<name>, or leave it out for the model's own")
+        return self
+
+
+class Image2ImageSpec(StrictModel):
+    """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
+
+    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)")
+    coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)")
+    strength: tuple[float, float] = Field(
+        default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
+    )
+    prompt: Literal["source", "spec"] = Field(
+        default="source",
+        description="source: the image's caption (COCO 'caption' field or dsgen record), else the spec's prompt; "
+        "spec: always the spec's prompts",
+    )
+
+    @model_validator(mode="after")
+    def _strength(self) -> "Image2ImageSpec":
+        lo, hi = self.strength
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"strength: need 0 < low <= high <= 1, e.g. [0.4, 0.8] (got [{lo}, {hi}])")
         return self
 
 
@@ -205,7 +250,9 @@ class JobSpec(StrictModel):
 
     name: str = Field(default="dataset", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
     model: ModelRef
-    method: str = Field(default="text2image", description="text2image (augment, mask2image, layout: planned)")
+    method: str = Field(
+        default="text2image", description="text2image, image2image (augment, mask2image, layout: planned)"
+    )
     classes: list[ClassSpec] = Field(min_length=1, max_length=1000)
     prompts: PromptSpec = Field(default_factory=PromptSpec)
     num_images: int = Field(ge=1, le=10_000_000)
@@ -213,6 +260,7 @@ class JobSpec(StrictModel):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     labels: LabelSpec = Field(default_factory=LabelSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
 
     @field_validator("model", mode="before")
     @classmethod
@@ -242,6 +290,10 @@ class JobSpec(StrictModel):
                         f"prompts.templates: {t!r} names {per_image} classes but the job has "
                         f"{len(self.classes)}"
                     )
+        if self.method == "image2image" and self.image2image is None:
+            raise ValueError("image2image: method 'image2image' needs image2image.images (a folder of source images)")
+        if self.method != "image2image" and self.image2image is not None:
+            raise ValueError(f"image2image: only used with method 'image2image' (method is {self.method!r})")
         return self
 
     @property
@@ -310,4 +362,12 @@ def load_spec(path: str | Path) -> JobSpec:
         spec = spec.model_copy(
             update={"prompts": spec.prompts.model_copy(update={"captions_file": str((p.parent / captions).resolve())})}
         )
+    if spec.image2image is not None:
+        paths = {k: v for k in ("images", "coco") if (v := getattr(spec.image2image, k)) and not Path(v).is_absolute()}
+        if paths:
+            fixed = {k: str((p.parent / v).resolve()) for k, v in paths.items()}
+            spec = spec.model_copy(update={"image2image": spec.image2image.model_copy(update=fixed)})
+    adaptor = spec.labels.adaptor
+    if adaptor and not adaptor.startswith("builtin:") and not Path(adaptor).is_absolute() and (p.parent / adaptor).exists():
+        spec = spec.model_copy(update={"labels": spec.labels.model_copy(update={"adaptor": str((p.parent / adaptor).resolve())})})
     return spec

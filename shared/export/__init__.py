@@ -45,6 +45,9 @@ def write_exports(root: Path, spec: JobSpec, records: Sequence[SampleRecord]) ->
     """Write every format the spec asks for, then the manifest; return the manifest path."""
     root = Path(root)
     (root / layout.MANIFEST_FILE).unlink(missing_ok=True)
+    # Samples the labeler dropped (e.g. no adaptor box above the threshold, labels.keep_empty
+    # off) keep their record for resume and audit but are not part of the dataset.
+    records = [r for r in records if not r.quality.get("dropped")]
     categories = [c.name for c in spec.classes]
     splits = assign_splits(spec.seed, (r.index for r in records), spec.export.splits)
     written: list[Path] = []

@@ -3,10 +3,15 @@
 Written on diffusers' components (scheduler, UNet, text encoders, VAE) rather than on a
 pipeline class, because the same loop must drive latent models (SD 1.x/2.x/SDXL) and the
 pixel-space builtin models (which have no VAE and no pipeline class). Attention is captured
-through `capture_attention` (attention processors), never by patching diffusers.
+through `capture_attention` (attention processors), block features for the detection adaptor
+through `capture_features` (forward hooks), never by patching diffusers.
+
+Image-to-image (`init`): the loop starts from the real images noised to the timestep that
+`strength` selects (as diffusers' img2img pipelines do) and runs the remaining steps.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
@@ -18,6 +23,7 @@ from PIL import Image
 
 from shared.spec import GenerationSpec, SpecError
 from worker.engine.attention import AttentionStore, CaptureConfig, capture_attention
+from worker.engine.features import FeatureConfig, capture_features
 from worker.engine.models import LoadedModel
 from worker.engine.text import EncodedPrompts, encode_prompts
 
@@ -39,6 +45,22 @@ class GenerationOutput:
     store: AttentionStore | None
     encoded: EncodedPrompts
     latent_hw: tuple[int, int]
+    features: dict[int, torch.Tensor] | None = None  # stride -> [B, C, h, w] (FeatureConfig)
+    detections: list | None = None  # per image, filled by the session's adaptor (worker.adaptor)
+
+
+@dataclass
+class InitImages:
+    """Image-to-image start: images [B, 3, H, W] in [-1, 1] at the generation size."""
+
+    images: torch.Tensor
+    strength: float  # fraction of the schedule re-run: 1.0 = from pure noise
+
+    def start_step(self, steps: int) -> int:
+        """Index of the first denoising step run (at least one step is always run)."""
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
+        return steps - max(1, min(steps, int(round(steps * self.strength))))
 
 
 def make_scheduler(model: LoadedModel, name: str):
@@ -97,6 +119,17 @@ def decode(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
 
 
 @torch.no_grad()
+def encode_images(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
+    """Images [B, 3, H, W] in [-1, 1] -> what the UNet denoises (VAE latents, or the pixels)."""
+    x = images.to(model.device, model.dtype)
+    if model.vae is None:
+        return x
+    cfg = model.vae.config
+    latents = model.vae.encode(x.to(model.vae.dtype)).latent_dist.mean
+    return ((latents - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor).to(model.dtype)
+
+
+@torch.no_grad()
 def generate(
     model: LoadedModel,
     prompts: list[str],
@@ -105,6 +138,8 @@ def generate(
     negative_prompt: str = "",
     capture: CaptureConfig | None = None,
     on_step: StepCallback | None = None,
+    features: FeatureConfig | None = None,
+    init: InitImages | None = None,
 ) -> GenerationOutput:
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
@@ -130,16 +165,30 @@ def generate(
     f = model.vae_scale
     latent_hw = (gen.height // f, gen.width // f)
     shape = (unet.config.in_channels, *latent_hw)
-    latents = (initial_noise(seeds, shape) * scheduler.init_noise_sigma).to(device, dtype)
+    noise = initial_noise(seeds, shape)
+    if init is None:
+        latents = (noise * scheduler.init_noise_sigma).to(device, dtype)
+    else:
+        start = init.start_step(len(timesteps)) * scheduler.order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        x0 = encode_images(model, init.images)
+        latents = scheduler.add_noise(x0, noise.to(device, dtype), timesteps[:1].repeat(batch)).to(device, dtype)
     # Stochastic schedulers (euler_a, ddpm) also draw noise at each step: seeded from the
     # batch's first sample, so a re-run of the same aligned batch is identical.
     step_generator = torch.Generator().manual_seed(seeds[0])
 
     capturing = capture_attention(unet, capture) if capture is not None else nullcontext(None)
-    with capturing as store:
+    if features is not None and features.guidance != guided:  # the batch layout decides, not the caller
+        features = dataclasses.replace(features, guidance=guided)
+    hooking = capture_features(unet, features) if features is not None else nullcontext(None)
+    with capturing as store, hooking as feats:
         for i, t in enumerate(timesteps):
             if store is not None:
                 store.begin_step(i, len(timesteps))
+            if feats is not None:
+                feats.begin_step(i, len(timesteps))
             x = torch.cat([latents, latents]) if guided else latents
             x = scheduler.scale_model_input(x, t)
             eps = unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask, added_cond_kwargs=added).sample
@@ -150,4 +199,5 @@ def generate(
             latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
             if on_step is not None:
                 on_step(i, len(timesteps))
-    return GenerationOutput(decode(model, latents), store, cond, latent_hw)
+    levels = feats.levels() if feats is not None else None
+    return GenerationOutput(decode(model, latents), store, cond, latent_hw, levels)

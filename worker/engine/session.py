@@ -4,6 +4,11 @@ Used by `dsgen run` (local folder), the Celery shard task (object store) and the
 benchmarks. Work is done in batches aligned to multiples of the batch size (batch b holds
 indexes b*B .. b*B+B-1), so any subset of indexes — a shard, or what is left after an
 interruption — is generated in exactly the batches of a full run, and gives the same bytes.
+
+Labels come from captured attention (`labels.mode`), from a detection adaptor reading the
+UNet's block features of the last denoising step (`labels.boxes: adaptor`), or from both.
+Method image2image starts each sample from a real image (see `worker.engine.sources`); the
+samples of a batch that share a start step are denoised together.
 """
 from __future__ import annotations
 
@@ -13,15 +18,20 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
-from shared.prompts import SamplePlan, plan_sample
+from shared.prompts import SamplePlan, plan_free_text, plan_sample
 from shared.records import SampleFiles, SampleRecord
 from shared.spec import JobSpec, SpecError
-from worker.engine.generate import generate
+from worker.engine import sources as src
+from worker.engine.features import FeatureConfig
+from worker.engine.generate import GenerationOutput, InitImages, generate
 from worker.engine.labeling import capture_config, label_image
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.text import token_groups
+
+DROPPED = "dropped"  # SampleRecord.quality key of samples the exports leave out
 
 
 @dataclass
@@ -60,14 +70,24 @@ class EngineSession:
     spec: JobSpec
     model: LoadedModel | None = None
     _plans: dict[int, SamplePlan] = field(default_factory=dict, repr=False)
+    adaptor: object | None = field(default=None, repr=False)  # worker.adaptor.labeler.AdaptorLabeler
 
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = load_model(self.spec.model)
+        if self.spec.labels.boxes != "attention" and self.adaptor is None:
+            from worker.adaptor.labeler import AdaptorLabeler
+
+            self.adaptor = AdaptorLabeler.for_job(self.spec, self.model)
+        self.sources = src.load_sources(self.spec.image2image) if self.spec.image2image is not None else None
 
     @property
     def labels_enabled(self) -> bool:
-        return self.spec.labels.mode != "none"
+        return self.spec.labels.mode != "none" or self.spec.labels.boxes != "attention"
+
+    @property
+    def attention_enabled(self) -> bool:
+        return self.spec.labels.mode != "none" and self.spec.labels.boxes != "adaptor"
 
     def method_parameters(self) -> dict:
         """What a sample records of how it was made (beside model, seed and prompt)."""
@@ -77,7 +97,9 @@ class EngineSession:
         }
 
     def capture_config(self):
-        """What to capture for this job's labels (None when labels are off)."""
+        """What attention to capture for this job's labels (None when attention labels are off)."""
+        if not self.attention_enabled:
+            return None
         gen = self.spec.generation
         latent_hw = (gen.height // self.model.vae_scale, gen.width // self.model.vae_scale)
         try:
@@ -97,23 +119,73 @@ class EngineSession:
         gen = self.spec.generation
         for batch in aligned_batches(indexes, gen.batch_size, self.spec.num_images):
             started = time.perf_counter()
-            plans = [plan_sample(self.spec, i) for i in batch]
-            capture = self.capture_config()
-            out = generate(
-                self.model,
-                [p.prompt for p in plans],
-                [p.seed for p in plans],
-                gen,
-                negative_prompt=self.spec.prompts.negative,
-                capture=capture,
-                on_step=on_step,
-            )
-            samples = [self._label(j, plan, out) for j, plan in enumerate(plans)]
+            plans = [self.plan(i) for i in batch]
+            samples = [self._label(j, plan, out) for plan, (out, j) in zip(plans, self._run(plans, on_step))]
             share = (time.perf_counter() - started) / len(batch)
             for s in samples:
                 if s.record.index in wanted:
                     s.seconds = share
                     yield s
+
+    def plan(self, index: int) -> SamplePlan:
+        """Seed, prompt and classes of a sample (image2image: the source's caption if it has one)."""
+        i2i = self.spec.image2image
+        if i2i is not None and i2i.prompt == "source":
+            caption = src.source_of(self.sources, index).caption
+            if caption:
+                return plan_free_text(self.spec, caption, index)
+        return plan_sample(self.spec, index)
+
+    def _run(self, plans: list[SamplePlan], on_step) -> list[tuple[GenerationOutput, int]]:
+        """(output, position in it) per plan: one generate call, or one per image2image start step."""
+        gen = self.spec.generation
+        features = FeatureConfig(step=self.adaptor.feature_step) if self.adaptor is not None else None
+        groups: dict[int | None, list[int]] = {}
+        inits: dict[int, InitImages] = {}
+        for k, plan in enumerate(plans):
+            start = None
+            if self.spec.image2image is not None:
+                init = InitImages(torch.zeros(0), src.sample_strength(self.spec.image2image, self.spec.seed, plan.index))
+                start = init.start_step(gen.steps)
+                inits[k] = init
+            groups.setdefault(start, []).append(k)
+        placed: dict[int, tuple[GenerationOutput, int]] = {}
+        for start, members in sorted(groups.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+            init = None
+            if start is not None:
+                images = torch.stack([
+                    src.load_source_image(src.source_of(self.sources, plans[k].index), gen.width, gen.height) for k in members
+                ])
+                init = InitImages(images, inits[members[0]].strength)
+            out = generate(
+                self.model,
+                [plans[k].prompt for k in members],
+                [plans[k].seed for k in members],
+                gen,
+                negative_prompt=self.spec.prompts.negative,
+                capture=self.capture_config(),
+                on_step=on_step,
+                features=features,
+                init=init,
+            )
+            if self.adaptor is not None:
+                out.detections = self.adaptor.detect(out.features, (gen.height, gen.width))
+            for j, k in enumerate(members):
+                placed[k] = (out, j)
+        return [placed[k] for k in range(len(plans))]
+
+    def _sample_parameters(self, plan: SamplePlan) -> dict:
+        params = self.method_parameters()
+        i2i = self.spec.image2image
+        if i2i is not None:
+            strength = src.sample_strength(i2i, self.spec.seed, plan.index)
+            source = src.source_of(self.sources, plan.index)
+            params["image2image"] = {
+                "source": source.path.name,
+                "strength": strength,
+                "start_step": InitImages(torch.zeros(0), strength).start_step(self.spec.generation.steps),
+            }
+        return params
 
     def _label(self, j: int, plan: SamplePlan, out) -> GeneratedSample:
         gen = self.spec.generation
@@ -126,13 +198,18 @@ class EngineSession:
             classes=plan.classes,
             model=self.model.info,
             method=self.spec.method,
-            parameters=self.method_parameters(),
+            parameters=self._sample_parameters(plan),
             width=gen.width,
             height=gen.height,
         )
         if not self.labels_enabled:
             files = SampleFiles(semantic=None, instances=None)
             return GeneratedSample(SampleRecord(files=files, **record_kwargs), image)
+        if not self.attention_enabled:  # boxes from the adaptor only
+            annotations, quality = self.adaptor.annotate(out.detections[j], attention=None)
+            files = SampleFiles(semantic=None, instances=None)
+            record = SampleRecord(files=files, annotations=annotations, quality=quality, **record_kwargs)
+            return GeneratedSample(record, image)
         groups = token_groups(out.encoded.offsets[j], plan.mentions)
         result = label_image(
             out.store,
@@ -143,6 +220,10 @@ class EngineSession:
             self.spec.labels,
             (gen.height, gen.width),
         )
-        record = SampleRecord(annotations=result.annotations, quality=result.quality, **record_kwargs)
+        annotations, quality = result.annotations, result.quality
+        if self.adaptor is not None:
+            annotations, extra = self.adaptor.annotate(out.detections[j], attention=annotations)
+            quality = {**quality, **extra}
+        record = SampleRecord(annotations=annotations, quality=quality, **record_kwargs)
         return GeneratedSample(record, image, result.semantic, result.instances)
 
