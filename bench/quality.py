@@ -1,0 +1,427 @@
+"""Label-quality benchmark of a shapes model against the shapes world's exact ground truth.
+
+    python bench/quality.py [--model builtin:shapes-v1] [--out bench/out] [--quick]
+
+Prints one JSON object:
+  attention_miou_real  held-out *real* renders: noise to timestep --t, one UNet pass with the
+                       caption, capture cross (16, 32) + self (32) attention, dsgen's labels;
+                       mIoU over the shape classes vs ground truth, "refined" (Dataset Diffusion
+                       self-attention refinement) and "daam" (thresholded cross-attention).
+                       Uncertain (255) pixels count as "not the class".
+  prompt_fidelity      generate from held-out captions with dsgen (CFG, DDIM); fraction of the
+                       prompted objects (colour + shape) a small classifier trained on real
+                       renders finds in the image; also "colour only" and "shape only".
+  synthetic_vs_real    the same small segmenter trained once on N generated samples with dsgen's
+                       labels (255 ignored) and once on N real renders, both evaluated on the
+                       held-out real set: mIoU of each and the ratio synthetic / real.
+PNG grids (samples, overlays) go to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from shared.prompts import ClassMention  # noqa: E402
+from shared.shapes import COLOURS, SHAPES, render_scene  # noqa: E402
+from shared.shapes.dataset import scene_seed  # noqa: E402
+from shared.shapes.world import make_caption  # noqa: E402
+
+# Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
+TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
+N_CLASSES = len(SHAPES) + 1
+CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
+OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def real_scenes(stream: int, n: int, size: int = 32):
+    return [render_scene(scene_seed(stream, i), size) for i in range(n)]
+
+
+def caption_mentions(caption: str, suffix: bool) -> tuple[str, tuple[ClassMention, ...]]:
+    """Prompt and class mentions: the shape words of the caption, or the appended class names."""
+    shapes_in = list(dict.fromkeys(m.group(2) for m in OBJ_RE.finditer(caption)))
+    if suffix:
+        ordered = [s for s in SHAPES if s in shapes_in]
+        prompt, mentions, pos = caption + "; ", [], len(caption) + 2
+        for i, s in enumerate(ordered):
+            if i:
+                prompt += " "
+                pos += 1
+            mentions.append(ClassMention(s, SHAPES.index(s) + 1, ((pos, pos + len(s)),)))
+            prompt += s
+            pos += len(s)
+        return prompt, tuple(mentions)
+    mentions = []
+    for s in shapes_in:
+        spans = tuple(m.span(2) for m in OBJ_RE.finditer(caption) if m.group(2) == s)
+        mentions.append(ClassMention(s, SHAPES.index(s) + 1, spans))
+    return caption, tuple(mentions)
+
+
+class IoU:
+    """Accumulated intersection / union per class over a dataset."""
+
+    def __init__(self) -> None:
+        self.inter = np.zeros(N_CLASSES)
+        self.union = np.zeros(N_CLASSES)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        for c in range(N_CLASSES):
+            p, g = pred == c, gt == c
+            self.inter[c] += (p & g).sum()
+            self.union[c] += (p | g).sum()
+
+    def per_class(self) -> dict[str, float]:
+        names = ["background", *SHAPES]
+        return {n: round(float(i / u), 4) if u else None for n, i, u in zip(names, self.inter, self.union)}
+
+    def miou(self, with_background: bool = False) -> float:
+        sl = slice(0, None) if with_background else slice(1, None)
+        i, u = self.inter[sl], self.union[sl]
+        return round(float(np.mean(i[u > 0] / u[u > 0])), 4)
+
+
+# ------------------------------------------------------------------ attention on real images
+
+@torch.no_grad()
+def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed: int = 0):
+    from shared.spec import LabelSpec
+    from worker.engine.attention import CaptureConfig, capture_attention
+    from worker.engine.labeling import label_image
+    from worker.engine.text import encode_prompts, token_groups
+
+    rec = model.extras.get("recommended_labels", {})
+    cross = tuple(rec.get("cross_resolutions", (16, 32)))
+    self_res = int(rec.get("self_resolution", 16))
+    size = scenes[0].image.shape[0]
+    cfg = CaptureConfig(latent_hw=(size, size), cross_resolutions=cross, self_resolutions=(self_res,))
+    # The model's recommended label settings (dsgen.json), as a job using it would get them.
+    rec = {k: v for k, v in rec.items() if k in LabelSpec.model_fields and k != "mode"}
+    specs = {"refined": LabelSpec(**{**rec, "mode": "refined"}), "daam": LabelSpec(**{**rec, "mode": "daam"})}
+    ious = {k: IoU() for k in specs}
+    ignored = []
+    examples = []
+    alphas = model.scheduler.alphas_cumprod
+    a = alphas[t].float()
+    g = torch.Generator().manual_seed(seed)
+    for b0 in range(0, len(scenes), batch):
+        chunk = scenes[b0:b0 + batch]
+        plans = [caption_mentions(s.caption, suffix) for s in chunk]
+        enc = encode_prompts(model, [p for p, _ in plans])
+        x0 = to_tensor([s.image for s in chunk])
+        noise = torch.randn(x0.shape, generator=g)
+        xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(model.device, model.dtype)
+        tt = torch.full((len(chunk),), t, device=model.device)
+        mask = None if enc.attention_mask is None else enc.attention_mask.to(model.device)
+        with capture_attention(model.unet, cfg) as store:
+            store.begin_step(0, 1)
+            model.unet(xt, tt, encoder_hidden_states=enc.embeds.to(model.device, model.dtype), encoder_attention_mask=mask)
+        for j, (scene, (_, mentions)) in enumerate(zip(chunk, plans)):
+            groups = token_groups(enc.offsets[j], mentions)
+            preds = {}
+            for k, spec in specs.items():
+                res = label_image(store, j, groups, [m.category_id for m in mentions], [m.name for m in mentions],
+                                  spec, (size, size))
+                ious[k].add(res.semantic, scene.semantic)
+                preds[k] = res.semantic
+            ignored.append(float((preds["refined"] == 255).mean()))
+            if len(examples) < 16:
+                examples.append((scene.image, scene.semantic, preds["refined"], preds["daam"]))
+    return ious, float(np.mean(ignored)), examples
+
+
+# ------------------------------------------------------------------ small networks
+
+def pair_index(colour: str, shape: str) -> int:
+    return COLOURS.index(colour) * len(SHAPES) + SHAPES.index(shape)
+
+
+N_PAIRS = len(COLOURS) * len(SHAPES)
+MIN_PAIR_PIXELS = 12  # a judged object covers at least this many pixels (real objects: >= ~40)
+
+
+def pair_map(scene) -> np.ndarray:
+    """Per pixel: 0 background, else 1 + pair_index(colour, shape) of the visible object."""
+    out = np.zeros(scene.semantic.shape, np.int64)
+    for o in scene.objects:
+        out[scene.instance_mask(o)] = 1 + pair_index(o.colour, o.shape)
+    return out
+
+
+def presence_targets(scenes) -> torch.Tensor:
+    y = torch.zeros(len(scenes), N_PAIRS)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            y[i, pair_index(o.colour, o.shape)] = 1
+    return y
+
+
+class PairJudge:
+    """Prompt-fidelity judge trained on real renders only: a segmenter over the 20
+    (colour, shape) pairs; a pair is present when it wins >= MIN_PAIR_PIXELS pixels."""
+
+    def __init__(self, scenes, epochs: int, seed: int = 0):
+        self.net = train_segmenter([s.image for s in scenes], [pair_map(s) for s in scenes], epochs, seed,
+                                   n_classes=1 + N_PAIRS, flips=False)
+
+    @torch.no_grad()
+    def presence(self, images: list[np.ndarray]) -> torch.Tensor:
+        out = []
+        for b0 in range(0, len(images), 64):
+            pred = self.net(to_tensor(images[b0:b0 + 64])).argmax(1)
+            counts = torch.stack([(pred == k + 1).flatten(1).sum(1) for k in range(N_PAIRS)], 1)
+            out.append((counts >= MIN_PAIR_PIXELS).float())
+        return torch.cat(out)
+
+
+class SegNet(nn.Module):
+    """A small encoder-decoder segmenter (the same for synthetic and real training data)."""
+
+    def __init__(self, width: int = 32, n_classes: int = N_CLASSES) -> None:
+        super().__init__()
+        w = width
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+        self.e1, self.e2, self.e3 = block(3, w), block(w, 2 * w), block(2 * w, 4 * w)
+        self.d2, self.d1 = block(6 * w, 2 * w), block(3 * w, w)
+        self.head = nn.Conv2d(w, n_classes, 1)
+
+    def forward(self, x):
+        e1 = self.e1(x)
+        e2 = self.e2(F.max_pool2d(e1, 2))
+        e3 = self.e3(F.max_pool2d(e2, 2))
+        d2 = self.d2(torch.cat([F.interpolate(e3, scale_factor=2), e2], 1))
+        d1 = self.d1(torch.cat([F.interpolate(d2, scale_factor=2), e1], 1))
+        return self.head(d1)
+
+
+def train_segmenter(images: list[np.ndarray], masks: list[np.ndarray], epochs: int, seed: int = 0,
+                    n_classes: int = N_CLASSES, flips: bool = True) -> SegNet:
+    torch.manual_seed(seed)
+    net = SegNet(n_classes=n_classes)
+    x = to_tensor(images)
+    y = torch.from_numpy(np.stack(masks).astype(np.int64))
+    opt = torch.optim.Adam(net.parameters(), 2e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(x), generator=g).split(32):
+            xb, yb = x[idx], y[idx]
+            flip = (torch.rand(len(idx), generator=g) < 0.5) & flips  # horizontal flips: labels follow
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+            yb = torch.where(flip[:, None, None], yb.flip(-1), yb)
+            loss = F.cross_entropy(net(xb), yb, ignore_index=255)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def evaluate_segmenter(net: SegNet, scenes) -> IoU:
+    iou = IoU()
+    for b0 in range(0, len(scenes), 64):
+        chunk = scenes[b0:b0 + 64]
+        pred = net(to_tensor([s.image for s in chunk])).argmax(1).numpy()
+        for p, s in zip(pred, chunk):
+            iou.add(p, s.semantic)
+    return iou
+
+
+# ------------------------------------------------------------------ generation with dsgen
+
+def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance: float, suffix: bool, seed: int):
+    from shared.spec import parse_spec
+    from worker.engine.models import load_model
+    from worker.engine.session import EngineSession
+
+    model = load_model(model_id)
+    rec = model.extras.get("recommended_labels", {})
+    spec = parse_spec({
+        "name": "bench-quality", "model": model_id, "seed": seed,
+        "classes": [{"name": s} for s in SHAPES],
+        "prompts": {"source": "list", "prompts": captions, "append_class_names": suffix},
+        "num_images": len(captions),
+        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
+                       "scheduler": "ddim", "batch_size": 16},
+        "labels": {"mode": "refined", **rec},
+        "export": {"formats": []},
+    })
+    session = EngineSession(spec, model)
+    return list(session.generate(range(len(captions))))
+
+
+# ------------------------------------------------------------------ grids
+
+def colourise(sem: np.ndarray) -> np.ndarray:
+    out = np.zeros((*sem.shape, 3), np.uint8)
+    for c, rgb in enumerate(CLASS_RGB):
+        out[sem == c] = rgb
+    out[sem == 255] = (128, 128, 128)
+    return out
+
+
+def overlay(img: np.ndarray, sem: np.ndarray) -> np.ndarray:
+    col = colourise(sem).astype(np.float32)
+    m = ((sem > 0) & (sem != 255))[..., None]
+    return np.where(m, 0.45 * img + 0.55 * col, img).astype(np.uint8)
+
+
+def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: list[str] | None = None) -> None:
+    h, w = rows[0][0].shape[:2]
+    pad = 2
+    cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (cols * (w * scale + pad) + pad, len(rows) * (h * scale + pad) + pad + (12 if labels else 0)), (255, 255, 255))
+    for ri, row in enumerate(rows):
+        for ci, tile in enumerate(row):
+            im = Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST)
+            canvas.paste(im, (pad + ci * (w * scale + pad), pad + ri * (h * scale + pad) + (12 if labels else 0)))
+    if labels:
+        d = ImageDraw.Draw(canvas)
+        for ci, text in enumerate(labels):
+            d.text((pad + ci * (w * scale + pad), 0), text, fill=(0, 0, 0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+# ------------------------------------------------------------------ main
+
+def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, t: int, steps: int, guidance: float,
+        suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print,
+        parts: tuple[str, ...] = ("attention", "fidelity", "synthetic")) -> dict:
+    from worker.engine.models import load_model
+
+    torch.manual_seed(seed)
+    started = time.time()
+    model = load_model(model_id)
+    test = real_scenes(TEST_STREAM, n_real)
+    # 1. attention on real images
+    ious, ignored, examples = attention_on_real(model, test, t, suffix)
+    log(f"attention done ({time.time() - started:.0f}s)")
+    extras = model.extras.get("training", {})
+    result = {
+        "model": model_id,
+        "model_revision": model.info.revision,
+        "training_steps": extras.get("steps"),
+        "training_seconds": extras.get("elapsed_s"),
+        "attention_miou_real": {
+            "refined": ious["refined"].miou(), "daam": ious["daam"].miou(),
+            "refined_with_background": ious["refined"].miou(True),
+            "refined_per_class": ious["refined"].per_class(),
+            "daam_per_class": ious["daam"].per_class(),
+            "uncertain_fraction": round(ignored, 4),
+            "n_images": len(test), "timestep": t, "prompt_form": "caption; classes" if suffix else "caption",
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid([[img, colourise(gt), colourise(ref), colourise(daam)] for img, gt, ref, daam in examples[:8]],
+              out / "real_attention.png", labels=["real", "truth", "refined", "daam"])
+    if parts == ("attention",):
+        result["seconds"] = round(time.time() - started, 1)
+        return result
+    # 2. generation with dsgen: captions of another real stream (realistic object counts)
+    captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
+    samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)
+    gen_images = [np.asarray(s.image.convert("RGB")) for s in samples]
+    gen_labels = [s.semantic for s in samples]
+    log(f"generation done ({time.time() - started:.0f}s)")
+    # 3. prompt fidelity, judged by a classifier trained on real renders
+    cls_train = real_scenes(CLASSIFIER_STREAM, n_classifier)
+    judge = PairJudge(cls_train, cls_epochs, seed)
+    p_real = judge.presence([s.image for s in test])
+    p_gen = judge.presence(gen_images)
+    y_real = presence_targets(test)
+    judge_recall = float(((p_real > 0.5) & (y_real > 0)).sum() / y_real.sum())
+    judge_fp = float(((p_real > 0.5) & (y_real == 0)).sum() / (y_real == 0).sum())
+    hits = colour_hits = shape_hits = total = 0
+    per_image_all = []
+    for cap, p in zip(captions, p_gen):
+        objs = [(m.group(1), m.group(2)) for m in OBJ_RE.finditer(cap)]
+        ok_all = True
+        for c, s in objs:
+            total += 1
+            ok = bool(p[pair_index(c, s)] > 0.5)
+            hits += ok
+            ok_all &= ok
+            colour_hits += bool(max(p[pair_index(c, s2)] for s2 in SHAPES) > 0.5)
+            shape_hits += bool(max(p[pair_index(c2, s)] for c2 in COLOURS) > 0.5)
+        per_image_all.append(ok_all)
+    log(f"fidelity done ({time.time() - started:.0f}s)")
+    # 4. synthetic vs real: same segmenter, same real test set
+    seg_real_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
+    seg_real = train_segmenter([s.image for s in seg_real_scenes], [s.semantic for s in seg_real_scenes], seg_epochs, seed)
+    seg_synth = train_segmenter(gen_images, gen_labels, seg_epochs, seed)
+    iou_real, iou_synth = evaluate_segmenter(seg_real, test), evaluate_segmenter(seg_synth, test)
+    log(f"segmenters done ({time.time() - started:.0f}s)")
+    # grids
+    save_grid([gen_images[r * 8:(r + 1) * 8] for r in range(min(4, len(gen_images) // 8))], out / "samples.png")
+    save_grid([[g_img, overlay(g_img, lab)] for g_img, lab in list(zip(gen_images, gen_labels))[:8]],
+              out / "generated_overlay.png", labels=["generated", "dsgen labels"])
+    result.update({
+        "prompt_fidelity": {
+            "colour_and_shape": round(hits / max(total, 1), 4),
+            "colour": round(colour_hits / max(total, 1), 4),
+            "shape": round(shape_hits / max(total, 1), 4),
+            "all_objects_in_image": round(float(np.mean(per_image_all)), 4),
+            "n_objects": total, "n_images": len(captions), "steps": steps, "guidance_scale": guidance,
+            "judge_on_real": {"recall": round(judge_recall, 4), "false_positive_rate": round(judge_fp, 5)},
+        },
+        "synthetic_vs_real": {
+            "miou_synthetic": iou_synth.miou(), "miou_real": iou_real.miou(),
+            "ratio": round(iou_synth.miou() / max(iou_real.miou(), 1e-9), 4),
+            "miou_synthetic_with_background": iou_synth.miou(True), "miou_real_with_background": iou_real.miou(True),
+            "n_train": n_synth, "n_test": len(test), "epochs": seg_epochs,
+        },
+        "grids": sorted(str(p) for p in out.glob("*.png")),
+        "seconds": round(time.time() - started, 1),
+    })
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="builtin:shapes-v1")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    p.add_argument("--quick", action="store_true", help="small sizes (a test's floor check), not the reported numbers")
+    p.add_argument("--n-real", type=int, default=200)
+    p.add_argument("--n-synth", type=int, default=400)
+    p.add_argument("--n-classifier", type=int, default=4000)
+    p.add_argument("--t", type=int, default=100, help="timestep the real images are noised to")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--suffix", action="store_true", help="read class attention from '; <class names>'")
+    p.add_argument("--seg-epochs", type=int, default=30)
+    p.add_argument("--cls-epochs", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--attention-only", action="store_true", help="only attention_miou_real (fast; for curves)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n_real, a.n_synth, a.n_classifier, a.steps, a.seg_epochs, a.cls_epochs = 32, 32, 600, 8, 8, 6
+    result = run(a.model, a.out, a.n_real, a.n_synth, a.n_classifier, a.t, a.steps, a.guidance, a.suffix,
+                 a.seg_epochs, a.cls_epochs, a.seed, log=lambda m: print(m, file=sys.stderr),
+                 parts=("attention",) if a.attention_only else ("attention", "fidelity", "synthetic"))
+    (a.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
