@@ -23,7 +23,7 @@ from PIL import Image
 
 from shared.prompts import SamplePlan, plan_free_text, plan_sample
 from shared.records import SampleFiles, SampleRecord
-from shared.spec import JobSpec, SpecError
+from shared.spec import JobSpec, LabelSpec, SpecError
 from worker.engine import sources as src
 from worker.engine.features import FeatureConfig
 from worker.engine.generate import GenerationOutput, InitImages, generate
@@ -59,6 +59,21 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def effective_labels(labels: LabelSpec, extras: dict) -> LabelSpec:
+    """Resolve "auto" resolutions with the model's own recommendation (dsgen.json), if any.
+
+    A model may know which of its layers carry semantics (the shapes model's 8x8 maps carry
+    nothing); the resolved values are what the samples record, so a re-run is exact.
+    """
+    recommended = extras.get("recommended_labels") or {}
+    update = {
+        name: recommended[name]
+        for name in ("cross_resolutions", "self_resolution")
+        if getattr(labels, name) == "auto" and name in recommended
+    }
+    return labels.model_validate({**labels.model_dump(), **update}) if update else labels
+
+
 def aligned_batches(indexes: Sequence[int], batch_size: int, num_images: int) -> list[list[int]]:
     """The full aligned batches that cover `indexes` (each batch whole, in order)."""
     starts = sorted({i - i % batch_size for i in indexes})
@@ -80,6 +95,7 @@ class EngineSession:
 
             self.adaptor = AdaptorLabeler.for_job(self.spec, self.model)
         self.sources = src.load_sources(self.spec.image2image) if self.spec.image2image is not None else None
+        self.labels = effective_labels(self.spec.labels, self.model.extras)
 
     @property
     def labels_enabled(self) -> bool:
@@ -93,7 +109,7 @@ class EngineSession:
         """What a sample records of how it was made (beside model, seed and prompt)."""
         return {
             "generation": self.spec.generation.model_dump(mode="json"),
-            "labels": self.spec.labels.model_dump(mode="json"),
+            "labels": self.labels.model_dump(mode="json"),
         }
 
     def capture_config(self):
@@ -103,7 +119,7 @@ class EngineSession:
         gen = self.spec.generation
         latent_hw = (gen.height // self.model.vae_scale, gen.width // self.model.vae_scale)
         try:
-            return capture_config(self.model.unet, self.spec.labels, latent_hw, guidance=gen.guidance_scale > 1.0)
+            return capture_config(self.model.unet, self.labels, latent_hw, guidance=gen.guidance_scale > 1.0)
         except SpecError:
             raise
         except ValueError as err:  # a resolution this model does not have: the user's to fix
@@ -217,7 +233,7 @@ class EngineSession:
             groups,
             [m.category_id for m in plan.mentions],
             [m.name for m in plan.mentions],
-            self.spec.labels,
+            self.labels,
             (gen.height, gen.width),
         )
         annotations, quality = result.annotations, result.quality

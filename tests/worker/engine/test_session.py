@@ -81,3 +81,16 @@ def test_unknown_resolution_is_a_spec_error():
 
     with pytest.raises(SpecError, match="available"):
         run(2, cross_resolutions=[2])
+
+
+def test_auto_resolutions_follow_the_models_recommendation_and_are_recorded():
+    from shared.spec import LabelSpec
+    from worker.engine.session import effective_labels
+
+    extras = {"recommended_labels": {"cross_resolutions": [16, 32], "self_resolution": 16, "tau": 1}}
+    resolved = effective_labels(LabelSpec(), extras)
+    assert resolved.cross_resolutions == [16, 32] and resolved.self_resolution == 16
+    assert resolved.tau == 4  # only "auto" fields are filled in: explicit values stay the user's
+    explicit = LabelSpec(cross_resolutions=[8], self_resolution=8)
+    assert effective_labels(explicit, extras) == explicit
+    assert effective_labels(LabelSpec(), {}) == LabelSpec()
