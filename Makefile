@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality bench-service serve services browser tiny-random clean
+.PHONY: setup demo test bench bench-quality bench-service serve services browser tiny-random shapes-adaptor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,14 @@ browser:
 bench: setup
 	$(BIN)/python bench/engine.py
 
+## Label quality against ground truth on the shapes world (JSON; grids under bench/out/).
 bench-quality: setup
-	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/quality.py --model builtin:shapes-v1 --out bench/out
+	$(BIN)/python bench/adaptor.py --quick
+
+## Retrain the shipped detection adaptor against the current builtin:shapes-v1 weights.
+shapes-adaptor: setup
+	$(BIN)/python -m worker.adaptor.ship_shapes
 
 ## End-to-end service throughput (API + 1 and 2 workers vs engine) and API latency (JSON).
 bench-service: setup services
