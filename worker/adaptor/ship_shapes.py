@@ -1,6 +1,6 @@
 """(Re)train the shipped adaptor of `builtin:shapes-v1` against the current shapes-v1 weights.
 
-    python -m worker.adaptor.ship_shapes [--epochs 16] [--n 2400] [--threads 2]
+    python -m worker.adaptor.ship_shapes [--epochs 48] [--n 2400] [--threads 2]
 
 Renders a real shapes set (`runs/shapes-v1-adaptor-data`, seed 61, 80/10/10 splits), trains
 with `dsgen adaptor train`'s trainer (features cached: one UNet pass per image) into
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "shapes-v1-adaptor-data")
     p.add_argument("--run", type=Path, default=ROOT / "runs" / "shapes-v1-adaptor")
     p.add_argument("--n", type=int, default=2400, help="real images rendered (80% train, 10% val)")
-    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=48)  # the shipped adaptor: val AP50 0.913 (0.845 at 16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
