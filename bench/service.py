@@ -31,9 +31,25 @@ sys.path.insert(0, str(REPO))
 REDIS_URL = os.environ.get("DSGEN_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
+def _extras(model: str) -> dict:
+    """The builtin model's dsgen.json (its demo prompts and generation defaults), if any."""
+    if not model.startswith("builtin:"):
+        return {}
+    path = REPO / "worker" / "engine" / "builtin" / model.split(":", 1)[1] / "dsgen.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def spec(model: str, n: int, name: str = "bench") -> dict:
-    return {"name": name, "model": model, "classes": [{"name": "cat"}, {"name": "dog"}], "num_images": n,
-            "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2}, "export": {"formats": ["coco"]}}
+    extras = _extras(model)
+    gen = {"width": 32, "height": 32, "steps": 2, "batch_size": 2}
+    if extras.get("demo_templates"):  # a real builtin model: its own prompts, settings and batch
+        gen = {**extras.get("default_generation", {}), "batch_size": 8}
+    out = {"name": name, "model": model, "classes": [{"name": c} for c in extras.get("demo_classes", ["cat", "dog"])],
+           "num_images": n, "generation": gen, "export": {"formats": ["coco"]}}
+    if extras.get("demo_templates"):
+        out["prompts"] = {"templates": extras["demo_templates"], "slots": extras.get("demo_slots", {})}
+        out["labels"] = {"tau": extras.get("recommended_labels", {}).get("tau", 4)}
+    return out
 
 
 def engine_alone(model: str, n: int) -> float:
