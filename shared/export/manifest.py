@@ -17,7 +17,7 @@ so two runs of the same job can be compared by their manifests alone.
 
 A sample's `exports` are the exported files whose stem is the sample's stem
 (`shared.layout.sample_stem`); files shared by many samples (COCO json, data.yaml,
-metadata.jsonl, ImageSets lists) are only under `files`.
+metadata.parquet, ImageSets lists) are only under `files`.
 """
 from __future__ import annotations
 

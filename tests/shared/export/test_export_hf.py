@@ -1,6 +1,5 @@
-import json
-
 import datasets
+import pyarrow.parquet as pq
 import pytest
 
 from shared.export import write_hf
@@ -21,7 +20,7 @@ def load_offline(monkeypatch, tmp_path):
 
 def test_metadata_rows(dataset):
     write_hf(dataset.root, dataset.records, dataset.categories, dataset.splits)
-    rows = [json.loads(line) for line in (dataset.root / "hf" / "train" / "metadata.jsonl").read_text().splitlines()]
+    rows = pq.read_table(dataset.root / "hf" / "train" / "metadata.parquet").to_pylist()
     assert [r["file_name"] for r in rows] == ["000000.png", "000001.png"]
     first = rows[0]
     assert first["index"] == 0 and first["seed"] == 1000 and first["prompt"].startswith("a photo")
@@ -43,3 +42,14 @@ def test_load_dataset_imagefolder_reads_every_split_with_metadata(dataset, load_
     val = ds["validation"][0]
     assert val["index"] == 2 and val["seed"] == 1002
     assert val["objects"]["bbox"] == [list(a.bbox) for a in dataset.records[2].annotations]
+
+
+def test_a_split_without_any_object_loads_beside_splits_with_objects(dataset, load_offline):
+    # Sample 1 (no objects) alone in "val": JSON lines would infer its objects as lists of
+    # null and datasets would refuse the folder; the fixed parquet schema keeps them typed.
+    splits = {r.index: "train" for r in dataset.records}
+    splits[1] = "val"
+    write_hf(dataset.root, dataset.records, dataset.categories, splits)
+    ds = load_offline(dataset.root / "hf")
+    assert ds["validation"][0]["objects"]["bbox"] == []
+    assert ds["validation"].features == ds["train"].features

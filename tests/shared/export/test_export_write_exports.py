@@ -47,7 +47,7 @@ def test_rerun_after_a_partial_run_cleans_up(dataset_factory, spec):
     (partial.root / "yolo" / "detect").mkdir(parents=True)
     (partial.root / "yolo" / "detect" / ".tmp-data.yaml").write_text("half")
     (partial.root / "hf" / "train").mkdir(parents=True)
-    (partial.root / "hf" / "train" / "metadata.jsonl").write_text('{"file_na')
+    (partial.root / "hf" / "train" / "metadata.parquet").write_bytes(b"PAR1 half")
     (partial.root / "manifest.json").write_text("{}")
     write_exports(partial.root, spec, partial.records)
     assert tree_hashes(partial.root) == tree_hashes(clean.root)
