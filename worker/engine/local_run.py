@@ -102,21 +102,29 @@ def run_to_folder(
     from worker.engine.session import EngineSession
 
     out = Path(out).resolve()
+    fresh = overwrite or not check_folder(spec, out, overwrite)
     prepare_folder(spec, out, overwrite)
     records = completed_indexes(spec, out)
     reused = len(records)
     todo = [i for i in range(spec.num_images) if i not in records]
     if on_sample is not None:
         on_sample(len(records), spec.num_images, 0.0)
-    if todo:
-        session = (session_factory or EngineSession)(spec)
-        for sample in session.generate(todo):
-            folder = layout.sample_dir(out, sample.record.index)
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, data in sample.files().items():  # record.json comes last
-                write_atomic(folder / name, data)
-            records[sample.record.index] = sample.record
-            if on_sample is not None:
-                on_sample(len(records), spec.num_images, sample.seconds)
+    try:
+        if todo:
+            session = (session_factory or EngineSession)(spec)
+            for sample in session.generate(todo):
+                folder = layout.sample_dir(out, sample.record.index)
+                folder.mkdir(parents=True, exist_ok=True)
+                for name, data in sample.files().items():  # record.json comes last
+                    write_atomic(folder / name, data)
+                records[sample.record.index] = sample.record
+                if on_sample is not None:
+                    on_sample(len(records), spec.num_images, sample.seconds)
+    except SpecError:
+        # A spec the model cannot run (unknown word, missing adaptor, ...) found before any
+        # sample exists: leave no folder behind, or the fixed spec would be refused there.
+        if fresh and not records:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     manifest = write_exports(out, spec, [records[i] for i in sorted(records)])
     return RunReport(out, len(todo), reused, manifest)

@@ -114,3 +114,16 @@ def test_non_dataset_folder_is_refused_unless_overwrite(tmp_path):
     assert (out / "precious.txt").read_text() == "keep me"
     run_to_folder(spec, out, overwrite=True)
     assert not (out / "precious.txt").exists() and (out / "manifest.json").is_file()
+
+
+def test_a_spec_the_model_cannot_run_leaves_no_folder_so_the_fixed_spec_can_use_it(tmp_path):
+    from shared.spec import SpecError
+
+    out = tmp_path / "data"
+    bad = parse_spec({**SPEC, "num_images": 2, "labels": {"boxes": "adaptor"}})  # tiny-random ships no adaptor
+    with pytest.raises(SpecError, match="labels.adaptor"):
+        run_to_folder(bad, out)
+    assert not out.exists()
+    good = parse_spec({**SPEC, "num_images": 2, "export": {"formats": ["coco"]}})
+    run_to_folder(good, out)
+    assert (out / "manifest.json").is_file()
