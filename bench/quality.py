@@ -37,7 +37,6 @@ from PIL import Image, ImageDraw  # noqa: E402
 from shared.prompts import ClassMention  # noqa: E402
 from shared.shapes import COLOURS, SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
-from shared.shapes.world import make_caption  # noqa: E402
 
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004

@@ -84,7 +84,6 @@ def aligned_batches(indexes: Sequence[int], batch_size: int, num_images: int) ->
 class EngineSession:
     spec: JobSpec
     model: LoadedModel | None = None
-    _plans: dict[int, SamplePlan] = field(default_factory=dict, repr=False)
     adaptor: object | None = field(default=None, repr=False)  # worker.adaptor.labeler.AdaptorLabeler
 
     def __post_init__(self) -> None:
