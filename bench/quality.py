@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from shared.prompts import ClassMention  # noqa: E402
 from shared.shapes import COLOURS, SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
+from shared.shapes.world import World, get_world  # noqa: E402
 
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
@@ -49,8 +50,19 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+WORLD: World = get_world("v2")
+
+
+def use_world(world: World) -> None:
+    """Measure against `world` (the one the model was trained on, from its dsgen.json)."""
+    global WORLD, COLOURS, SHAPES, N_PAIRS, OBJ_RE
+    WORLD, COLOURS, SHAPES = world, world.colours, world.shapes
+    N_PAIRS = len(COLOURS) * len(SHAPES)
+    OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
+
+
 def real_scenes(stream: int, n: int, size: int = 32):
-    return [render_scene(scene_seed(stream, i), size) for i in range(n)]
+    return [render_scene(scene_seed(stream, i), size, world=WORLD) for i in range(n)]
 
 
 def caption_mentions(caption: str, suffix: bool) -> tuple[str, tuple[ClassMention, ...]]:
@@ -312,6 +324,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
     torch.manual_seed(seed)
     started = time.time()
     model = load_model(model_id)
+    use_world(get_world(model.extras.get("world")))
     test = real_scenes(TEST_STREAM, n_real)
     # 1. attention on real images
     ious, ignored, examples = attention_on_real(model, test, t, suffix)
