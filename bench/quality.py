@@ -154,7 +154,7 @@ def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed
             preds = {}
             for k, spec in specs.items():
                 res = label_image(store, j, groups, [m.category_id for m in mentions], [m.name for m in mentions],
-                                  spec, (size, size))
+                                  spec, (size, size), image=scene.image)
                 ious[k].add(res.semantic, scene.semantic)
                 preds[k] = res.semantic
             ignored.append(float((preds["refined"] == 255).mean()))

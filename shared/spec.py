@@ -148,6 +148,14 @@ class LabelSpec(StrictModel):
     uncertain_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     daam_threshold: float = Field(default=0.4, gt=0.0, le=1.0)
     min_component_area: int = Field(default=16, ge=0, description="drop instances smaller than this (pixels)")
+    edges: Literal["none", "guided"] = Field(
+        default="none",
+        description="guided: snap the upsampled score maps to the image's edges (colour guided filter) "
+        "before thresholding; none: attention maps only",
+    )
+    edge_radius: int | Literal["auto"] = Field(
+        default="auto", description="guided filter window radius in pixels (auto: 1/16 of the shorter side)"
+    )
     boxes: Literal["attention", "adaptor", "both"] = Field(
         default="attention",
         description="where boxes come from: attention (instances of the attention masks); adaptor (a detection "

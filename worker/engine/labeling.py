@@ -17,7 +17,7 @@ import torch
 
 from shared.records import Annotation
 from shared.spec import LabelSpec
-from worker.engine import refine
+from worker.engine import edges, refine
 from worker.engine.attention import AttentionStore, CaptureConfig, available_resolutions
 from worker.engine.labels import extract_instances
 
@@ -103,6 +103,14 @@ def capture_config(
     )
 
 
+def _snap_to_edges(scores: torch.Tensor, image: np.ndarray | None, spec: LabelSpec) -> torch.Tensor:
+    if spec.edges != "guided" or image is None:
+        return scores
+    hw = tuple(scores.shape[-2:])
+    radius = edges.auto_radius(hw) if spec.edge_radius == "auto" else int(spec.edge_radius)
+    return edges.guided_filter(scores.cpu(), image, radius).to(scores.device)
+
+
 def label_image(
     store: AttentionStore,
     batch_index: int,
@@ -111,11 +119,13 @@ def label_image(
     category_names: list[str],
     spec: LabelSpec,
     image_hw: tuple[int, int],
+    image: np.ndarray | None = None,
 ) -> LabelResult:
     """Labels for image `batch_index` of the batch the store captured.
 
     `token_groups[k]`: token indexes of class k in the prompt, already offset for the start
-    token; classes listed here are the ones the prompt names.
+    token; classes listed here are the ones the prompt names. `image` (H x W x 3) is the
+    guide of `labels.edges: guided`; without it the score maps are used as they are.
     """
     if spec.mode == "none":
         raise ValueError("labels.mode is 'none': there is nothing to label")
@@ -140,12 +150,12 @@ def label_image(
         best_t = torch.zeros(image_hw)
     elif spec.mode == "refined":
         s = store.self_attention(grid_res)[batch_index]
-        scores = refine.refined_scores(class_maps, s, spec.tau, image_hw)
+        scores = _snap_to_edges(refine.refined_scores(class_maps, s, spec.tau, image_hw), image, spec)
         semantic_t, best_t = refine.label_with_ignore_band(
             scores, category_ids, spec.class_threshold, spec.uncertain_threshold
         )
     else:
-        scores = refine.daam_scores(class_maps, image_hw)
+        scores = _snap_to_edges(refine.daam_scores(class_maps, image_hw), image, spec)
         semantic_t, best_t = refine.label_by_threshold(scores, category_ids, spec.daam_threshold)
 
     inst = extract_instances(

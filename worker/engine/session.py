@@ -234,6 +234,7 @@ class EngineSession:
             [m.name for m in plan.mentions],
             self.labels,
             (gen.height, gen.width),
+            image=np.asarray(image.convert("RGB")),
         )
         annotations, quality = result.annotations, result.quality
         if self.adaptor is not None:
