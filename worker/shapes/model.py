@@ -201,10 +201,12 @@ def dsgen_extras(cfg: ShapesModelConfig, steps: int | None = None) -> dict[str, 
         "vocabulary": list(world.vocabulary),
         "world": world.to_json(),
         # LabelSpec fields only: the engine may pass this dict straight into `labels`.
-        # Measured on held-out real renders (bench/quality.py): refinement with the 16x16
-        # self-attention and tau 1 beats 32x32 / tau 4 (noisy pixel-level self-attention).
+        # Measured on held-out real renders (docs/shapes-model.md): refinement with the 16x16
+        # self-attention and tau 1; the maps are peaky, so lower thresholds than Dataset
+        # Diffusion's 0.6/0.5, and guided edges (the image snaps the coarse maps to its edges).
         "recommended_labels": {"cross_resolutions": [cfg.image_size // 2, cfg.image_size],
-                               "self_resolution": cfg.image_size // 2, "tau": 1},
+                               "self_resolution": cfg.image_size // 2, "tau": 1, "edges": "guided",
+                               "class_threshold": 0.4, "uncertain_threshold": 0.3},
         "classes": list(world.shapes),
         "colours": list(world.colours),
         "demo_classes": list(world.shapes),
