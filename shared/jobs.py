@@ -22,7 +22,9 @@ from shared.dispatch import Dispatcher
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from shared.overlay import colour_hex
 from shared.lifecycle import request_cancel, retry_failed, send_shards_after_commit
+from shared.model_meta import check_spec_fits_model, model_meta
 from shared.spec import JobSpec, describe_validation_error
+from shared.spec_paths import check_api_paths
 from shared.storage import ObjectStore
 from shared.views import (
     AnnotationView,
@@ -83,10 +85,10 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
         if len(text) > settings.max_prompt_length:
             errors.append((field, f"prompts are at most {settings.max_prompt_length} characters on this server (got {len(text)})"))
             break
-    if spec.prompts.source == "captions_file":
-        errors.append(("prompts.captions_file", "a file on the server cannot be used over the API; send the captions with source: list"))
-    if spec.model.id not in settings.models:
-        errors.append(("model.id", f"model {spec.model.id!r} is not served here; available: {settings.models}"))
+    paths = check_api_paths(spec, settings.models, settings.adaptors)
+    errors.extend(paths)
+    if not paths and (meta := model_meta(spec.model.id)) is not None:
+        errors.extend(check_spec_fits_model(spec, meta))
     if errors:
         raise SpecInvalid(errors)
 

@@ -26,7 +26,10 @@ METHODS_PLANNED = ("augment", "mask2image", "layout")
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
 SLOT_PATTERN = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
-CLASS_SLOT = re.compile(r"^class(_[1-9])?$")
+CLASS_SLOT = re.compile(r"class(_[1-9])?")
+# Fields that may name a file or folder on the machine that runs the job. Over the API such a
+# field may only name what the server offers or the tenant owns: see `shared.spec_paths`.
+SERVER_PATH = {"x-server-path": True}
 
 
 class StrictModel(BaseModel):
@@ -37,7 +40,8 @@ class StrictModel(BaseModel):
 class ModelRef(StrictModel):
     """Which diffusion model: `builtin:<name>`, a local diffusers folder, or a hub id."""
 
-    id: str = Field(min_length=1, description="builtin:<name>, a local diffusers folder, or a hub id")
+    id: str = Field(min_length=1, description="builtin:<name>, a local diffusers folder, or a hub id",
+                    json_schema_extra=SERVER_PATH)
     revision: str | None = Field(default=None, description="hub revision (branch, tag or commit)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -83,7 +87,8 @@ class PromptSpec(StrictModel):
     )
     prompts: list[str] = Field(default_factory=list, description="explicit prompts (source: list)")
     captions_file: str | None = Field(
-        default=None, description="a text file, one caption per line (source: captions_file)"
+        default=None, description="a text file, one caption per line (source: captions_file; not over the API)",
+        json_schema_extra=SERVER_PATH,
     )
     append_class_names: bool | None = Field(
         default=None,
@@ -99,11 +104,11 @@ class PromptSpec(StrictModel):
                 raise ValueError("templates: give at least one template")
             for t in self.templates:
                 names = SLOT_PATTERN.findall(t)
-                if not any(CLASS_SLOT.match(n) for n in names):
+                if not any(CLASS_SLOT.fullmatch(n) for n in names):
                     raise ValueError(
                         f"templates: {t!r} has no {{class}} slot; every template names a class"
                     )
-                missing = [n for n in names if not CLASS_SLOT.match(n) and n not in self.slots]
+                missing = [n for n in names if not CLASS_SLOT.fullmatch(n) and n not in self.slots]
                 if missing:
                     raise ValueError(
                         f"templates: slot {{{missing[0]}}} in {t!r} has no values; "
@@ -158,6 +163,7 @@ class LabelSpec(StrictModel):
         default=None,
         description="adaptor folder (from `dsgen adaptor train`) or builtin:<name>; default: the model's "
         "shipped adaptor (builtin:<model>-adaptor)",
+        json_schema_extra=SERVER_PATH,
     )
     adaptor_score_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="keep adaptor boxes scoring above this")
     adaptor_nms_iou: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which NMS drops the weaker box")
@@ -198,8 +204,10 @@ class LabelSpec(StrictModel):
 class Image2ImageSpec(StrictModel):
     """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
 
-    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)")
-    coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)")
+    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)",
+                        json_schema_extra=SERVER_PATH)
+    coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)",
+                             json_schema_extra=SERVER_PATH)
     strength: tuple[float, float] = Field(
         default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
     )
@@ -267,6 +275,12 @@ class JobSpec(StrictModel):
     def _model_shorthand(cls, v: Any) -> Any:
         return {"id": v} if isinstance(v, str) else v
 
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_shorthand(cls, v: Any) -> Any:
+        # `classes: [cat, dog]` is the same as `classes: [{name: cat}, {name: dog}]`
+        return [{"name": c} if isinstance(c, str) else c for c in v] if isinstance(v, list) else v
+
     @field_validator("method")
     @classmethod
     def _method(cls, v: str) -> str:
@@ -284,7 +298,7 @@ class JobSpec(StrictModel):
             raise ValueError(f"classes: {dupes[0]!r} is listed twice; class names must be unique")
         if self.prompts.source == "templates":
             for t in self.prompts.templates:
-                per_image = len({n for n in SLOT_PATTERN.findall(t) if CLASS_SLOT.match(n)})
+                per_image = len({n for n in SLOT_PATTERN.findall(t) if CLASS_SLOT.fullmatch(n)})
                 if per_image > len(self.classes):
                     raise ValueError(
                         f"prompts.templates: {t!r} names {per_image} classes but the job has "
