@@ -5,6 +5,7 @@ from the settings, unless a caller (tests, embedded mode) passes its own.
 """
 from __future__ import annotations
 
+import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Callable
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     @app.middleware("http")
     async def limits_and_metrics(request: Request, call_next):  # noqa: ANN001, ANN202
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
+        if length is not None and (not re.fullmatch(r"[0-9]{1,20}", length) or int(length) > settings.max_request_bytes):
             return JSONResponse(error_body(f"body larger than {settings.max_request_bytes} bytes", "body"),
                                 status_code=413)
         started = time.perf_counter()

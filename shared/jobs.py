@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import uuid
 from typing import Any
 
@@ -270,7 +271,7 @@ def list_samples(uow: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_
     job = _own_job(uow, tenant_id, job_id)
     after = None
     if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", cursor):  # ASCII digits only: "²".isdigit() is True
             raise InvalidRequest("cursor: not a cursor returned by this API", field="cursor")
         after = int(cursor)
     rows = repo.list_samples(uow.session, job.id, after=after, limit=limit + 1)
@@ -328,13 +329,15 @@ def parse_spec_text(text: str) -> dict[str, Any]:
     Only the syntax is checked here; the fields are validated when it is submitted."""
     import yaml
 
+    from shared.spec import describe_yaml_error, json_data, load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML/JSON"
-        raise InvalidRequest(f"text: {problem}{where}", field="text") from None
+        raise InvalidRequest(f"text: {describe_yaml_error(err)}", field="text") from None
     if not isinstance(data, dict):
         raise InvalidRequest("text: a spec is a mapping (key: value lines, or a JSON object)", field="text")
-    return json.loads(json.dumps(data, default=str))
+    try:
+        return json_data(data)
+    except ValueError as err:
+        raise InvalidRequest(f"text: {err}", field="text") from None

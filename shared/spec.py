@@ -32,9 +32,34 @@ CLASS_SLOT = re.compile(r"class(_[1-9])?")
 SERVER_PATH = {"x-server-path": True}
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: no database or UTF-8 holds them
+
+
+def check_plain_data(value: Any, path: str = "") -> None:
+    """Refuse what JSON columns, UTF-8 and the database cannot hold, naming where it is:
+    NUL characters and lone surrogates in strings (keys too), NaN and infinite numbers."""
+    where = path or "spec"
+    if isinstance(value, str):
+        if m := _UNSTORABLE.search(value):
+            what = "a NUL character" if m.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+            raise ValueError(f"{where}: text contains {what} at position {m.start()}; remove it")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where}: numbers must be finite (got {value})")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            check_plain_data(key, where)
+            check_plain_data(v, f"{path}.{key}" if path else key)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain_data(v, f"{path}.{i}" if path else str(i))
+
+
 class StrictModel(BaseModel):
     # Unknown keys are almost always typos ("step" for "steps"): refuse them by name.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/Infinity are refused: JSON columns cannot store them and no setting means them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelRef(StrictModel):
@@ -270,6 +295,12 @@ class JobSpec(StrictModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_plain_data(data)
+        return data
+
     @field_validator("model", mode="before")
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
@@ -360,16 +391,81 @@ def parse_spec(data: Any) -> JobSpec:
         raise SpecError(f"{field}: {msg}{suffix}", field=field) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: `*name` would let a few hundred bytes expand to gigabytes
+    (a "billion laughs" document). A spec never needs them; anchors alone are harmless."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML API
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a spec; "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML (or JSON, which is YAML) -> Python data, refusing aliases. Raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    """'<problem> at line L, column C', the way an editor points at it."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0] or "invalid YAML/JSON"
+    return f"{problem}{where}"
+
+
+def describe_json_error(err: json.JSONDecodeError) -> str:
+    return f"{err.msg} at line {err.lineno}, column {err.colno}"
+
+
+def json_data(value: Any, path: str = "") -> Any:
+    """Parsed YAML -> plain JSON data: dates become ISO text; keys must be text; binary,
+    sets, NaN/Infinity, NUL characters and lone surrogates are refused (ValueError naming where)."""
+    import datetime as dt
+
+    where = path or "spec"
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                kind = ("a date" if isinstance(k, (dt.date, dt.datetime)) else "true/false" if isinstance(k, bool)
+                        else "a number" if isinstance(k, (int, float)) else "null" if k is None
+                        else f"a {type(k).__name__}")
+                raise ValueError(f"{where}: key {str(k)[:40]!r} is {kind}; keys are text (quote it: \"{str(k)[:40]}\")")
+            out[k] = json_data(v, f"{path}.{k}" if path else k)
+        check_plain_data(list(out), where)
+        return out
+    if isinstance(value, list):
+        return [json_data(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value)]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        raise ValueError(f"{where}: binary values (!!binary) are not allowed in a spec")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        check_plain_data(value, path)
+        return value
+    raise ValueError(f"{where}: {type(value).__name__} values are not allowed in a spec")
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read a job spec from a YAML or JSON file. Relative paths inside resolve against its folder."""
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"{p} is a folder; give the spec file (YAML or JSON) inside it")
     if not p.is_file():
         raise SpecError(f"spec file not found: {p}")
-    text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SpecError(f"{p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {err}".splitlines()[0]) from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a text file (a spec is YAML or JSON in UTF-8)") from None
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else load_yaml(text)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{p}: not valid JSON: {describe_json_error(err)}") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {describe_yaml_error(err)}") from None
     spec = parse_spec(data)
     captions = spec.prompts.captions_file
     if captions and not Path(captions).is_absolute():
