@@ -5,16 +5,15 @@ from the settings, unless a caller (tests, embedded mode) passes its own.
 """
 from __future__ import annotations
 
-import re
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
+from api.body_limit import BodyLimit
 from api.deps import Resources
-from api.errors import error_body, install_error_handlers
+from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from shared.config import Settings
 from shared.dispatch import Dispatcher
@@ -82,11 +81,7 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     install_error_handlers(app)
 
     @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length is not None and (not re.fullmatch(r"[0-9]{1,20}", length) or int(length) > settings.max_request_bytes):
-            return JSONResponse(error_body(f"body larger than {settings.max_request_bytes} bytes", "body"),
-                                status_code=413)
+    async def metrics(request: Request, call_next):  # noqa: ANN001, ANN202
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
@@ -94,6 +89,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         m.requests.labels(request.method, route, str(response.status_code)).inc()
         m.latency.labels(request.method, route).observe(time.perf_counter() - started)
         return response
+
+    # Outermost: a body over the limit is refused before anything else reads it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
 
     from fastapi.staticfiles import StaticFiles
 

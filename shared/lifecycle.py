@@ -39,13 +39,16 @@ from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
 
 
-def send_shards_after_commit(uow: UnitOfWork, dispatcher: Dispatcher, job_id: uuid.UUID, indexes: list[int]) -> None:
-    """Mark shards as sent and send them once the transaction commits."""
+def send_shards_after_commit(uow: UnitOfWork, dispatcher: Dispatcher, job_id: uuid.UUID, indexes: list[int],
+                             *, mark: bool = True) -> None:
+    """Mark shards as sent (unless they were written as queued: `mark=False`) and send them
+    once the transaction commits."""
     if not indexes:
         return
-    now = utcnow()
-    repo.update_shards(uow.session, job_id, [Shard.index.in_(indexes), Shard.status.in_((S_PENDING, S_QUEUED))],
-                       {"status": S_QUEUED, "enqueued_at": now})
+    if mark:
+        now = utcnow()
+        repo.update_shards(uow.session, job_id, [Shard.index.in_(indexes), Shard.status.in_((S_PENDING, S_QUEUED))],
+                           {"status": S_QUEUED, "enqueued_at": now})
 
     def send() -> None:
         for i in indexes:
