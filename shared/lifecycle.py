@@ -176,6 +176,21 @@ def finish_shard(uow: UnitOfWork, dispatcher: Dispatcher, claim: Claim, status: 
     return ok
 
 
+def release_claim(uow: UnitOfWork, claim: Claim, error: str) -> bool:
+    """Give a claimed shard back unspent (a backing server went away under it): queued again,
+    the attempt not counted, so the retried task claims it at once."""
+    return repo.update_shard(uow.session, claim.job_id, claim.shard_index,
+                             [Shard.status == S_RUNNING, Shard.attempts == claim.attempt],
+                             {"status": S_QUEUED, "attempts": Shard.attempts - 1, "enqueued_at": utcnow(),
+                              "heartbeat_at": None, "worker": None, "error": error})
+
+
+def attempt_is_current(session: Session, claim: Claim) -> bool:
+    """Is this attempt still the shard's owner? Locks the shard row until the transaction ends,
+    so a new claim cannot take the shard between this check and the caller's writes."""
+    return repo.lock_running_shard(session, claim.job_id, claim.shard_index, claim.attempt)
+
+
 def shard_error(uow: UnitOfWork, dispatcher: Dispatcher, claim: Claim, error: str, max_attempts: int) -> str:
     """An attempt raised: send the shard again while attempts remain, else fail it."""
     if claim.attempt >= max_attempts:

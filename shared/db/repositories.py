@@ -180,6 +180,14 @@ def insert_shards(session: Session, job_id: uuid.UUID, num_images: int, shard_si
     return count
 
 
+def lock_running_shard(session: Session, job_id: uuid.UUID, index: int, attempt: int) -> bool:
+    """True (and the row locked FOR UPDATE) when the shard is running with this attempt."""
+    found = session.scalar(
+        select(Shard.index).where(Shard.job_id == job_id, Shard.index == index, Shard.status == S_RUNNING,
+                                  Shard.attempts == attempt).with_for_update())
+    return found is not None
+
+
 def update_shard(session: Session, job_id: uuid.UUID, index: int, where: Sequence[Any], values: dict) -> bool:
     """Compare-and-set on one shard: True when the row matched `where` and was changed."""
     res = session.execute(
