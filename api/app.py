@@ -75,6 +75,8 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         version="1",
         description="Dataset generation jobs: images, masks and boxes from text-to-image diffusion models.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets
+        redoc_url=None,  # ReDoc only exists on a CDN: /docs is the documentation
     )
     app.state.metrics = ApiMetrics(app.state)
     app.state.settings = settings
@@ -103,4 +105,25 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.include_router(datasets.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
+    install_docs(app)
     return app
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its script and styles from the `swagger-ui-bundle` package,
+    not a CDN, so the docs work on a machine without internet (embedded mode)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # pragma: no cover - the api extra installs it
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    assets = {"swagger_js_url": "/docs-assets/swagger-ui-bundle.js", "swagger_css_url": "/docs-assets/swagger-ui.css",
+              "swagger_favicon_url": "/docs-assets/favicon-32x32.png"} if swagger_ui_path else {}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():  # noqa: ANN202
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API", **assets)

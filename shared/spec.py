@@ -355,16 +355,52 @@ class SpecError(ValueError):
         self.field = field
 
 
+def _fields_at(loc: tuple, model: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
+    """Field names allowed at the parent of `loc` (a pydantic error location) in the spec."""
+    import typing
+
+    current: Any = model or JobSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        ann = info.annotation
+        for _ in range(3):  # unwrap list[X], X | None
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                break
+            ann = args[0] if args else ann
+        current = ann
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _typo_hint(loc: tuple) -> str:
+    import difflib
+
+    name = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(name, _fields_at(loc), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
 def describe_validation_error(err: ValidationError) -> list[tuple[str, str]]:
-    """(field path, message) pairs, e.g. ("generation.steps", "Input should be ... (got 5000)")."""
+    """(field path, message) pairs, e.g. ("generation.steps", "Input should be ... (got 5000)").
+    Unknown fields come first: a typo ("num_image") also makes the real field "missing", and
+    the typo is the thing to fix."""
     out: list[tuple[str, str]] = []
-    for e in err.errors():
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    for e in errors:
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see examples/ for the allowed fields)"
+            hint = _typo_hint(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
+            msg = f"unknown field `{e['loc'][-1]}`{hint}" if hint else \
+                "unknown field (check the spelling; see examples/ for the allowed fields)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif "input" in e and e["type"] not in {"model_type", "dict_type"} and not isinstance(e["input"], (dict, list)):

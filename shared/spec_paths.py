@@ -38,7 +38,7 @@ def path_fields(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, str]]
 def _model_rule(value: str, models: list[str], adaptors: list[str]) -> str | None:
     if value in models:
         return None
-    return f"model {value!r} is not served here; use one of {models}"
+    return f"model {value!r} is not served here; use one of {models} (the server's DSGEN_MODELS)"
 
 
 def _adaptor_rule(value: str, models: list[str], adaptors: list[str]) -> str | None:
