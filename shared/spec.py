@@ -35,10 +35,16 @@ SERVER_PATH = {"x-server-path": True}
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: no database or UTF-8 holds them
 
 
-def check_plain_data(value: Any, path: str = "") -> None:
+MAX_DEPTH = 32  # a spec is a few levels deep; deeper is an attack on the recursion limit
+
+
+def check_plain_data(value: Any, path: str = "", depth: int = 0) -> None:
     """Refuse what JSON columns, UTF-8 and the database cannot hold, naming where it is:
-    NUL characters and lone surrogates in strings (keys too), NaN and infinite numbers."""
+    NUL characters and lone surrogates in strings (keys too), NaN and infinite numbers, and
+    nesting deeper than MAX_DEPTH."""
     where = path or "spec"
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
     if isinstance(value, str):
         if m := _UNSTORABLE.search(value):
             what = "a NUL character" if m.group() == "\x00" else "a lone surrogate (not valid Unicode)"
@@ -50,10 +56,10 @@ def check_plain_data(value: Any, path: str = "") -> None:
         for k, v in value.items():
             key = str(k)
             check_plain_data(key, where)
-            check_plain_data(v, f"{path}.{key}" if path else key)
+            check_plain_data(v, f"{path}.{key}" if path else key, depth + 1)
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            check_plain_data(v, f"{path}.{i}" if path else str(i))
+            check_plain_data(v, f"{path}.{i}" if path else str(i), depth + 1)
 
 
 class StrictModel(BaseModel):
@@ -441,7 +447,10 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 def load_yaml(text: str) -> Any:
     """YAML (or JSON, which is YAML) -> Python data, refusing aliases. Raises yaml.YAMLError."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise yaml.YAMLError("the document is nested too deeply (a spec is a few levels deep)") from None
 
 
 def describe_yaml_error(err: yaml.YAMLError) -> str:
@@ -456,12 +465,14 @@ def describe_json_error(err: json.JSONDecodeError) -> str:
     return f"{err.msg} at line {err.lineno}, column {err.colno}"
 
 
-def json_data(value: Any, path: str = "") -> Any:
+def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
     """Parsed YAML -> plain JSON data: dates become ISO text; keys must be text; binary,
     sets, NaN/Infinity, NUL characters and lone surrogates are refused (ValueError naming where)."""
     import datetime as dt
 
     where = path or "spec"
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
@@ -470,11 +481,11 @@ def json_data(value: Any, path: str = "") -> Any:
                         else "a number" if isinstance(k, (int, float)) else "null" if k is None
                         else f"a {type(k).__name__}")
                 raise ValueError(f"{where}: key {str(k)[:40]!r} is {kind}; keys are text (quote it: \"{str(k)[:40]}\")")
-            out[k] = json_data(v, f"{path}.{k}" if path else k)
+            out[k] = json_data(v, f"{path}.{k}" if path else k, depth + 1)
         check_plain_data(list(out), where)
         return out
     if isinstance(value, list):
-        return [json_data(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value)]
+        return [json_data(v, f"{path}.{i}" if path else str(i), depth + 1) for i, v in enumerate(value)]
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
@@ -498,6 +509,8 @@ def load_spec(path: str | Path) -> JobSpec:
         raise SpecError(f"{p}: not a text file (a spec is YAML or JSON in UTF-8)") from None
     try:
         data = json.loads(text) if p.suffix.lower() == ".json" else load_yaml(text)
+    except RecursionError:
+        raise SpecError(f"{p}: nested too deeply (a spec is a few levels deep)") from None
     except json.JSONDecodeError as err:
         raise SpecError(f"{p}: not valid JSON: {describe_json_error(err)}") from None
     except yaml.YAMLError as err:
