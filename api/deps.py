@@ -42,13 +42,16 @@ def current_tenant(request: Request,
 
     res: Resources = request.app.state.resources
     with res.uow() as uow:
-        if res.settings.embedded_tenant:
-            # Embedded mode has one user: with or without a key (DSGEN_API_KEY set for another
-            # server, say), every request is that tenant, so the CLI and the dashboard agree.
+        given = credentials.credentials.strip() if credentials is not None else ""
+        if res.settings.embedded_tenant and not given:
             return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
-        if credentials is None or not credentials.credentials.strip():
+        if not given:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `dsgen keys create`)")
-        tenant = auth.tenant_for_key(uow.session, credentials.credentials.strip())
+        tenant = auth.tenant_for_key(uow.session, given)
         if tenant is None:
             raise Unauthorized("unknown or revoked API key")
+        if res.settings.embedded_tenant:
+            # Embedded mode has one user: a valid key (the dashboard's, DSGEN_API_KEY of the
+            # CLI) acts as the same tenant as no key, so the CLI and the dashboard see one list.
+            return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
         return tenant.id

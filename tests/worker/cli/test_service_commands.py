@@ -129,16 +129,19 @@ def test_embedded_mode_is_one_tenant_serves_the_builtin_models_and_docs_offline(
 
     from shared.model_meta import builtin_model_ids
 
-    server, _ = embedded_server
+    server, data = embedded_server
     spec_file = tmp_path / "job.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
     runner = CliRunner()
-    monkeypatch.setenv("DSGEN_API_KEY", "dsg_some_key_for_another_server")
+    r = runner.invoke(cli, ["keys", "create", "--tenant", "someone", "--database-url", f"sqlite:///{data / 'dsgen.db'}"])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setenv("DSGEN_API_KEY", r.stdout.strip().splitlines()[0])
     r = runner.invoke(cli, ["submit", str(spec_file), "--server", server])
     assert r.exit_code == 0, r.output
     job_id = r.stdout.strip().splitlines()[0]
     monkeypatch.delenv("DSGEN_API_KEY")
     assert job_id in runner.invoke(cli, ["jobs", "list", "--server", server]).stdout  # same tenant without a key
+    assert httpx.get(f"{server}/v1/jobs", headers={"Authorization": "Bearer dsg_bad_key"}).status_code == 401
     models = [m["id"] for m in httpx.get(f"{server}/v1/models").json()["items"]]
     assert models == builtin_model_ids() and "builtin:shapes-v1" in models
     docs = httpx.get(f"{server}/docs").text
