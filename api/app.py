@@ -10,10 +10,10 @@ from contextlib import asynccontextmanager
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
+from api.body_limit import BodyLimit
 from api.deps import Resources
-from api.errors import error_body, install_error_handlers
+from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from shared.config import Settings
 from shared.dispatch import Dispatcher
@@ -75,17 +75,15 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         version="1",
         description="Dataset generation jobs: images, masks and boxes from text-to-image diffusion models.",
         lifespan=lifespan,
+        docs_url=None,  # served below from local assets
+        redoc_url=None,  # ReDoc only exists on a CDN: /docs is the documentation
     )
     app.state.metrics = ApiMetrics(app.state)
     app.state.settings = settings
     install_error_handlers(app)
 
     @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
-            return JSONResponse(error_body(f"body larger than {settings.max_request_bytes} bytes", "body"),
-                                status_code=413)
+    async def metrics(request: Request, call_next):  # noqa: ANN001, ANN202
         started = time.perf_counter()
         response = await call_next(request)
         route = getattr(request.scope.get("route"), "path", "unmatched")
@@ -93,6 +91,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         m.requests.labels(request.method, route, str(response.status_code)).inc()
         m.latency.labels(request.method, route).observe(time.perf_counter() - started)
         return response
+
+    # Outermost: a body over the limit is refused before anything else reads it.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
 
     from fastapi.staticfiles import StaticFiles
 
@@ -104,4 +105,25 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.include_router(datasets.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
+    install_docs(app)
     return app
+
+
+def install_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its script and styles from the `swagger-ui-bundle` package,
+    not a CDN, so the docs work on a machine without internet (embedded mode)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # pragma: no cover - the api extra installs it
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    assets = {"swagger_js_url": "/docs-assets/swagger-ui-bundle.js", "swagger_css_url": "/docs-assets/swagger-ui.css",
+              "swagger_favicon_url": "/docs-assets/favicon-32x32.png"} if swagger_ui_path else {}
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():  # noqa: ANN202
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{app.title} API", **assets)

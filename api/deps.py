@@ -41,13 +41,17 @@ def current_tenant(request: Request,
     from shared.db import repositories as repo
 
     res: Resources = request.app.state.resources
-    header = request.headers.get("authorization", "")
     with res.uow() as uow:
-        if not header and res.settings.embedded_tenant:
+        given = credentials.credentials.strip() if credentials is not None else ""
+        if res.settings.embedded_tenant and not given:
             return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
-        if credentials is None or not credentials.credentials.strip():
+        if not given:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `dsgen keys create`)")
-        tenant = auth.tenant_for_key(uow.session, credentials.credentials.strip())
+        tenant = auth.tenant_for_key(uow.session, given)
         if tenant is None:
             raise Unauthorized("unknown or revoked API key")
+        if res.settings.embedded_tenant:
+            # Embedded mode has one user: a valid key (the dashboard's, DSGEN_API_KEY of the
+            # CLI) acts as the same tenant as no key, so the CLI and the dashboard see one list.
+            return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
         return tenant.id

@@ -3,6 +3,7 @@ component and the reason (never a 500)."""
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,12 +15,18 @@ from shared.errors import DomainError, ServiceUnavailable, TooManyRequests, Unau
 log = logging.getLogger(__name__)
 
 
+def printable(text: str) -> str:
+    """Text that UTF-8 can encode: a lone surrogate echoed from the input becomes `\\udxxx`
+    (else writing the error response itself would fail with a 500)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(message: str, field: str | None = None, errors: list[tuple[str, str]] | None = None) -> dict:
-    body: dict = {"detail": message}
+    body: dict = {"detail": printable(message)}
     if field:
-        body["field"] = field
+        body["field"] = printable(field)
     if errors:
-        body["errors"] = [{"field": f, "message": m} for f, m in errors]
+        body["errors"] = [{"field": printable(f), "message": printable(m)} for f, m in errors]
     return body
 
 
@@ -45,7 +52,13 @@ def describe_request_errors(errors: list[dict]) -> list[tuple[str, str]]:
             msg = "the body is not valid JSON"
         elif "input" in e and not isinstance(e["input"], (dict, list)) and e["input"] is not None:
             msg = f"{msg} (got {e['input']!r})"[:300]
-        out.append((_field(tuple(e.get("loc", ()))), msg))
+        field = _field(tuple(e.get("loc", ())))
+        # Checks across fields raise "field: reason": fold the field into the path.
+        named = re.match(r"([a-z_][a-z0-9_.]*): (.*)", msg, flags=re.S)
+        if named and e.get("type") == "value_error":
+            field = named.group(1) if field == "body" else f"{field}.{named.group(1)}"
+            msg = named.group(2)
+        out.append((field, msg))
     return out or [("body", "invalid request")]
 
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import io
+import re
 import time
+import uuid
 import zipfile
 from urllib.parse import quote
 from pathlib import Path
@@ -49,6 +51,31 @@ class Client:
     def submit(self, spec: dict, idempotency_key: str | None = None) -> dict:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._call("POST", "/v1/jobs", json=spec, headers=headers)
+
+    def resolve_job_id(self, ref: str) -> str:
+        """A full job id, or a unique prefix of one (the dashboard shows 8 characters)."""
+        text = ref.strip().lower()
+        try:
+            return str(uuid.UUID(text))
+        except ValueError:
+            pass
+        if not re.fullmatch(r"[0-9a-f][0-9a-f-]{0,35}", text):
+            raise ApiError(0, f"JOB_ID: {ref!r} is neither a job id nor the start of one (hex digits)")
+        found: list[str] = []
+        cursor = None
+        while True:
+            page = self.jobs(limit=200, cursor=cursor)
+            found += [j["id"] for j in page["items"] if j["id"].startswith(text)]
+            cursor = page.get("next_cursor")
+            if not cursor or len(found) > 5:
+                break
+        if not found:
+            raise ApiError(404, f"no job of this tenant has an id starting with {ref!r}", "job_id")
+        if len(found) > 1:
+            shown = ", ".join(f[:13] for f in found[:5])
+            raise ApiError(409, f"{ref!r} is the start of several job ids ({shown}...); give more characters",
+                           "job_id")
+        return found[0]
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}")

@@ -12,6 +12,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
+from shared.model_meta import builtin_adaptor_ids, builtin_model_ids
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DSGEN_", extra="ignore")
@@ -67,8 +69,13 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     models: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["builtin:tiny-random"],
-        description="model ids jobs may use (comma-separated in the environment)",
+        default_factory=builtin_model_ids,
+        description="model ids jobs may use (comma-separated in the environment; default or empty: "
+        "every builtin model of this installation)",
+    )
+    adaptors: Annotated[list[str], NoDecode] = Field(
+        default_factory=builtin_adaptor_ids,
+        description="detection adaptors jobs may name in labels.adaptor (default or empty: the builtin ones)",
     )
     embedded_tenant: str | None = Field(
         default=None, description="embedded mode: requests without a key act as this tenant"
@@ -86,8 +93,15 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _split_models(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("models"), str):
-            data = {**data, "models": [m.strip() for m in data["models"].split(",") if m.strip()]}
+        if isinstance(data, dict):
+            for name, default in (("models", builtin_model_ids), ("adaptors", builtin_adaptor_ids)):
+                value = data.get(name)
+                if isinstance(value, str):
+                    value = [m.strip() for m in value.split(",") if m.strip()]
+                if value is not None and not value:  # DSGEN_MODELS="" (compose's default): the builtin ones
+                    value = default()
+                if value is not None:
+                    data = {**data, name: value}
         return data
 
     @property

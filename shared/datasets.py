@@ -31,12 +31,12 @@ from shared.views import (
     ExportView,
 )
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,99}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")  # used with fullmatch: "$" accepts a trailing newline
 NAME_RULE = "1 to 100 characters: letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 def check_name(name: str, field: str = "dataset") -> str:
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise InvalidRequest(f"{field}: {NAME_RULE} (got {name!r})"[:300], field=field)
     return name
 
@@ -48,7 +48,7 @@ def parse_ref(ref: str, field: str = "version") -> int | None:
         return None
     if text.startswith("v"):
         text = text[1:]
-    if not text.isdigit() or len(text) > 9 or int(text) < 1:
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:  # ASCII digits only: "²".isdigit()
         raise InvalidRequest(f"{field}: 'latest', N or vN with N >= 1 (got {ref!r})"[:300], field=field)
     return int(text)
 

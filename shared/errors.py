@@ -10,6 +10,18 @@ class DomainError(Exception):
         self.message = message
         self.field = field
 
+    def __reduce__(self):  # noqa: ANN204 - pickling (Celery sends exceptions between processes)
+        return _rebuild, (type(self), self.__dict__.copy(), str(self))
+
+
+def _rebuild(cls: type, state: dict, message: str) -> "DomainError":
+    """Unpickle any DomainError whatever its constructor takes: make it without calling
+    __init__, then restore its attributes."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
 
 class NotFound(DomainError):
     status = 404
@@ -45,3 +57,4 @@ class ServiceUnavailable(DomainError):
     def __init__(self, component: str, message: str):
         super().__init__(f"{component} unavailable: {message}")
         self.component = component
+        self.reason = message

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 import uuid
 from typing import Any
 
@@ -16,13 +17,15 @@ from sqlalchemy import select
 from shared import keys
 from shared.config import Settings
 from shared.db import repositories as repo
-from shared.db.models import JOB_STATES, JOB_TERMINAL, Dataset, Job, Shard, utcnow
+from shared.db.models import JOB_STATES, JOB_TERMINAL, S_QUEUED, Dataset, Job, utcnow
 from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
 from shared.overlay import colour_hex
 from shared.lifecycle import request_cancel, retry_failed, send_shards_after_commit
+from shared.model_meta import check_spec_fits_model, model_meta
 from shared.spec import JobSpec, describe_validation_error
+from shared.spec_paths import check_api_paths
 from shared.storage import ObjectStore
 from shared.views import (
     AnnotationView,
@@ -83,10 +86,10 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
         if len(text) > settings.max_prompt_length:
             errors.append((field, f"prompts are at most {settings.max_prompt_length} characters on this server (got {len(text)})"))
             break
-    if spec.prompts.source == "captions_file":
-        errors.append(("prompts.captions_file", "a file on the server cannot be used over the API; send the captions with source: list"))
-    if spec.model.id not in settings.models:
-        errors.append(("model.id", f"model {spec.model.id!r} is not served here; available: {settings.models}"))
+    paths = check_api_paths(spec, settings.models, settings.adaptors)
+    errors.extend(paths)
+    if not paths and (meta := model_meta(spec.model.id)) is not None:
+        errors.extend(check_spec_fits_model(spec, meta))
     if errors:
         raise SpecInvalid(errors)
 
@@ -196,11 +199,10 @@ def submit_job(
               cancel_requested=False, finalize_attempts=0, dataset_id=dataset_id)
     s.add(job)
     s.flush()
-    s.add_all(Shard(job_id=job.id, index=i, start=i * size, stop=min(n, (i + 1) * size), status="pending",
-                    attempts=0) for i in range(job.num_shards))
-    s.flush()
-    send_shards_after_commit(uow, dispatcher, job.id, list(range(job.num_shards)))
-    s.flush()
+    # One INSERT for all shards, written as already queued: a 100,000-image job has thousands
+    # of shards, and one ORM object each plus a second UPDATE of all of them took seconds.
+    repo.insert_shards(s, job.id, n, size, S_QUEUED, utcnow())
+    send_shards_after_commit(uow, dispatcher, job.id, list(range(job.num_shards)), mark=False)
     return job_view(uow, job), True
 
 
@@ -268,7 +270,7 @@ def list_samples(uow: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_
     job = _own_job(uow, tenant_id, job_id)
     after = None
     if cursor is not None:
-        if not cursor.isdigit() or len(cursor) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", cursor):  # ASCII digits only: "²".isdigit() is True
             raise InvalidRequest("cursor: not a cursor returned by this API", field="cursor")
         after = int(cursor)
     rows = repo.list_samples(uow.session, job.id, after=after, limit=limit + 1)
@@ -326,13 +328,15 @@ def parse_spec_text(text: str) -> dict[str, Any]:
     Only the syntax is checked here; the fields are validated when it is submitted."""
     import yaml
 
+    from shared.spec import describe_yaml_error, json_data, load_yaml
+
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or "invalid YAML/JSON"
-        raise InvalidRequest(f"text: {problem}{where}", field="text") from None
+        raise InvalidRequest(f"text: {describe_yaml_error(err)}", field="text") from None
     if not isinstance(data, dict):
         raise InvalidRequest("text: a spec is a mapping (key: value lines, or a JSON object)", field="text")
-    return json.loads(json.dumps(data, default=str))
+    try:
+        return json_data(data)
+    except ValueError as err:
+        raise InvalidRequest(f"text: {err}", field="text") from None

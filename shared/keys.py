@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 import uuid
 
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_FORMAT = re.compile(r"^[a-z0-9_]+$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: "$" would accept a trailing newline
+_FORMAT = re.compile(r"[a-z0-9_]+")
 
 OVERLAY_FILE = "overlay.png"
 MANIFEST_FILE = "manifest.json"
@@ -41,13 +41,13 @@ def sample_prefix(job_id: uuid.UUID | str, index: int, shard_size: int) -> str:
 
 
 def sample_key(job_id: uuid.UUID | str, index: int, shard_size: int, file_name: str) -> str:
-    if not _FILE_NAME.match(file_name):
+    if not _FILE_NAME.fullmatch(file_name):
         raise ValueError(f"bad file name {file_name!r}")
     return sample_prefix(job_id, index, shard_size) + file_name
 
 
 def export_key(job_id: uuid.UUID | str, fmt: str) -> str:
-    if not _FORMAT.match(fmt):
+    if not _FORMAT.fullmatch(fmt):
         raise ValueError(f"bad export format {fmt!r}")
     return f"{job_prefix(job_id)}exports/{fmt}.zip"
 

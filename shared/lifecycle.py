@@ -39,13 +39,16 @@ from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
 
 
-def send_shards_after_commit(uow: UnitOfWork, dispatcher: Dispatcher, job_id: uuid.UUID, indexes: list[int]) -> None:
-    """Mark shards as sent and send them once the transaction commits."""
+def send_shards_after_commit(uow: UnitOfWork, dispatcher: Dispatcher, job_id: uuid.UUID, indexes: list[int],
+                             *, mark: bool = True) -> None:
+    """Mark shards as sent (unless they were written as queued: `mark=False`) and send them
+    once the transaction commits."""
     if not indexes:
         return
-    now = utcnow()
-    repo.update_shards(uow.session, job_id, [Shard.index.in_(indexes), Shard.status.in_((S_PENDING, S_QUEUED))],
-                       {"status": S_QUEUED, "enqueued_at": now})
+    if mark:
+        now = utcnow()
+        repo.update_shards(uow.session, job_id, [Shard.index.in_(indexes), Shard.status.in_((S_PENDING, S_QUEUED))],
+                           {"status": S_QUEUED, "enqueued_at": now})
 
     def send() -> None:
         for i in indexes:
@@ -171,6 +174,21 @@ def finish_shard(uow: UnitOfWork, dispatcher: Dispatcher, claim: Claim, status: 
     if ok:
         settle(uow, dispatcher, job)
     return ok
+
+
+def release_claim(uow: UnitOfWork, claim: Claim, error: str) -> bool:
+    """Give a claimed shard back unspent (a backing server went away under it): queued again,
+    the attempt not counted, so the retried task claims it at once."""
+    return repo.update_shard(uow.session, claim.job_id, claim.shard_index,
+                             [Shard.status == S_RUNNING, Shard.attempts == claim.attempt],
+                             {"status": S_QUEUED, "attempts": Shard.attempts - 1, "enqueued_at": utcnow(),
+                              "heartbeat_at": None, "worker": None, "error": error})
+
+
+def attempt_is_current(session: Session, claim: Claim) -> bool:
+    """Is this attempt still the shard's owner? Locks the shard row until the transaction ends,
+    so a new claim cannot take the shard between this check and the caller's writes."""
+    return repo.lock_running_shard(session, claim.job_id, claim.shard_index, claim.attempt)
 
 
 def shard_error(uow: UnitOfWork, dispatcher: Dispatcher, claim: Claim, error: str, max_attempts: int) -> str:

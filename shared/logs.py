@@ -77,6 +77,27 @@ def configure_logging(fmt: str = "json", level: int | str = logging.INFO) -> Non
     root.setLevel(level)
 
 
+class QuietPolling(logging.Filter):
+    """Access lines of successful GET/HEAD requests (the dashboard and `--wait` poll every
+    second) only at DEBUG: at INFO the log shows what changes things, and every error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) == 5 and args[1] in ("GET", "HEAD") and str(args[4]).isascii() and str(args[4]).isdigit() \
+                and int(args[4]) < 400:
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+def default_format(configured: str | None, stream: Any = None) -> str:
+    """An explicit DSGEN_LOG_FORMAT wins; otherwise plain text for a person at a terminal,
+    JSON lines for a log collector."""
+    if configured:
+        return configured
+    stream = stream or sys.stderr
+    return "text" if getattr(stream, "isatty", lambda: False)() else "json"
+
+
 def logging_dict(fmt: str = "json", level: str = "INFO") -> dict[str, Any]:
     """The same set-up as a `logging.config.dictConfig` dict (uvicorn's `log_config`, which its
     worker processes apply too)."""
@@ -86,8 +107,10 @@ def logging_dict(fmt: str = "json", level: str = "INFO") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"dsgen": formatter},
+        "filters": {"quiet_polling": {"()": "shared.logs.QuietPolling"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "dsgen", "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
-        "loggers": {name: {"handlers": [], "propagate": True, "level": level}
+        "loggers": {name: {"handlers": [], "propagate": True, "level": level,
+                           **({"filters": ["quiet_polling"]} if name == "uvicorn.access" else {})}
                     for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
     }

@@ -61,7 +61,7 @@ def _read_captions(path: str) -> tuple[str, ...]:
 def _fill_template(spec: JobSpec, template: str, rng: np.random.Generator, index: int) -> SamplePlan:
     classes = spec.classes
     slot_names = SLOT_PATTERN.findall(template)
-    class_slots = sorted({n for n in slot_names if CLASS_SLOT.match(n)}, key=lambda n: (n != "class", n))
+    class_slots = sorted({n for n in slot_names if CLASS_SLOT.fullmatch(n)}, key=lambda n: (n != "class", n))
     # The first class slot cycles through the classes so that every class gets its share of
     # images; the other class slots draw distinct classes at random.
     chosen: dict[str, int] = {}

@@ -26,18 +26,53 @@ METHODS_PLANNED = ("augment", "mask2image", "layout")
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
 SLOT_PATTERN = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
-CLASS_SLOT = re.compile(r"^class(_[1-9])?$")
+CLASS_SLOT = re.compile(r"class(_[1-9])?")
+# Fields that may name a file or folder on the machine that runs the job. Over the API such a
+# field may only name what the server offers or the tenant owns: see `shared.spec_paths`.
+SERVER_PATH = {"x-server-path": True}
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates: no database or UTF-8 holds them
+
+
+MAX_DEPTH = 32  # a spec is a few levels deep; deeper is an attack on the recursion limit
+
+
+def check_plain_data(value: Any, path: str = "", depth: int = 0) -> None:
+    """Refuse what JSON columns, UTF-8 and the database cannot hold, naming where it is:
+    NUL characters and lone surrogates in strings (keys too), NaN and infinite numbers, and
+    nesting deeper than MAX_DEPTH."""
+    where = path or "spec"
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(value, str):
+        if m := _UNSTORABLE.search(value):
+            what = "a NUL character" if m.group() == "\x00" else "a lone surrogate (not valid Unicode)"
+            raise ValueError(f"{where}: text contains {what} at position {m.start()}; remove it")
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{where}: numbers must be finite (got {value})")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            key = str(k)
+            check_plain_data(key, where)
+            check_plain_data(v, f"{path}.{key}" if path else key, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_plain_data(v, f"{path}.{i}" if path else str(i), depth + 1)
 
 
 class StrictModel(BaseModel):
     # Unknown keys are almost always typos ("step" for "steps"): refuse them by name.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN/Infinity are refused: JSON columns cannot store them and no setting means them.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelRef(StrictModel):
     """Which diffusion model: `builtin:<name>`, a local diffusers folder, or a hub id."""
 
-    id: str = Field(min_length=1, description="builtin:<name>, a local diffusers folder, or a hub id")
+    id: str = Field(min_length=1, description="builtin:<name>, a local diffusers folder, or a hub id",
+                    json_schema_extra=SERVER_PATH)
     revision: str | None = Field(default=None, description="hub revision (branch, tag or commit)")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -83,7 +118,8 @@ class PromptSpec(StrictModel):
     )
     prompts: list[str] = Field(default_factory=list, description="explicit prompts (source: list)")
     captions_file: str | None = Field(
-        default=None, description="a text file, one caption per line (source: captions_file)"
+        default=None, description="a text file, one caption per line (source: captions_file; not over the API)",
+        json_schema_extra=SERVER_PATH,
     )
     append_class_names: bool | None = Field(
         default=None,
@@ -99,11 +135,11 @@ class PromptSpec(StrictModel):
                 raise ValueError("templates: give at least one template")
             for t in self.templates:
                 names = SLOT_PATTERN.findall(t)
-                if not any(CLASS_SLOT.match(n) for n in names):
+                if not any(CLASS_SLOT.fullmatch(n) for n in names):
                     raise ValueError(
                         f"templates: {t!r} has no {{class}} slot; every template names a class"
                     )
-                missing = [n for n in names if not CLASS_SLOT.match(n) and n not in self.slots]
+                missing = [n for n in names if not CLASS_SLOT.fullmatch(n) and n not in self.slots]
                 if missing:
                     raise ValueError(
                         f"templates: slot {{{missing[0]}}} in {t!r} has no values; "
@@ -166,6 +202,7 @@ class LabelSpec(StrictModel):
         default=None,
         description="adaptor folder (from `dsgen adaptor train`) or builtin:<name>; default: the model's "
         "shipped adaptor (builtin:<model>-adaptor)",
+        json_schema_extra=SERVER_PATH,
     )
     adaptor_score_threshold: float = Field(default=0.3, gt=0.0, lt=1.0, description="keep adaptor boxes scoring above this")
     adaptor_nms_iou: float = Field(default=0.5, gt=0.0, le=1.0, description="IoU above which NMS drops the weaker box")
@@ -206,8 +243,10 @@ class LabelSpec(StrictModel):
 class Image2ImageSpec(StrictModel):
     """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
 
-    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)")
-    coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)")
+    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)",
+                        json_schema_extra=SERVER_PATH)
+    coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)",
+                             json_schema_extra=SERVER_PATH)
     strength: tuple[float, float] = Field(
         default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
     )
@@ -270,10 +309,22 @@ class JobSpec(StrictModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        check_plain_data(data)
+        return data
+
     @field_validator("model", mode="before")
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
         return {"id": v} if isinstance(v, str) else v
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_shorthand(cls, v: Any) -> Any:
+        # `classes: [cat, dog]` is the same as `classes: [{name: cat}, {name: dog}]`
+        return [{"name": c} if isinstance(c, str) else c for c in v] if isinstance(v, list) else v
 
     @field_validator("method")
     @classmethod
@@ -292,7 +343,7 @@ class JobSpec(StrictModel):
             raise ValueError(f"classes: {dupes[0]!r} is listed twice; class names must be unique")
         if self.prompts.source == "templates":
             for t in self.prompts.templates:
-                per_image = len({n for n in SLOT_PATTERN.findall(t) if CLASS_SLOT.match(n)})
+                per_image = len({n for n in SLOT_PATTERN.findall(t) if CLASS_SLOT.fullmatch(n)})
                 if per_image > len(self.classes):
                     raise ValueError(
                         f"prompts.templates: {t!r} names {per_image} classes but the job has "
@@ -318,16 +369,52 @@ class SpecError(ValueError):
         self.field = field
 
 
+def _fields_at(loc: tuple, model: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
+    """Field names allowed at the parent of `loc` (a pydantic error location) in the spec."""
+    import typing
+
+    current: Any = model or JobSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        info = current.model_fields.get(str(part))
+        if info is None:
+            return []
+        ann = info.annotation
+        for _ in range(3):  # unwrap list[X], X | None
+            args = [a for a in typing.get_args(ann) if a is not type(None)]
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                break
+            ann = args[0] if args else ann
+        current = ann
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _typo_hint(loc: tuple) -> str:
+    import difflib
+
+    name = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(name, _fields_at(loc), n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
 def describe_validation_error(err: ValidationError) -> list[tuple[str, str]]:
-    """(field path, message) pairs, e.g. ("generation.steps", "Input should be ... (got 5000)")."""
+    """(field path, message) pairs, e.g. ("generation.steps", "Input should be ... (got 5000)").
+    Unknown fields come first: a typo ("num_image") also makes the real field "missing", and
+    the typo is the thing to fix."""
     out: list[tuple[str, str]] = []
-    for e in err.errors():
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    for e in errors:
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see examples/ for the allowed fields)"
+            hint = _typo_hint(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
+            msg = f"unknown field `{e['loc'][-1]}`{hint}" if hint else \
+                "unknown field (check the spelling; see examples/ for the allowed fields)"
         elif e["type"] == "missing":
             msg = "required field is missing"
         elif "input" in e and e["type"] not in {"model_type", "dict_type"} and not isinstance(e["input"], (dict, list)):
@@ -354,16 +441,88 @@ def parse_spec(data: Any) -> JobSpec:
         raise SpecError(f"{field}: {msg}{suffix}", field=field) from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: `*name` would let a few hundred bytes expand to gigabytes
+    (a "billion laughs" document). A spec never needs them; anchors alone are harmless."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML API
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a spec; "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML (or JSON, which is YAML) -> Python data, refusing aliases. Raises yaml.YAMLError."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise yaml.YAMLError("the document is nested too deeply (a spec is a few levels deep)") from None
+
+
+def describe_yaml_error(err: yaml.YAMLError) -> str:
+    """'<problem> at line L, column C', the way an editor points at it."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0] or "invalid YAML/JSON"
+    return f"{problem}{where}"
+
+
+def describe_json_error(err: json.JSONDecodeError) -> str:
+    return f"{err.msg} at line {err.lineno}, column {err.colno}"
+
+
+def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
+    """Parsed YAML -> plain JSON data: dates become ISO text; keys must be text; binary,
+    sets, NaN/Infinity, NUL characters and lone surrogates are refused (ValueError naming where)."""
+    import datetime as dt
+
+    where = path or "spec"
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: nested too deeply (more than {MAX_DEPTH} levels)")
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                kind = ("a date" if isinstance(k, (dt.date, dt.datetime)) else "true/false" if isinstance(k, bool)
+                        else "a number" if isinstance(k, (int, float)) else "null" if k is None
+                        else f"a {type(k).__name__}")
+                raise ValueError(f"{where}: key {str(k)[:40]!r} is {kind}; keys are text (quote it: \"{str(k)[:40]}\")")
+            out[k] = json_data(v, f"{path}.{k}" if path else k, depth + 1)
+        check_plain_data(list(out), where)
+        return out
+    if isinstance(value, list):
+        return [json_data(v, f"{path}.{i}" if path else str(i), depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        raise ValueError(f"{where}: binary values (!!binary) are not allowed in a spec")
+    if value is None or isinstance(value, (str, bool, int, float)):
+        check_plain_data(value, path)
+        return value
+    raise ValueError(f"{where}: {type(value).__name__} values are not allowed in a spec")
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read a job spec from a YAML or JSON file. Relative paths inside resolve against its folder."""
     p = Path(path)
+    if p.is_dir():
+        raise SpecError(f"{p} is a folder; give the spec file (YAML or JSON) inside it")
     if not p.is_file():
         raise SpecError(f"spec file not found: {p}")
-    text = p.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise SpecError(f"{p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {err}".splitlines()[0]) from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{p}: not a text file (a spec is YAML or JSON in UTF-8)") from None
+    try:
+        data = json.loads(text) if p.suffix.lower() == ".json" else load_yaml(text)
+    except RecursionError:
+        raise SpecError(f"{p}: nested too deeply (a spec is a few levels deep)") from None
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{p}: not valid JSON: {describe_json_error(err)}") from None
+    except yaml.YAMLError as err:
+        raise SpecError(f"{p}: not valid YAML: {describe_yaml_error(err)}") from None
     spec = parse_spec(data)
     captions = spec.prompts.captions_file
     if captions and not Path(captions).is_absolute():

@@ -11,6 +11,7 @@ import uuid
 from celery import Celery
 
 from shared.dispatch import CeleryDispatcher
+from shared.errors import ServiceUnavailable
 from shared.tasks import FINALIZE_TASK, RECONCILE_TASK, SCHEDULE_TICK_TASK, SHARD_TASK
 from worker.service.context import WorkerContext, build_context
 
@@ -25,8 +26,15 @@ def context_for(app: Celery) -> WorkerContext:
     return ctx
 
 
+# A backing server down (Postgres restarting, S3 throttling): retry the message with backoff
+# (2, 4, 8, ... s, at most 60 s, jittered) rather than acknowledge a failed task, which would
+# drain the queue while the database is away. Short countdowns only (see docs/service.md).
+RETRY_UNAVAILABLE = dict(autoretry_for=(ServiceUnavailable,), retry_backoff=2, retry_backoff_max=60,
+                         retry_jitter=True, max_retries=60)
+
+
 def register_tasks(app: Celery) -> None:
-    @app.task(name=SHARD_TASK, acks_late=True, ignore_result=True)
+    @app.task(name=SHARD_TASK, acks_late=True, ignore_result=True, **RETRY_UNAVAILABLE)
     def run_shard_task(job_id: str, shard_index: int) -> str:
         from shared.logs import log_context
         from worker.service.shards import run_shard
@@ -34,7 +42,7 @@ def register_tasks(app: Celery) -> None:
         with log_context(job_id=job_id, shard=int(shard_index)):
             return run_shard(context_for(app), uuid.UUID(job_id), int(shard_index))
 
-    @app.task(name=FINALIZE_TASK, acks_late=True, ignore_result=True)
+    @app.task(name=FINALIZE_TASK, acks_late=True, ignore_result=True, **RETRY_UNAVAILABLE)
     def finalize_task(job_id: str) -> str:
         from shared.logs import log_context
         from worker.service.finalize import finalize_job

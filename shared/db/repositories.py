@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import (
@@ -160,6 +160,32 @@ def shard_status_counts(session: Session, job_id: uuid.UUID) -> dict[str, int]:
         select(Shard.status, func.count()).where(Shard.job_id == job_id).group_by(Shard.status)
     )
     return {status: n for status, n in rows}
+
+
+def insert_shards(session: Session, job_id: uuid.UUID, num_images: int, shard_size: int, status: str,
+                  enqueued_at: dt.datetime | None) -> int:
+    """All shards of a new job in one INSERT ... SELECT over a generated series (the database
+    makes the rows: nothing per shard crosses the wire). Returns the number of shards."""
+    count = -(-num_images // shard_size)
+    if count <= 0:
+        return 0
+    series = select(literal(0).label("i")).cte("series", recursive=True)
+    series = series.union_all(select(series.c.i + 1).where(series.c.i + 1 < count))
+    start = series.c.i * shard_size
+    stop = case((start + shard_size > num_images, literal(num_images)), else_=start + shard_size)
+    rows = select(literal(job_id, Shard.job_id.type), series.c.i, start, stop, literal(status, Shard.status.type),
+                  literal(0), literal(enqueued_at, Shard.enqueued_at.type))
+    session.execute(insert(Shard).from_select(
+        ["job_id", "index", "start", "stop", "status", "attempts", "enqueued_at"], rows))
+    return count
+
+
+def lock_running_shard(session: Session, job_id: uuid.UUID, index: int, attempt: int) -> bool:
+    """True (and the row locked FOR UPDATE) when the shard is running with this attempt."""
+    found = session.scalar(
+        select(Shard.index).where(Shard.job_id == job_id, Shard.index == index, Shard.status == S_RUNNING,
+                                  Shard.attempts == attempt).with_for_update())
+    return found is not None
 
 
 def update_shard(session: Session, job_id: uuid.UUID, index: int, where: Sequence[Any], values: dict) -> bool:

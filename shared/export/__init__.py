@@ -23,7 +23,7 @@ from shared.export.coco import write_coco
 from shared.export.hf import write_hf
 from shared.export.manifest import write_manifest
 from shared.export.masks import write_masks
-from shared.export.splits import assign_split, assign_splits
+from shared.export.splits import assign_splits, split_counts
 from shared.export.voc import write_voc
 from shared.export.yolo import write_yolo
 from shared.records import SampleRecord
@@ -59,8 +59,8 @@ def write_exports(root: Path, spec: JobSpec, records: Sequence[SampleRecord]) ->
 
 __all__ = [
     "WRITERS",
-    "assign_split",
     "assign_splits",
+    "split_counts",
     "write_coco",
     "write_exports",
     "write_hf",

@@ -5,7 +5,8 @@
 
 Ids: category ids are the job's (1..C); image id = sample index + 1 (COCO tools treat
 id 0 as "missing" in places, so ids start at 1 like the categories); annotation ids
-count from 1 inside each split file, in (sample index, annotation order) order.
+count from 1 across the whole dataset, in (sample index, annotation order) order, so
+the split files can be merged without duplicate ids.
 
 Segmentation is compressed RLE with `counts` as str. An annotation without RLE but with
 polygons gets its polygons rasterised to RLE by pycocotools; one with neither (a box
@@ -63,6 +64,7 @@ def write_coco(
     out_dir = files.reset_dir(layout.export_dir(root, FORMAT))
     by_split: dict[str, dict[str, list[dict[str, Any]]]] = {}
     written: list[Path] = []
+    ann_id = 0
     for record in files.sorted_by_index(records):
         files.check_categories(record, categories)
         split = files.split_of(record, splits)
@@ -75,7 +77,7 @@ def write_coco(
             {"id": image_id, "file_name": file_name, "width": record.width, "height": record.height}
         )
         for ann in record.annotations:
-            ann_id = len(doc["annotations"]) + 1
+            ann_id += 1
             doc["annotations"].append(coco_annotation(ann, ann_id, image_id, record.height, record.width))
 
     for split, doc in sorted(by_split.items()):

@@ -1,18 +1,22 @@
 """Hugging Face `imagefolder` export.
 
     hf/<split>/<stem>.png
-    hf/<split>/metadata.parquet   one row per image, sorted by index
+    hf/<split>/masks/<stem>_semantic.png    0 background, category ids, 255 ignore (when labelled)
+    hf/<split>/masks/<stem>_instances.png   16-bit instance ids
+    hf/<split>/metadata.parquet             one row per image, sorted by index
 
 Loads with `datasets.load_dataset("imagefolder", data_dir="DIR/hf")` (splits train,
-validation from `val`, test). Each row: file_name, index, seed, prompt, negative_prompt,
-width, height and `objects` = {bbox: [[x, y, w, h], ...] in pixels, category: [name],
-category_id: [1-based id], area: [...]} - the layout of the Hub's detection datasets,
-with class names as strings so the metadata reads without a ClassLabel table.
+validation from `val`, test). Each row: image, semantic and instances masks (Image features,
+from the `*_file_name` columns), index, seed, prompt, negative_prompt, width, height and
+`objects` = {bbox: [[x, y, w, h], ...] in pixels, category: ClassLabel (0-based, the job's
+class names), category_id: [1-based id as in the masks], area: [...]} - the layout of the
+Hub's detection datasets, so `features["objects"]["category"].feature.names` lists the classes.
 
 Parquet rather than JSON lines: `datasets` infers JSON column types from each split's
 first rows, and a split in which no image has an object would infer `objects` as lists of
 null and be refused beside the other splits ("have different features"). The parquet
-schema below is fixed, so every split has the same features whatever it holds.
+schema below is fixed and carries the `datasets` features (ClassLabel names) in its
+`huggingface` metadata, so every split has the same features whatever it holds.
 """
 from __future__ import annotations
 
@@ -28,11 +32,15 @@ FORMAT = "hf"
 METADATA_FILE = "metadata.parquet"
 
 
-def _schema():
+def _schema(categories: Sequence[str]):
+    import json
+
     import pyarrow as pa
 
-    return pa.schema([
+    schema = pa.schema([
         ("file_name", pa.string()),
+        ("semantic_file_name", pa.string()),
+        ("instances_file_name", pa.string()),
         ("index", pa.int64()),
         ("seed", pa.int64()),
         ("prompt", pa.string()),
@@ -41,26 +49,42 @@ def _schema():
         ("height", pa.int64()),
         ("objects", pa.struct([
             ("bbox", pa.list_(pa.list_(pa.float64()))),
-            ("category", pa.list_(pa.string())),
+            ("category", pa.list_(pa.int64())),
             ("category_id", pa.list_(pa.int64())),
             ("area", pa.list_(pa.float64())),
         ])),
     ])
+    string, int64, float64 = ({"dtype": t, "_type": "Value"} for t in ("string", "int64", "float64"))
+    features = {
+        "file_name": string, "semantic_file_name": string, "instances_file_name": string,
+        "index": int64, "seed": int64, "prompt": string, "negative_prompt": string, "width": int64, "height": int64,
+        "objects": {
+            "bbox": {"feature": {"feature": float64, "_type": "List"}, "_type": "List"},
+            "category": {"feature": {"names": list(categories), "_type": "ClassLabel"}, "_type": "List"},
+            "category_id": {"feature": int64, "_type": "List"},
+            "area": {"feature": float64, "_type": "List"},
+        },
+    }
+    return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def _parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+def _parquet_bytes(rows: list[dict[str, Any]], categories: Sequence[str]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), sink, compression="zstd", write_statistics=False)
+    pq.write_table(pa.Table.from_pylist(rows, schema=_schema(categories)), sink, compression="zstd",
+                   write_statistics=False)
     return sink.getvalue().to_pybytes()
 
 
-def metadata_row(record: SampleRecord, file_name: str) -> dict[str, Any]:
+def metadata_row(record: SampleRecord, file_name: str, masks: dict[str, str | None] | None = None) -> dict[str, Any]:
     anns = record.annotations
+    masks = masks or {}
     return {
         "file_name": file_name,
+        "semantic_file_name": masks.get("semantic"),
+        "instances_file_name": masks.get("instances"),
         "index": record.index,
         "seed": record.seed,
         "prompt": record.prompt,
@@ -69,7 +93,7 @@ def metadata_row(record: SampleRecord, file_name: str) -> dict[str, Any]:
         "height": record.height,
         "objects": {
             "bbox": [[float(v) for v in a.bbox] for a in anns],
-            "category": [a.category for a in anns],
+            "category": [a.category_id - 1 for a in anns],  # ClassLabel index of the job's classes
             "category_id": [a.category_id for a in anns],
             "area": [float(a.area) for a in anns],
         },
@@ -85,9 +109,15 @@ def write_hf(
     for record in files.sorted_by_index(records):
         files.check_categories(record, categories)
         split = files.split_of(record, splits)
-        file_name = f"{layout.sample_stem(record.index)}.png"
+        stem = layout.sample_stem(record.index)
+        file_name = f"{stem}.png"
         written.append(files.copy_file(files.image_path(root, record), out_dir / split / file_name))
-        rows.setdefault(split, []).append(metadata_row(record, file_name))
+        masks: dict[str, str | None] = {}
+        for kind, src in (("semantic", files.semantic_path(root, record)), ("instances", files.instances_path(root, record))):
+            if src is not None and src.is_file():
+                masks[kind] = f"masks/{stem}_{kind}.png"
+                written.append(files.copy_file(src, out_dir / split / masks[kind]))
+        rows.setdefault(split, []).append(metadata_row(record, file_name, masks))
     for split, split_rows in sorted(rows.items()):
-        written.append(files.atomic_write_bytes(out_dir / split / METADATA_FILE, _parquet_bytes(split_rows)))
+        written.append(files.atomic_write_bytes(out_dir / split / METADATA_FILE, _parquet_bytes(split_rows, categories)))
     return written

@@ -1,23 +1,23 @@
-"""Deterministic train/val/test assignment.
+"""Deterministic train/val/test assignment with exact counts.
 
-A sample's split depends only on (job seed, sample index, ratios): it is a hash of the
-first two mapped to [0, 1) and compared with the cumulative ratios. It never depends on
-which other samples exist or in which order they are seen, so a resumed run, a sharded
-run and a run that lost a few samples all put every sample in the same split.
+The counts come from the ratios by the largest-remainder method (each split gets the floor
+of `ratio * n`, the samples left over go to the largest fractional parts), and every split
+with a ratio above 0 gets at least one sample when there are enough samples: 0.8/0.1/0.1 of
+48 is 38/5/5, never an empty `val` (YOLO's data.yaml would then lack `val:`).
 
-The price of being pure per index: nothing forces a split with a non-zero ratio to be
-non-empty. With few samples (say 5 at 0.8/0.1/0.1) `val` or `test` can come out empty,
-and the exact counts drift around `ratio * n` like a binomial draw. That is deliberate:
-balancing the counts would need the whole set of indexes and would move samples
-between splits when the set changes.
+Which samples: the indexes are ranked by a hash of (job seed, index) and cut in that order,
+train first. So the assignment is a pure function of (seed, set of indexes, ratios): the
+same job gives the same splits on every machine and in every run, a resumed or sharded run
+the same as an undisturbed one, and reordering the ratio keys moves nothing.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 
-# Cumulative ratios are taken in this order whatever order the spec's mapping has
-# (YAML and JSON keep the user's order), so reordering the keys never moves a sample.
+# Splits are cut in this order whatever order the spec's mapping has (YAML and JSON keep the
+# user's order), so reordering the keys never moves a sample.
 SPLIT_ORDER = ("train", "val", "test")
 
 _HASH_DOMAIN = b"dsgen/split/v1"
@@ -30,7 +30,7 @@ def _ordered(ratios: Mapping[str, float]) -> list[tuple[str, float]]:
 
 
 def split_draw(seed: int, index: int) -> float:
-    """A number in [0, 1) that is a pure function of (seed, index).
+    """A number in [0, 1) that is a pure function of (seed, index): the sample's rank key.
 
     sha256 rather than `hash()` (salted per process) or numpy (whose generators are
     allowed to change between releases): the split of a published dataset must not move
@@ -40,21 +40,35 @@ def split_draw(seed: int, index: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_split(seed: int, index: int, ratios: Mapping[str, float]) -> str:
-    """The split of sample `index` of a job with `seed` and split `ratios`."""
+def split_counts(n: int, ratios: Mapping[str, float]) -> dict[str, int]:
+    """Samples per split for `n` samples: largest remainder, ties to the earlier split, then
+    one sample moved to each empty split with a ratio > 0 from the largest split."""
     ordered = [(name, r) for name, r in _ordered(ratios) if r > 0]
     if not ordered:
         raise ValueError("split ratios: at least one split needs a ratio > 0")
     total = sum(r for _, r in ordered)
-    draw = split_draw(seed, index) * total  # tolerate ratios that add up to 1 +- rounding
-    cumulative = 0.0
-    for name, ratio in ordered:
-        cumulative += ratio
-        if draw < cumulative:
-            return name
-    return ordered[-1][0]  # draw == total after float rounding
+    exact = [(name, n * r / total) for name, r in ordered]
+    counts = {name: math.floor(x) for name, x in exact}
+    left = n - sum(counts.values())
+    by_remainder = sorted(range(len(exact)), key=lambda k: (-(exact[k][1] - math.floor(exact[k][1])), k))
+    for k in by_remainder[:left]:
+        counts[exact[k][0]] += 1
+    if n >= len(ordered):
+        for name, _ in ordered:
+            if counts[name] == 0:
+                donor = max(counts, key=lambda m: (counts[m], -[o for o, _ in ordered].index(m)))
+                counts[donor] -= 1
+                counts[name] += 1
+    return counts
 
 
 def assign_splits(seed: int, indexes: Iterable[int], ratios: Mapping[str, float]) -> dict[int, str]:
-    """{sample index: split} for every index; each entry as `assign_split` gives it."""
-    return {index: assign_split(seed, index, ratios) for index in indexes}
+    """{sample index: split} for every index, with the counts of `split_counts`."""
+    ranked = sorted(set(indexes), key=lambda i: (split_draw(seed, i), i))
+    out: dict[int, str] = {}
+    position = 0
+    for name, count in split_counts(len(ranked), ratios).items():
+        for i in ranked[position:position + count]:
+            out[i] = name
+        position += count
+    return out

@@ -2,8 +2,9 @@
 
     voc/Annotations/<stem>.xml
     voc/JPEGImages/<stem>.jpg                 JPEG quality 95 (VOC readers expect .jpg)
-    voc/ImageSets/Main/<split>.txt            every sample of the split
-    voc/ImageSets/Segmentation/<split>.txt    samples of the split that have masks
+    voc/ImageSets/Main/<split>.txt            every sample of the split (and trainval = train + val)
+    voc/ImageSets/Main/<class>_<split>.txt    every sample of the split, then 1 (has the class) or -1
+    voc/ImageSets/Segmentation/<split>.txt    samples of the split that have masks (and trainval)
     voc/SegmentationClass/<stem>.png          palette PNG: 0 background, class ids, 255 ignore
     voc/SegmentationObject/<stem>.png         palette PNG: object k of the XML = index k, 255 ignore
 
@@ -12,7 +13,8 @@ pixel columns x .. x+w-1 (0-based) is xmin = x + 1, xmax = x + w.
 
 SegmentationObject numbers objects in XML order as VOC does (not by instance id, which
 is uint16 and may exceed a palette's range); objects past the 254th are marked 255.
-The per-class `ImageSets/Main/<class>_<split>.txt` files of the devkit are not written.
+`trainval` is what torchvision's `VOCSegmentation(image_set="trainval")` and the devkit's
+classification lists read; it is written whenever there is a train or val split.
 """
 from __future__ import annotations
 
@@ -116,11 +118,13 @@ def write_voc(
     written: list[Path] = []
     main_sets: dict[str, list[str]] = {}
     seg_sets: dict[str, list[str]] = {}
+    present: dict[str, set[str]] = {}  # stem -> class names in it
     for record in files.sorted_by_index(records):
         files.check_categories(record, categories)
         split = files.split_of(record, splits)
         stem = layout.sample_stem(record.index)
         main_sets.setdefault(split, []).append(stem)
+        present[stem] = {a.category for a in record.annotations}
 
         with Image.open(files.image_path(root, record)) as img:
             jpeg = files.encode_jpeg(img)
@@ -141,8 +145,15 @@ def write_voc(
         xml = annotation_xml(record, f"{stem}.jpg", segmented=semantic is not None)
         written.append(files.atomic_write_bytes(out_dir / "Annotations" / f"{stem}.xml", xml))
 
+    for sets in (main_sets, seg_sets):
+        if "train" in sets or "val" in sets:
+            sets["trainval"] = sorted(sets.get("train", []) + sets.get("val", []))
     for folder, sets in (("Main", main_sets), ("Segmentation", seg_sets)):
         for split, stems in sorted(sets.items()):
             text = "".join(f"{s}\n" for s in stems)
             written.append(files.atomic_write_text(out_dir / "ImageSets" / folder / f"{split}.txt", text))
+    for split, stems in sorted(main_sets.items()):
+        for name in categories:
+            text = "".join(f"{stem} {1 if name in present[stem] else -1:>2}\n" for stem in stems)
+            written.append(files.atomic_write_text(out_dir / "ImageSets" / "Main" / f"{name}_{split}.txt", text))
     return written

@@ -161,7 +161,10 @@ def test_cancel_retry_and_delete(client, headers, run_job, store):
 
 
 def test_models_metrics_and_openapi(client, headers):
-    assert client.get("/v1/models", headers=headers).json() == {"items": [{"id": "builtin:tiny-random"}]}
+    from shared.model_meta import builtin_model_ids
+
+    served = [m["id"] for m in client.get("/v1/models", headers=headers).json()["items"]]
+    assert served == builtin_model_ids() and {"builtin:tiny-random", "builtin:shapes-v1"} <= set(served)
     jid = client.post("/v1/jobs", json=spec(), headers=headers).json()["id"]
     client.get(f"/v1/jobs/{jid}", headers=headers)
     metrics = client.get("/metrics").text

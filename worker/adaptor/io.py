@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from shared.model_meta import BuiltinNameError, builtin_name
 from shared.records import ModelInfo
 from shared.spec import SpecError
 from worker.adaptor.model import AdaptorConfig, DetectionAdaptor
@@ -39,7 +40,11 @@ def resolve_adaptor_path(ref: str) -> Path:
     from worker.engine.models import builtin_root
 
     if ref.startswith(BUILTIN_PREFIX):
-        path = builtin_root() / ref[len(BUILTIN_PREFIX):]
+        try:
+            name = builtin_name(ref)  # never a path: `builtin:../x` stays inside the package
+        except BuiltinNameError as err:
+            raise AdaptorError(f"{err}; builtin adaptors: {', '.join(builtin_adaptors()) or 'none'}") from None
+        path = builtin_root() / name
         if not (path / CONFIG_FILE).is_file():
             raise AdaptorError(f"unknown builtin adaptor {ref!r}; builtin adaptors: {', '.join(builtin_adaptors()) or 'none'}")
         return path

@@ -23,8 +23,17 @@ class UserError(click.ClickException):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=None, package_name="dsgen", prog_name="dsgen", message="%(prog)s %(version)s")
 def cli() -> None:
-    """dsgen: generate labeled datasets with diffusion models."""
+    """dsgen: generate labeled datasets with diffusion models.
+
+    \b
+    Local:   dsgen run SPEC --out DIR
+    Service: dsgen submit SPEC, dsgen jobs list|show|cancel|retry, dsgen pull JOB --out DIR
+    \b
+    Environment: DSGEN_API_KEY (the API key the client commands send), DSGEN_SERVER (the
+    server's URL), DSGEN_* settings of the service processes (see docs/service.md).
+    """
 
 
 def _register() -> None:

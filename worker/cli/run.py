@@ -14,7 +14,8 @@ from worker.cli import UserError, cli
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="dataset folder (default: out/<spec name>); an interrupted run resumes here")
-@click.option("--overwrite", is_flag=True, help="delete an existing --out folder first")
+@click.option("--overwrite", is_flag=True,
+              help="replace an existing dataset in --out (only a folder dsgen made; checked before anything is deleted)")
 @click.option("--num-images", type=int, default=None, help="override the spec's num_images")
 def run_command(spec_path: Path, out: Path | None, overwrite: bool, num_images: int | None) -> None:
     """Generate a labeled dataset from a job SPEC (YAML or JSON)."""
@@ -43,6 +44,9 @@ def run_command(spec_path: Path, out: Path | None, overwrite: bool, num_images: 
     )
     with Progress(*columns, transient=False) as progress:
         task = progress.add_task(f"{spec.name}", total=spec.num_images, rate="")
+
+        def on_phase(text: str) -> None:  # "loading model ..." while the bar cannot move yet
+            progress.update(task, description=text)
         state = {"first": None, "t0": None}
 
         def on_sample(done: int, total: int, _seconds: float) -> None:
@@ -54,9 +58,11 @@ def run_command(spec_path: Path, out: Path | None, overwrite: bool, num_images: 
             progress.update(task, completed=done, rate=rate)
 
         try:
-            report = run_to_folder(spec, out, overwrite=overwrite, on_sample=on_sample)
+            report = run_to_folder(spec, out, overwrite=overwrite, on_sample=on_sample, on_phase=on_phase)
         except SpecError as err:
             raise UserError(str(err)) from None
+        except OSError as err:  # a folder that cannot be written: the user's to fix
+            raise UserError(f"--out {out}: {err.strerror or err}") from None
     click.echo(
         f"{report.out}: {report.generated} generated, {report.reused} reused, "
         f"manifest {report.manifest.name} ({time.perf_counter() - started:.1f}s)"

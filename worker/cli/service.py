@@ -13,7 +13,7 @@ import click
 from worker.cli import UserError, cli
 
 SERVER_OPT = click.option("--server", envvar="DSGEN_SERVER", default="http://127.0.0.1:8000", show_default=True,
-                          help="API base URL (env DSGEN_SERVER)")
+                          help="API base URL (env DSGEN_SERVER); the API key is read from DSGEN_API_KEY")
 
 
 def _settings(**overrides):
@@ -130,17 +130,27 @@ def keys_create(tenant: str, database_url: str | None) -> None:
 @click.option("--port", type=int, default=8000, show_default=True)
 def serve_command(embedded: bool, data_dir: Path, host: str, port: int) -> None:
     """One machine, no servers: the API with generation in this process (no key needed)."""
+    import socket
+
     import uvicorn
 
-    from shared.logs import logging_dict
+    from shared.logs import default_format, logging_dict
 
-    app = build_embedded_app(data_dir, host=host, port=port)
-    click.echo(f"dsgen embedded: http://{host}:{port}/  (dashboard; API docs at /docs; data in {data_dir.resolve()})",
-               err=True)
+    with socket.socket() as probe:  # a taken port is refused before anything is printed or made
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise UserError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror or err}); "
+                            "is another server running? choose another --port") from None
+    log_format = default_format(os.environ.get("DSGEN_LOG_FORMAT"))
+    app = build_embedded_app(data_dir, host=host, port=port, log_format=log_format)
+    click.echo(f"dsgen embedded: http://{host}:{port}/  (dashboard; API docs at /docs; data in {data_dir.resolve()})\n"
+               f"models: {', '.join(app.state.settings.models)}  (set DSGEN_MODELS to serve others)", err=True)
     uvicorn.run(app, host=host, port=port, log_config=logging_dict(app.state.settings.log_format))
 
 
-def build_embedded_app(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8000, engine_factory=None):
+def build_embedded_app(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8000, engine_factory=None,
+                       log_format: str | None = None):
     """The embedded app: same API and worker code, SQLite + local store + in-process dispatcher."""
     import secrets
 
@@ -161,6 +171,7 @@ def build_embedded_app(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8
         public_base_url=f"http://{host}:{port}",
         signing_secret=secret_file.read_text().strip(),
         embedded_tenant=os.environ.get("DSGEN_EMBEDDED_TENANT", "local"),
+        log_format=log_format,
     )
     upgrade(settings.database_url)  # the same migrations as Postgres
     dispatcher = InProcessDispatcher()
@@ -187,6 +198,19 @@ def _api_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ApiError as err:
         raise UserError(err.message if err.status == 0 else f"{err.message} (HTTP {err.status})") from None
+
+
+def _check_pull_target(out: Path) -> None:
+    """An export is unpacked into a new or empty folder only: never mixed with other files."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a new or empty folder")
+    for parent in out.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty; pull into a new or empty folder (files would be mixed)")
 
 
 def _wait_with_bar(client, job: dict) -> dict:
@@ -229,7 +253,7 @@ def submit_command(spec_path: Path, server: str, wait: bool, idempotency_key: st
 
 @cli.group("jobs")
 def jobs_group() -> None:
-    """Jobs on a dsgen server."""
+    """Jobs on a dsgen server (API key from DSGEN_API_KEY; ids may be unique prefixes)."""
 
 
 @jobs_group.command("list")
@@ -237,6 +261,7 @@ def jobs_group() -> None:
 @click.option("--status", default=None)
 @click.option("--limit", type=int, default=50, show_default=True)
 def jobs_list(server: str, status: str | None, limit: int) -> None:
+    """Your tenant's jobs, newest first: id, status, images, created, name (key: DSGEN_API_KEY)."""
     with _client(server) as client:
         page = _api_call(client.jobs, status=status, limit=limit)
     for j in page["items"]:
@@ -247,24 +272,27 @@ def jobs_list(server: str, status: str | None, limit: int) -> None:
 @click.argument("job_id")
 @SERVER_OPT
 def jobs_show(job_id: str, server: str) -> None:
+    """A job as JSON: status, progress, shards, spec. JOB_ID may be a unique prefix."""
     with _client(server) as client:
-        click.echo(json.dumps(_api_call(client.job, job_id), indent=2))
+        click.echo(json.dumps(_api_call(client.job, _api_call(client.resolve_job_id, job_id)), indent=2))
 
 
 @jobs_group.command("cancel")
 @click.argument("job_id")
 @SERVER_OPT
 def jobs_cancel(job_id: str, server: str) -> None:
+    """Cancel a queued or running job (workers stop between batches). JOB_ID may be a unique prefix."""
     with _client(server) as client:
-        click.echo(_api_call(client.cancel, job_id)["status"])
+        click.echo(_api_call(client.cancel, _api_call(client.resolve_job_id, job_id))["status"])
 
 
 @jobs_group.command("retry")
 @click.argument("job_id")
 @SERVER_OPT
 def jobs_retry(job_id: str, server: str) -> None:
+    """Send the failed shards of a failed job again. JOB_ID may be a unique prefix."""
     with _client(server) as client:
-        result = _api_call(client.retry, job_id)
+        result = _api_call(client.retry, _api_call(client.resolve_job_id, job_id))
     click.echo(f"{result['job']['status']}: shards sent again: {result['shards']}")
 
 
@@ -274,9 +302,11 @@ def jobs_retry(job_id: str, server: str) -> None:
 @click.option("--format", "fmt", default="coco", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True)
 def pull_command(job_id: str, server: str, fmt: str, out: Path) -> None:
-    """Download an export of a finished job and unpack it into OUT."""
+    """Download an export of a finished job and unpack it into OUT (a new or empty folder).
+    JOB_ID may be a unique prefix."""
+    _check_pull_target(out)
     with _client(server) as client:
-        names = _api_call(client.pull, job_id, fmt, out)
+        names = _api_call(client.pull, _api_call(client.resolve_job_id, job_id), fmt, out)
     click.echo(f"{len(names)} files in {out}", err=True)
 
 
@@ -332,6 +362,7 @@ def datasets_show(ref: str, server: str, base: str | None) -> None:
 def datasets_pull(ref: str, server: str, fmt: str, out: Path) -> None:
     """Download an export of a dataset version (default: latest) and unpack it into OUT."""
     name, version = _name_at_version(ref)
+    _check_pull_target(out)
     with _client(server) as client:
         v, names = _api_call(client.pull_version, name, version, fmt, out)
     click.echo(f"{name} {v['name']} (job {v['job_id']}): {len(names)} files in {out}", err=True)

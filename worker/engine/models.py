@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from shared.model_meta import BuiltinNameError, builtin_name
 from shared.records import ModelInfo
 from shared.spec import ModelRef, SpecError
 
@@ -82,7 +83,10 @@ def resolve_model_path(ref: ModelRef) -> Path:
     """builtin:<name> -> package folder; an existing folder -> itself; else a hub snapshot."""
     mid = ref.id
     if mid.startswith(BUILTIN_PREFIX):
-        name = mid[len(BUILTIN_PREFIX):]
+        try:
+            name = builtin_name(mid)  # never a path: `builtin:../x` stays inside the package
+        except BuiltinNameError as err:
+            raise ModelLoadError(f"{err}; builtin models: {', '.join(BUILTIN_PREFIX + n for n in builtin_names())}") from None
         path = builtin_root() / name
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"unknown builtin model {mid!r}; builtin models: {', '.join(BUILTIN_PREFIX + n for n in builtin_names())}")

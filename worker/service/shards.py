@@ -12,11 +12,12 @@ from typing import Any
 
 from shared import keys
 from shared.db import repositories as repo
-from shared.db.models import S_CANCELLED, S_SUCCEEDED, utcnow
-from shared.lifecycle import Claim, claim_shard, finish_shard, heartbeat, shard_error
+from shared.db.models import S_CANCELLED, S_FAILED, S_SUCCEEDED, utcnow
+from shared.errors import ServiceUnavailable
+from shared.lifecycle import Claim, attempt_is_current, claim_shard, finish_shard, heartbeat, release_claim, shard_error
 from shared.overlay import overlay_png
 from shared.records import SampleRecord
-from shared.spec import JobSpec
+from shared.spec import JobSpec, SpecError
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,31 @@ def run_shard(ctx: WorkerContext, job_id: uuid.UUID, shard_index: int) -> str:
     try:
         with Ticker(s.heartbeat_interval_s, beat):
             return _generate(ctx, claim, lost)
+    except ServiceUnavailable as err:
+        # A database/store blip: give the shard back unspent (if the database answers) and let
+        # the task be retried with backoff, instead of spending an attempt or losing the message.
+        log.warning("shard %s/%s: %s; the task is retried", job_id, shard_index, err.message)
+        try:
+            with ctx.uow() as uow:
+                release_claim(uow, claim, err.message[:2000])
+        except ServiceUnavailable:
+            pass  # still down: the heartbeat goes stale and the claim is taken over
+        raise
     except Exception as err:  # noqa: BLE001 - recorded on the shard, the attempt cap decides
-        log.exception("shard %s/%s attempt %s failed", job_id, shard_index, claim.attempt)
         message = f"{type(err).__name__}: {err}"[:2000]
+        if is_deterministic(err):  # the same spec fails the same way: a retry only delays the answer
+            log.warning("shard %s/%s failed (not retried): %s", job_id, shard_index, message)
+            with ctx.uow() as uow:
+                return "failed" if finish_shard(uow, ctx.dispatcher, claim, S_FAILED, message) else "lost"
+        log.exception("shard %s/%s attempt %s failed", job_id, shard_index, claim.attempt)
         with ctx.uow() as uow:
             return shard_error(uow, ctx.dispatcher, claim, message, s.max_attempts)
+
+
+def is_deterministic(err: BaseException) -> bool:
+    """Errors that a retry gives again: the spec cannot run on this model (SpecError: unknown
+    words, resolutions, adaptor, sources) or an error marked `retryable = False`."""
+    return isinstance(err, SpecError) or getattr(err, "retryable", True) is False
 
 
 def _batches(indexes: list[int], batch_size: int) -> list[list[int]]:
@@ -75,17 +96,17 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
             if not ours or lost.is_set():
                 return "lost"
             if cancel:
-                if in_flight is not None:
-                    in_flight.result()  # keep what was done
+                if in_flight is not None and not in_flight.result():  # keep what was done
+                    return "lost"
                 with ctx.uow() as uow:
                     finish_shard(uow, ctx.dispatcher, claim, S_CANCELLED)
                 return "cancelled"
             writes = [writers.submit(write_sample, ctx, claim, gs) for gs in engine.generate(batch)]
-            if in_flight is not None:
-                in_flight.result()  # raises what the previous batch's writes raised
-            in_flight = committer.submit(_commit, ctx, writes)
-        if in_flight is not None:
-            in_flight.result()
+            if in_flight is not None and not in_flight.result():  # raises what the previous batch raised
+                return "lost"
+            in_flight = committer.submit(_commit, ctx, claim, writes)
+        if in_flight is not None and not in_flight.result():
+            return "lost"
     finally:
         writers.shutdown(wait=True)
         committer.shutdown(wait=True)
@@ -94,15 +115,20 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     return S_SUCCEEDED if ok else "lost"
 
 
-def _commit(ctx: WorkerContext, writes: list[Future]) -> None:
-    """Rows of one batch, in one statement each, after every object of the batch is stored."""
+def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future]) -> bool:
+    """Rows of one batch, in one statement each, after every object of the batch is stored.
+    Fenced by attempt: an attempt that was superseded (its heartbeat timed out and another
+    worker claimed the shard) writes nothing; False tells it to stop."""
     samples, annotations = [], []
     for f in writes:
         row, anns = f.result()
         samples.append(row)
         annotations.extend(anns)
     with ctx.uow() as uow:
+        if not attempt_is_current(uow.session, claim):
+            return False
         repo.upsert_samples(uow.session, samples, annotations)
+    return True
 
 
 def write_sample(ctx: WorkerContext, claim: Claim, gs: Any) -> tuple[dict, list[dict]]:

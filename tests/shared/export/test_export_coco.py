@@ -110,3 +110,18 @@ def test_category_mismatch_is_refused(dataset):
     )
     with pytest.raises(ValueError, match="does not match"):
         write_coco(dataset.root, [bad], dataset.categories, dataset.splits)
+
+
+def test_annotation_ids_are_unique_across_split_files(dataset):
+    write_coco(dataset.root, dataset.records, dataset.categories, dataset.splits)
+    ann_dir = dataset.root / "coco" / "annotations"
+    merged = [a for f in sorted(ann_dir.glob("instances_*.json")) for a in json.loads(f.read_text())["annotations"]]
+    ids = [a["id"] for a in merged]
+    assert len(merged) >= 5 and len(set(ids)) == len(ids)
+    assert sorted(ids) == list(range(1, len(ids) + 1))
+    # Merged into one file, pycocotools reads every annotation (duplicate ids would overwrite).
+    doc = json.loads((ann_dir / "instances_train.json").read_text())
+    doc["images"] = [i for f in sorted(ann_dir.glob("instances_*.json")) for i in json.loads(f.read_text())["images"]]
+    doc["annotations"] = merged
+    (dataset.root / "all.json").write_text(json.dumps(doc))
+    assert len(COCO(str(dataset.root / "all.json")).anns) == len(merged)

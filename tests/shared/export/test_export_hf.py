@@ -24,8 +24,9 @@ def test_metadata_rows(dataset):
     assert [r["file_name"] for r in rows] == ["000000.png", "000001.png"]
     first = rows[0]
     assert first["index"] == 0 and first["seed"] == 1000 and first["prompt"].startswith("a photo")
-    assert first["objects"]["category"] == ["cat", "dog", "cat"]
+    assert first["objects"]["category"] == [0, 1, 0]  # ClassLabel indexes of ["cat", "dog"]
     assert first["objects"]["category_id"] == [1, 2, 1]
+    assert first["semantic_file_name"] == "masks/000000_semantic.png"
     assert first["objects"]["bbox"][0] == [4.0, 4.0, 20.0, 16.0]
     assert rows[1]["objects"]["bbox"] == []
 
@@ -37,7 +38,9 @@ def test_load_dataset_imagefolder_reads_every_split_with_metadata(dataset, load_
     assert (ds["train"].num_rows, ds["validation"].num_rows, ds["test"].num_rows) == (2, 1, 1)
     train = ds["train"].sort("index")
     assert train[0]["image"].size == (64, 48)
-    assert train[0]["objects"]["category"] == ["cat", "dog", "cat"]
+    names = ds["train"].features["objects"]["category"].feature.names
+    assert names == ["cat", "dog"]
+    assert [names[c] for c in train[0]["objects"]["category"]] == ["cat", "dog", "cat"]
     assert train[1]["objects"]["bbox"] == []
     val = ds["validation"][0]
     assert val["index"] == 2 and val["seed"] == 1002
@@ -53,3 +56,17 @@ def test_a_split_without_any_object_loads_beside_splits_with_objects(dataset, lo
     ds = load_offline(dataset.root / "hf")
     assert ds["validation"][0]["objects"]["bbox"] == []
     assert ds["validation"].features == ds["train"].features
+
+
+def test_masks_load_as_images_equal_to_the_samples(dataset, load_offline):
+    import numpy as np
+
+    write_hf(dataset.root, dataset.records, dataset.categories, dataset.splits)
+    ds = load_offline(dataset.root / "hf")
+    assert type(ds["train"].features["semantic"]).__name__ == "Image"
+    for split in ds.values():
+        for row in split:
+            sample = dataset.samples[row["index"]]
+            assert np.array_equal(np.asarray(row["semantic"]), sample.semantic)
+            assert np.array_equal(np.asarray(row["instances"]).astype(np.uint16), sample.instances)
+    assert ds["train"].features["objects"]["category"].feature.int2str(1) == "dog"

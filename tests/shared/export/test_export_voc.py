@@ -91,3 +91,23 @@ def test_supervision_from_pascal_voc(dataset):
     det = by_name["000000.jpg"]
     assert [loaded.classes[c] for c in det.class_id] == ["cat", "dog", "cat"]
     np.testing.assert_allclose(det.xyxy[0], [4, 4, 24, 20])
+
+
+def test_trainval_and_per_class_image_sets(dataset):
+    write_voc(dataset.root, dataset.records, dataset.categories, dataset.splits)
+    sets = dataset.root / "voc" / "ImageSets"
+    assert (sets / "Main" / "trainval.txt").read_text().split() == ["000000", "000001", "000002"]
+    assert (sets / "Segmentation" / "trainval.txt").read_text().split() == ["000000", "000001", "000002"]
+    for split, stems in (("train", ["000000", "000001"]), ("val", ["000002"]), ("test", ["000003"]),
+                         ("trainval", ["000000", "000001", "000002"])):
+        for name in dataset.categories:
+            lines = [line.split() for line in (sets / "Main" / f"{name}_{split}.txt").read_text().splitlines()]
+            assert [stem for stem, _ in lines] == stems
+            for stem, flag in lines:
+                record = dataset.records[int(stem)]
+                has = any(a.category == name for a in record.annotations)
+                assert flag == ("1" if has else "-1"), (name, stem)
+    # what torchvision's VOCSegmentation(image_set="trainval") reads: every listed file exists
+    for stem in (sets / "Segmentation" / "trainval.txt").read_text().split():
+        assert (dataset.root / "voc" / "JPEGImages" / f"{stem}.jpg").is_file()
+        assert (dataset.root / "voc" / "SegmentationClass" / f"{stem}.png").is_file()

@@ -8,7 +8,7 @@ import pytest
 
 import shared.export as export
 from shared.export import write_exports
-from shared.export.splits import assign_split
+from shared.export.splits import assign_splits
 
 EXPORT_DIRS = ("coco", "yolo", "voc", "hf", "masks")
 
@@ -87,7 +87,7 @@ def test_manifest_samples_carry_the_audit_trail(dataset, spec):
     samples = {s["index"]: s for s in manifest["samples"]}
     assert sorted(samples) == [0, 1, 2, 3]
     s0 = samples[0]
-    split = assign_split(spec.seed, 0, spec.export.splits)
+    split = assign_splits(spec.seed, [r.index for r in dataset.records], spec.export.splits)[0]
     assert s0["split"] == split
     assert (s0["seed"], s0["model"], s0["method"]) == (1000, {"id": "builtin:tiny", "revision": "abc123"}, "text2image")
     assert s0["parameters"] == {"steps": 2, "guidance_scale": 7.5}

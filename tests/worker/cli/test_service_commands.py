@@ -122,3 +122,53 @@ def test_embedded_mode_resumes_a_job_left_by_a_previous_process(tmp_path):
             time.sleep(0.1)
     assert job["progress"]["done"] == 6
     assert Path(data / "objects").is_dir()
+
+
+def test_embedded_mode_is_one_tenant_serves_the_builtin_models_and_docs_offline(embedded_server, tmp_path, monkeypatch):
+    import httpx
+
+    from shared.model_meta import builtin_model_ids
+
+    server, data = embedded_server
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    runner = CliRunner()
+    r = runner.invoke(cli, ["keys", "create", "--tenant", "someone", "--database-url", f"sqlite:///{data / 'dsgen.db'}"])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setenv("DSGEN_API_KEY", r.stdout.strip().splitlines()[0])
+    r = runner.invoke(cli, ["submit", str(spec_file), "--server", server])
+    assert r.exit_code == 0, r.output
+    job_id = r.stdout.strip().splitlines()[0]
+    monkeypatch.delenv("DSGEN_API_KEY")
+    assert job_id in runner.invoke(cli, ["jobs", "list", "--server", server]).stdout  # same tenant without a key
+    assert httpx.get(f"{server}/v1/jobs", headers={"Authorization": "Bearer dsg_bad_key"}).status_code == 401
+    models = [m["id"] for m in httpx.get(f"{server}/v1/models").json()["items"]]
+    assert models == builtin_model_ids() and "builtin:shapes-v1" in models
+    docs = httpx.get(f"{server}/docs").text
+    assert "cdn." not in docs and "/docs-assets/swagger-ui-bundle.js" in docs
+    js = httpx.get(f"{server}/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    assert httpx.get(f"{server}/docs-assets/swagger-ui.css").status_code == 200
+
+
+def test_short_job_ids_are_accepted_when_unique(embedded_server, tmp_path):
+    server, _ = embedded_server
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(SPEC))
+    runner = CliRunner()
+    ids = [runner.invoke(cli, ["submit", str(spec_file), "--server", server]).stdout.strip() for _ in range(2)]
+    a, b = ids
+    shared_prefix = next(i for i in range(36) if a[i] != b[i])
+    short = a[:max(8, shared_prefix + 1)]
+    r = runner.invoke(cli, ["jobs", "show", short, "--server", server])
+    assert r.exit_code == 0 and f'"id": "{a}"' in r.stdout, r.output
+    r = runner.invoke(cli, ["jobs", "show", short.upper(), "--server", server])
+    assert r.exit_code == 0
+    if shared_prefix:  # both start with the same characters: ambiguous
+        r = runner.invoke(cli, ["jobs", "show", a[:shared_prefix], "--server", server])
+        assert r.exit_code == 2 and "several job ids" in r.output
+    r = runner.invoke(cli, ["jobs", "cancel", "zz", "--server", server])
+    assert r.exit_code == 2 and "neither a job id" in r.output
+    missing = "f" * 8 if not a.startswith("ffffffff") and not b.startswith("ffffffff") else "0" * 8
+    r = runner.invoke(cli, ["jobs", "show", missing, "--server", server])
+    assert r.exit_code == 2 and "no job of this tenant" in r.output

@@ -104,16 +104,57 @@ def test_folder_of_another_spec_is_never_touched(tmp_path, reference_run):
     assert tree_hashes(reference_run) == before
 
 
-def test_non_dataset_folder_is_refused_unless_overwrite(tmp_path):
+def test_non_dataset_folder_is_refused_even_with_overwrite(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
     spec = parse_spec({**SPEC, "num_images": 2, "export": {"formats": ["coco"]}})
     with pytest.raises(OutputFolderError, match="not a dsgen dataset"):
         run_to_folder(spec, out)
-    assert (out / "precious.txt").read_text() == "keep me"
+    with pytest.raises(OutputFolderError, match="not made by dsgen"):
+        run_to_folder(spec, out, overwrite=True)
+    assert (out / "precious.txt").read_text() == "keep me" and not (out / "manifest.json").exists()
+
+
+def test_overwrite_replaces_a_dsgen_dataset(tmp_path, reference_run):
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(reference_run, out)
+    (out / "samples" / "stray.txt").write_text("from the old run")
+    spec = parse_spec({**SPEC, "num_images": 2, "seed": 9, "export": {"formats": ["coco"]}})
     run_to_folder(spec, out, overwrite=True)
-    assert not (out / "precious.txt").exists() and (out / "manifest.json").is_file()
+    assert not (out / "samples" / "stray.txt").exists() and (out / "manifest.json").is_file()
+    assert json.loads((out / "spec.json").read_text())["seed"] == 9
+
+
+@pytest.mark.parametrize("change", [
+    {"model": "builtin:no-such-model"},
+    {"model": "/no/such/folder"},
+    {"prompts": {"source": "captions_file", "captions_file": "/no/such/captions.txt"}},
+    {"labels": {"cross_resolutions": [64]}},
+    {"labels": {"boxes": "adaptor"}},  # tiny-random ships no adaptor
+    {"method": "image2image", "image2image": {"images": "/no/such/images"}},
+])
+def test_overwrite_that_cannot_start_deletes_nothing(tmp_path, reference_run, change):
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(reference_run, out)
+    before = tree_hashes(out)
+    from shared.spec import SpecError
+
+    bad = parse_spec({**SPEC, "num_images": 2, **change})
+    with pytest.raises(SpecError):
+        run_to_folder(bad, out, overwrite=True)
+    assert tree_hashes(out) == before
+
+
+def test_out_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    spec = parse_spec({**SPEC, "num_images": 2})
+    with pytest.raises(OutputFolderError, match="is a file, not a folder"):
+        run_to_folder(spec, tmp_path / "file" / "data")
 
 
 def test_a_spec_the_model_cannot_run_leaves_no_folder_so_the_fixed_spec_can_use_it(tmp_path):
