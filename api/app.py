@@ -83,8 +83,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     @app.middleware("http")
     async def limits_and_metrics(request: Request, call_next):  # noqa: ANN001, ANN202
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_request_bytes):
-            return JSONResponse(error_body(f"body larger than {settings.max_request_bytes} bytes", "body"),
+        limit = settings.max_source_bytes if request.url.path == "/v1/sources" else settings.max_request_bytes
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return JSONResponse(error_body(f"body larger than {limit} bytes", "body"),
                                 status_code=413)
         started = time.perf_counter()
         response = await call_next(request)
@@ -96,12 +97,13 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
 
     from fastapi.staticfiles import StaticFiles
 
-    from api.routes import dashboard, datasets, jobs, schedules, system
+    from api.routes import dashboard, datasets, jobs, schedules, sources, system
 
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(schedules.router)
     app.include_router(datasets.router)
+    app.include_router(sources.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     return app

@@ -135,8 +135,9 @@ class FilterSpec(StrictModel):
 
     segmenter: str | None = Field(
         default=None,
-        description="segmenter folder from `dsgen segmenter train`: a pixel of class c becomes 255 (ignore) when "
-        "the segmenter's loss there exceeds tolerance x its mean loss for c on real data",
+        description="segmenter folder from `dsgen segmenter train` (or upload:<id>, its zipped folder uploaded to "
+        "/v1/sources): a pixel of class c becomes 255 (ignore) when the segmenter's loss there exceeds tolerance x "
+        "its mean loss for c on real data",
     )
     tolerance: float = Field(default=1.25, gt=0.0, le=100.0, description="FreeMask's loss tolerance")
     min_kept: float = Field(

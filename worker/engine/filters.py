@@ -52,11 +52,11 @@ def _with_quality(sample, **quality):
 
 
 class SegmenterFilter:
-    def __init__(self, spec: JobSpec):
+    def __init__(self, spec: JobSpec, folder: str):
         from worker.engine.segmenter import load_segmenter
 
         opts = spec.labels.filter
-        self.seg = load_segmenter(opts.segmenter)
+        self.seg = load_segmenter(folder)
         self.tolerance, self.min_kept = opts.tolerance, opts.min_kept
         names = [c.name for c in spec.classes]
         self.lut = self.seg.job_index(names)
@@ -73,7 +73,7 @@ class SegmenterFilter:
         for s, lg in zip(todo, logits):
             target = self.lut[s.semantic.astype(np.int64)]
             target[s.semantic == IGNORE] = IGNORE
-            loss = pixel_loss(lg[None], target)[0]
+            loss = pixel_loss(lg[None], target[None])[0]
             labelled = (target >= 0) & (target != IGNORE)
             limit = self.threshold[np.clip(target, 0, len(self.threshold) - 1)]
             bad = labelled & (loss > limit)
@@ -141,5 +141,5 @@ def build_filters(spec: JobSpec, session) -> FilterChain:
     if spec.labels.filter.attention_gate != "off" and spec.labels.mode != "none" and spec.method != "mask2image":
         stages.append(AttentionGate(spec, session.plan))
     if spec.labels.filter.segmenter:
-        stages.append(SegmenterFilter(spec))
+        stages.append(SegmenterFilter(spec, session.resolve_folder(spec.labels.filter.segmenter, "labels.filter.segmenter")))
     return FilterChain(stages)

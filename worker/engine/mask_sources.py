@@ -291,3 +291,26 @@ def load_mask_sources(source: SourceSpec, classes: tuple[str, ...], root: Path) 
     if not found:
         raise MaskSourceError(f"{FIELD}: no masks found in {root} ({fmt})")
     return tuple(found)
+
+
+def source_class_names(root: Path, fmt: str = "auto") -> list[str]:
+    """The class names a source itself defines, in its id order (for `dsgen segmenter train`)."""
+    root = source_root(root)
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    names: dict[int, str] = {}
+    if fmt == "dsgen":
+        spec_file = root / layout.SPEC_FILE
+        if spec_file.is_file():
+            names.update({i + 1: c["name"] for i, c in enumerate(json.loads(spec_file.read_text()).get("classes", []))})
+        for rec_path in sorted((root / layout.SAMPLES_DIR).glob(f"*/{layout.RECORD_FILE}")):
+            for a in json.loads(rec_path.read_text()).get("annotations", []):
+                names.setdefault(int(a["category_id"]), a["category"])
+    elif fmt == "coco":
+        for path in sorted(root.glob("*.json")) or sorted(root.glob("annotations/*.json")):
+            for c in json.loads(path.read_text()).get("categories", []):
+                names.setdefault(int(c["id"]), str(c["name"]))
+    elif fmt == "voc":
+        names.update(_voc_names_from_objects(root))
+    if not names:
+        raise MaskSourceError(f"{FIELD}: {root} ({fmt}) does not name its classes; pass them (--classes a,b,c)")
+    return [names[k] for k in sorted(names)]

@@ -202,7 +202,7 @@ def train_segmenter(
             opt.step()
             sched.step()
             step += 1
-            last = float(loss)
+            last = float(loss.detach())
         if progress is not None:
             progress(epoch + 1, epochs, last)
     net.eval()

@@ -117,6 +117,16 @@ class EngineSession:
             )
         return self.uploads(source.upload)
 
+    def resolve_folder(self, ref: str, field: str) -> str:
+        """A folder reference: a local path, or `upload:<id>` (an uploaded archive, e.g. a segmenter)."""
+        if not ref.startswith("upload:"):
+            return ref
+        if self.uploads is None:
+            raise SpecError(f"{field}: uploads are read by the service's workers; on this machine give a folder", field=field)
+        from worker.engine.mask_sources import source_root
+
+        return str(source_root(self.uploads(ref.removeprefix("upload:"))))
+
     @property
     def labels_enabled(self) -> bool:
         return self.spec.labels.mode != "none" or self.spec.labels.boxes != "attention"

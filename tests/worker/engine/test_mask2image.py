@@ -172,3 +172,23 @@ def test_spec_errors_name_the_field():
         _spec({"path": "x"}, backend="controlnet")
     with pytest.raises(SpecError, match="source.upload: uploads are read by the service"):
         EngineSession(_spec({"upload": "a" * 32}))
+
+
+def test_hardness_resampling_and_the_segmenter_filter_in_a_session(tmp_path):
+    from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter
+
+    Segmenter(SmallUNet(3, 8), ["cat", "dog"], 32, {"background": 0.1, "cat": 1.0, "dog": 3.0}).save(tmp_path / "seg")
+    load_segmenter.cache_clear()
+    folder, _ = _masks_folder(tmp_path)
+    spec = parse_spec({
+        **_spec({"path": str(folder)}).model_dump(mode="json"),
+        "num_images": 7,
+        "mask2image": {"source": {"path": str(folder)}, "resample": {"segmenter": str(tmp_path / "seg"), "max_variants": 4}},
+        "labels": {"filter": {"segmenter": str(tmp_path / "seg"), "min_kept": 0.0}},
+    })
+    session = EngineSession(spec)
+    # a.png (cat + dog) is harder than b.png (dog only): ranks 1 and 0 of 2 -> 4 and 3 variants.
+    assert session.method.schedule == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
+    s = list(session.generate([0]))[0]
+    assert 0.0 <= s.record.quality["segmenter_filter"]["kept"] <= 1.0
+    assert ((s.semantic == 255) | (s.semantic == np.asarray(Image.open(folder / "a.png")))).all()

@@ -26,7 +26,7 @@ from shared.spec import SpecError
 from worker.engine import palettes
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.generate import ControlNetInput
-from worker.engine.mask_sources import IGNORE, LabelMaps, MaskSource, load_mask_sources
+from worker.engine.mask_sources import LabelMaps, MaskSource, load_mask_sources
 from worker.engine.methods import BatchInputs
 from worker.engine.text import token_groups, tokenize
 
@@ -59,6 +59,7 @@ class Mask2Image:
         self.spec = session.spec
         self.model = session.model
         self.options = session.spec.mask2image
+        self.session = session
         names = tuple(c.name for c in self.spec.classes)
         self.sources: tuple[MaskSource, ...] = load_mask_sources(self.options.source, names, session.source_root(self.options.source))
         self.schedule = self._schedule()
@@ -72,7 +73,8 @@ class Mask2Image:
             from worker.engine.resample import mask_hardness, variants_by_hardness
             from worker.engine.segmenter import load_segmenter
 
-            seg = load_segmenter(self.options.resample.segmenter, field="mask2image.resample.segmenter")
+            field = "mask2image.resample.segmenter"
+            seg = load_segmenter(self.session.resolve_folder(self.options.resample.segmenter, field), field=field)
             loss = seg.class_loss_by_id([c.name for c in self.spec.classes])
             hardness = [mask_hardness(self._load_maps(m).semantic, loss) for m in range(len(self.sources))]
             counts = variants_by_hardness(hardness, self.options.resample.max_variants, self.spec.seed)
