@@ -93,16 +93,18 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
         return response
 
     # Outermost: a body over the limit is refused before anything else reads it.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,
+                       overrides={"/v1/sources": settings.max_source_bytes})
 
     from fastapi.staticfiles import StaticFiles
 
-    from api.routes import dashboard, datasets, jobs, schedules, system
+    from api.routes import dashboard, datasets, jobs, schedules, sources, system
 
     app.include_router(system.router)
     app.include_router(jobs.router)
     app.include_router(schedules.router)
     app.include_router(datasets.router)
+    app.include_router(sources.router)
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     install_docs(app)

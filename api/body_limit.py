@@ -13,12 +13,13 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})  # path -> its own limit (e.g. source archive uploads)
 
-    async def _too_large(self, send: Callable[[Message], Awaitable[None]]) -> None:
-        body = json.dumps({"detail": f"body larger than {self.max_bytes} bytes", "field": "body"}).encode()
+    async def _too_large(self, send: Callable[[Message], Awaitable[None]], limit: int) -> None:
+        body = json.dumps({"detail": f"body larger than {limit} bytes", "field": "body"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -29,12 +30,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get(scope.get("path", ""), self.max_bytes)
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None:
             text = length.decode("latin-1")
-            if not re.fullmatch(r"[0-9]{1,20}", text) or int(text) > self.max_bytes:
-                await self._too_large(send)
+            if not re.fullmatch(r"[0-9]{1,20}", text) or int(text) > limit:
+                await self._too_large(send, limit)
                 return
             await self.app(scope, receive, send)  # the server stops at Content-Length bytes
             return
@@ -47,8 +49,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send)
+            if size > limit:
+                await self._too_large(send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

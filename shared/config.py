@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     max_prompt_length: int = Field(default=500, ge=1)
     max_classes: int = Field(default=100, ge=1)
     max_active_jobs_per_tenant: int = Field(default=10, ge=1, description="queued + running jobs per tenant")
+    max_source_bytes: int = Field(default=256 << 20, ge=1024, description="largest source archive (POST /v1/sources)")
+    max_source_unpacked_bytes: int = Field(default=2 << 30, ge=1024, description="largest unpacked size of a source archive")
+    max_source_files: int = Field(default=50_000, ge=1, description="most files in a source archive")
+    max_source_ratio: float = Field(default=200.0, gt=1.0, description="largest unpacked/packed ratio (archive bombs)")
+    source_cache_dir: Path = Field(default=Path("./dsgen-data/sources"), description="workers extract uploads here")
 
     @model_validator(mode="before")
     @classmethod

@@ -162,11 +162,17 @@ def submit_job(
     body: Any,
     idempotency_key: str | None = None,
     dataset: str | None = None,
+    store: ObjectStore | None = None,
 ) -> tuple[JobView, bool]:
     """Validate, write the job and its shards in one transaction, send the shards after the
     commit. Returns (job, created); the same Idempotency-Key returns the first job. With a
     `dataset` name the job becomes that dataset's next version when it succeeds."""
     spec = validate_spec(body, settings)
+    from shared.sources import check_spec_sources
+
+    source_errors = check_spec_sources(spec, store, tenant_id)  # uploads of this tenant, never server paths
+    if source_errors:
+        raise SpecInvalid(source_errors)
     if idempotency_key is not None and not (1 <= len(idempotency_key) <= 200):
         raise InvalidRequest("Idempotency-Key: 1 to 200 characters", field="Idempotency-Key")
     if dataset is not None:

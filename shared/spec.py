@@ -21,8 +21,10 @@ from pydantic import (
     model_validator,
 )
 
-METHODS_AVAILABLE = ("text2image", "image2image")
-METHODS_PLANNED = ("augment", "mask2image", "layout")
+METHODS_AVAILABLE = ("text2image", "image2image", "mask2image")
+METHODS_PLANNED = ("augment", "layout")
+SOURCE_FORMATS = ("auto", "masks", "coco", "voc", "dsgen")
+UPLOAD_ID = r"^[0-9a-f]{32}$"
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
 SLOT_PATTERN = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
@@ -164,6 +166,35 @@ class GenerationSpec(StrictModel):
     batch_size: int = Field(default=4, ge=1, le=256)
 
 
+class FilterSpec(StrictModel):
+    """Filters run after labelling, for every method (FreeMask's segmenter filter, the attention gate)."""
+
+    segmenter: str | None = Field(
+        default=None,
+        description="segmenter folder from `dsgen segmenter train` (or upload:<id>, its zipped folder uploaded to "
+        "/v1/sources): a pixel of class c becomes 255 (ignore) when the segmenter's loss there exceeds tolerance x "
+        "its mean loss for c on real data",
+    )
+    tolerance: float = Field(default=1.25, gt=0.0, le=100.0, description="FreeMask's loss tolerance")
+    min_kept: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="drop a sample when less than this fraction of its labelled (non-background) pixels survives",
+    )
+    attention_gate: Literal["off", "flag", "drop"] = Field(
+        default="flag",
+        description="attention labels: a prompted class with no confident region, a peak far below the job's median, "
+        "or more fragments than mentions is flagged in record.quality (flag), and its sample left out (drop)",
+    )
+    min_peak_ratio: float = Field(default=0.25, ge=0.0, le=1.0, description="attention gate: peak below this x the median")
+
+    @field_validator("segmenter")
+    @classmethod
+    def _segmenter(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("segmenter: give a folder from `dsgen segmenter train`, or leave it out")
+        return v
+
+
 class LabelSpec(StrictModel):
     mode: Literal["refined", "daam", "none"] = Field(
         default="refined",
@@ -210,6 +241,7 @@ class LabelSpec(StrictModel):
     keep_empty: bool = Field(
         default=False, description="keep images in which the adaptor finds no box (default: drop them from the exports)"
     )
+    filter: FilterSpec = Field(default_factory=FilterSpec, description="filters after labelling")
 
     @field_validator("cross_resolutions")
     @classmethod
@@ -243,10 +275,15 @@ class LabelSpec(StrictModel):
 class Image2ImageSpec(StrictModel):
     """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
 
-    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)",
-                        json_schema_extra=SERVER_PATH)
+    images: str | None = Field(
+        default=None, min_length=1,
+        description="folder of the source images (with coco: the COCO file's image folder); with upload: a folder "
+        "inside the archive (default: its top)", json_schema_extra=SERVER_PATH,
+    )
     coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)",
                              json_schema_extra=SERVER_PATH)
+    upload: str | None = Field(default=None, pattern=UPLOAD_ID,
+                               description="id of an archive of the images uploaded with POST /v1/sources (API)")
     strength: tuple[float, float] = Field(
         default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
     )
@@ -258,9 +295,82 @@ class Image2ImageSpec(StrictModel):
 
     @model_validator(mode="after")
     def _strength(self) -> "Image2ImageSpec":
+        if self.images is None and self.upload is None:
+            raise ValueError("images: give a folder of source images, or upload: an uploaded archive's id")
         lo, hi = self.strength
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"strength: need 0 < low <= high <= 1, e.g. [0.4, 0.8] (got [{lo}, {hi}])")
+        return self
+
+
+class SourceSpec(StrictModel):
+    """Real data a method reads: a folder on the machine that runs the job (CLI), or an uploaded archive.
+
+    Over the API only `upload` is accepted (POST /v1/sources returns the id).
+    """
+
+    path: str | None = Field(default=None, description="folder on this machine (CLI only)")
+    upload: str | None = Field(default=None, pattern=UPLOAD_ID, description="id of an archive uploaded with POST /v1/sources")
+    format: Literal[SOURCE_FORMATS] = Field(  # type: ignore[valid-type]
+        default="auto",
+        description="masks: PNG label maps (values = category ids; optional instances/ and images/ beside); "
+        "coco: a COCO JSON (+ its images); voc: a VOC folder (SegmentationClass, SegmentationObject, JPEGImages); "
+        "dsgen: a dataset folder written by `dsgen run` or `dsgen shapes render`; auto: detect",
+    )
+    coco: str | None = Field(default=None, description="format coco: the JSON file (relative to the folder); default: the only *.json")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> "SourceSpec":
+        if (self.path is None) == (self.upload is None):
+            raise ValueError("source: give exactly one of path (a folder) or upload (an uploaded archive's id)")
+        if self.path is not None and not self.path.strip():
+            raise ValueError("path: give a folder")
+        return self
+
+
+class ResampleSpec(StrictModel):
+    """FreeMask's hardness-aware resampling: harder masks get more variants."""
+
+    segmenter: str = Field(min_length=1, description="segmenter folder whose class-wise real loss defines hardness")
+    max_variants: int = Field(default=20, ge=1, le=1000, description="K: the hardest mask gets K variants")
+
+
+class Mask2ImageSpec(StrictModel):
+    """method mask2image: an image per (source mask, variant), labelled by the mask (FreestyleNet / FreeMask)."""
+
+    source: SourceSpec
+    variants: int = Field(default=1, ge=1, le=1000, description="images per mask (uniform; see resample)")
+    resample: ResampleSpec | None = Field(default=None, description="hardness-aware variants per mask instead of `variants`")
+    prompt: Literal["classes", "template", "source"] = Field(
+        default="classes",
+        description="classes: the class words present, space-separated (FreestyleNet); template: `template` with "
+        "{classes}; source: the source's caption (its missing classes appended after '; ')",
+    )
+    template: str = Field(default="a photo of {classes}", description="prompt: template; {classes} = the class words")
+    backend: Literal["rectified", "controlnet"] = Field(
+        default="rectified",
+        description="rectified: class tokens attend only inside their regions (any SD-family UNet, training-free); "
+        "controlnet: a segmentation ControlNet reads the mask drawn in `palette`",
+    )
+    resolutions: list[int] | Literal["all"] = Field(default="all", description="rectified: cross-attention resolutions to rectify")
+    controlnet: str | None = Field(default=None, description="backend controlnet: a ControlNet folder (diffusers layout)")
+    palette: Literal["ade20k", "voc"] | dict[str, tuple[int, int, int]] = Field(
+        default="ade20k",
+        description="backend controlnet: colours of the classes in the conditioning image: ade20k / voc (by class "
+        "name; unknown names get distinct colours), or {class: [r, g, b]}",
+    )
+    conditioning_scale: float = Field(default=1.0, ge=0.0, le=5.0)
+
+    @model_validator(mode="after")
+    def _backend(self) -> "Mask2ImageSpec":
+        if self.backend == "controlnet" and not self.controlnet:
+            raise ValueError("controlnet: backend 'controlnet' needs a ControlNet folder")
+        if self.backend != "controlnet" and self.controlnet:
+            raise ValueError("controlnet: only used with backend 'controlnet'")
+        if self.prompt == "template" and "{classes}" not in self.template:
+            raise ValueError("template: needs a {classes} slot")
+        if isinstance(self.resolutions, list) and (not self.resolutions or any(r < 1 for r in self.resolutions)):
+            raise ValueError("resolutions: give positive sides, e.g. [16, 32], or 'all'")
         return self
 
 
@@ -298,7 +408,7 @@ class JobSpec(StrictModel):
     name: str = Field(default="dataset", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
     model: ModelRef
     method: str = Field(
-        default="text2image", description="text2image, image2image (augment, mask2image, layout: planned)"
+        default="text2image", description="text2image, image2image, mask2image (augment, layout: planned)"
     )
     classes: list[ClassSpec] = Field(min_length=1, max_length=1000)
     prompts: PromptSpec = Field(default_factory=PromptSpec)
@@ -308,6 +418,7 @@ class JobSpec(StrictModel):
     labels: LabelSpec = Field(default_factory=LabelSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
+    mask2image: Mask2ImageSpec | None = Field(default=None, description="source masks (method mask2image)")
 
     @model_validator(mode="before")
     @classmethod
@@ -353,6 +464,10 @@ class JobSpec(StrictModel):
             raise ValueError("image2image: method 'image2image' needs image2image.images (a folder of source images)")
         if self.method != "image2image" and self.image2image is not None:
             raise ValueError(f"image2image: only used with method 'image2image' (method is {self.method!r})")
+        if self.method == "mask2image" and self.mask2image is None:
+            raise ValueError("mask2image: method 'mask2image' needs mask2image.source (a folder or an uploaded archive)")
+        if self.method != "mask2image" and self.mask2image is not None:
+            raise ValueError(f"mask2image: only used with method 'mask2image' (method is {self.method!r})")
         return self
 
     @property
@@ -529,11 +644,26 @@ def load_spec(path: str | Path) -> JobSpec:
         spec = spec.model_copy(
             update={"prompts": spec.prompts.model_copy(update={"captions_file": str((p.parent / captions).resolve())})}
         )
-    if spec.image2image is not None:
+    if spec.image2image is not None and spec.image2image.upload is None:
         paths = {k: v for k in ("images", "coco") if (v := getattr(spec.image2image, k)) and not Path(v).is_absolute()}
         if paths:
             fixed = {k: str((p.parent / v).resolve()) for k, v in paths.items()}
             spec = spec.model_copy(update={"image2image": spec.image2image.model_copy(update=fixed)})
+    m2i = spec.mask2image
+    if m2i is not None:
+        update: dict[str, Any] = {}
+        if m2i.source.path and not Path(m2i.source.path).is_absolute():
+            update["source"] = m2i.source.model_copy(update={"path": str((p.parent / m2i.source.path).resolve())})
+        if m2i.controlnet and not Path(m2i.controlnet).is_absolute() and (p.parent / m2i.controlnet).exists():
+            update["controlnet"] = str((p.parent / m2i.controlnet).resolve())
+        if m2i.resample and not Path(m2i.resample.segmenter).is_absolute() and (p.parent / m2i.resample.segmenter).exists():
+            update["resample"] = m2i.resample.model_copy(update={"segmenter": str((p.parent / m2i.resample.segmenter).resolve())})
+        if update:
+            spec = spec.model_copy(update={"mask2image": m2i.model_copy(update=update)})
+    seg = spec.labels.filter.segmenter
+    if seg and not Path(seg).is_absolute() and (p.parent / seg).exists():
+        filt = spec.labels.filter.model_copy(update={"segmenter": str((p.parent / seg).resolve())})
+        spec = spec.model_copy(update={"labels": spec.labels.model_copy(update={"filter": filt})})
     adaptor = spec.labels.adaptor
     if adaptor and not adaptor.startswith("builtin:") and not Path(adaptor).is_absolute() and (p.parent / adaptor).exists():
         spec = spec.model_copy(update={"labels": spec.labels.model_copy(update={"adaptor": str((p.parent / adaptor).resolve())})})

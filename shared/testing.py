@@ -148,8 +148,9 @@ class FakeEngine:
 
     calls: list[list[int]] = []
 
-    def __init__(self, spec):
+    def __init__(self, spec, uploads=None):
         self.spec = spec
+        self.uploads = uploads  # EngineSession's upload fetcher (specs naming uploads)
 
     def generate(self, indexes):
         FakeEngine.calls.append(list(indexes))

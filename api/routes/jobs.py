@@ -37,7 +37,7 @@ def submit_job(
 ) -> JobView:
     with res.uow() as uow:
         view, created = jobs.submit_job(uow, res.dispatcher, res.settings, tenant,
-                                        spec, idempotency_key, dataset=dataset)
+                                        spec, idempotency_key, dataset=dataset, store=res.store)
     if created:
         request.app.state.metrics.jobs_submitted.inc()
     response.status_code = 201 if created else 200

@@ -23,7 +23,7 @@ def cluster(tmp_path_factory):
         flush_redis(REDIS_URL)
         env = {**os.environ, **s3_env(s3), **TIMINGS,
                "DSGEN_DATABASE_URL": db_url, "DSGEN_BROKER_URL": REDIS_URL,
-               "DSGEN_BEAT_SCHEDULE": str(logs / "beat-schedule"),
+               "DSGEN_BEAT_SCHEDULE": str(logs / "beat-schedule"), "DSGEN_SOURCE_CACHE_DIR": str(logs / "sources"),
                "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         c = Cluster(env, logs)
         try:

@@ -168,6 +168,7 @@ def build_embedded_app(data_dir: Path, *, host: str = "127.0.0.1", port: int = 8
         database_url=f"sqlite:///{data_dir / 'dsgen.db'}",
         storage="local",
         local_storage_dir=data_dir / "objects",
+        source_cache_dir=data_dir / "sources",
         public_base_url=f"http://{host}:{port}",
         signing_secret=secret_file.read_text().strip(),
         embedded_tenant=os.environ.get("DSGEN_EMBEDDED_TENANT", "local"),

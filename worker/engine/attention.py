@@ -1,31 +1,68 @@
-"""Attention capture: averaged cross- and self-attention probabilities from a diffusers UNet.
+"""Attention control: one attention processor, a chain of small controls, on the layers a job needs.
 
-The stock SDPA processor never materialises the softmax, so on the layers we need we swap in
-a processor that computes `softmax(QK^T * scale)` itself and adds the head-mean probabilities
-to an `AttentionStore`. Everything goes through diffusers' extension point
-(`unet.attn_processors` / `unet.set_attn_processor`); every layer we do not need keeps its
-original processor, and the originals come back when `capture_attention` exits.
+Every behaviour the engine adds to attention (recording maps for labels, rectified
+cross-attention for mask-to-image, and the controls methods add later) is a *control*: a
+small object plugged into `ControlledAttnProcessor`, the one processor that computes the
+attention maths here. It mirrors diffusers' `AttnProcessor2_0` (spatial_norm, 4-D inputs,
+encoder attention masks, group_norm, norm_cross, norm_q/norm_k, output projection, residual
+and rescale_output_factor) and is installed through diffusers' own extension point
+(`unet.attn_processors` / `unet.set_attn_processor`) by `control_attention`, which restores the
+original processors in `finally`. Layers no control wants keep their original processor.
+
+The control protocol (`AttentionControl`; every hook is optional):
+
+- `wants(site) -> bool`: does the control act on this layer? A `Site` names the layer, its kind
+  ("cross": pixel -> text token, "self": pixel -> pixel), its factor and its map size `hw`.
+- `branches`: which halves of a classifier-free-guidance batch ([uncond, cond]) it acts on:
+  ("cond",) by default — labels and rectification read/steer the conditional branch only;
+  ("uncond", "cond") for edits that must act on both (e.g. Shape-Guided editing).
+  Without guidance every row is "cond".
+- `active() -> bool`: is it acting in this UNet call (step windows)? `begin_step(i, n)` is
+  called by the denoising loop before each UNet call.
+- `logits(site, call) -> Tensor | None`, before the softmax: a bool mask (True = may attend)
+  or an additive float bias, broadcastable to [rows, heads, queries, keys]. `call.samples`
+  indexes the job's samples in this call (the same for both CFG halves), so per-sample data is
+  sliced with it. Masks from every control (and the model's own encoder mask) are combined;
+  a control must never mask a whole row (rectified attention leaves the start token free).
+- `probs(site, call, probs, heads) -> Tensor`, after the softmax, for a chunk of heads
+  ([rows, len(heads), queries, keys]); set `edits_probs = True`. No renormalisation is done
+  after it (Shape-Guided editing's inside-outside scaling relies on that).
+- `record(site, call, probs)`: sees the head-mean probabilities [rows, queries, keys] after
+  every edit; set `records = True`. Gradients flow through it when the UNet call is run with
+  grad enabled (self-guidance energies on cross-attention maps); `AttentionStore` detaches.
+
+Cost: while only logit controls are active, the call stays one fused SDPA with `attn_mask` —
+no probabilities are materialised. Only controls that edit or record force the explicit
+`softmax(QK^T * scale)`, computed a few heads at a time (`PROBS_CHUNK_ELEMENTS`), and only on
+the rows (CFG half) they act on; the other half stays on SDPA.
+
+Two methods this protocol is meant to carry (see docs/methods.md):
+- Shape-Guided editing: a cross-attention control with `edits_probs` multiplying
+  inside-token columns by the region mask and outside-token columns by (1 - mask) (both x 2.5),
+  and a self-attention control multiplying `probs` by `(M - 1) * s + 1` with M[i, j] = 1 when
+  queries i and j share a region; regions come from `regions_at(site, labels)`.
+- Self-guidance: a recorder keeping the current step's cross-attention maps with their graph
+  (`StepMapRecorder`), read by energies whose gradient w.r.t. the latent steers the noise.
 
 Vocabulary:
 - factor: how much a layer's map is downsampled relative to the latent (1, 2, 4, ...);
 - resolution: the shorter side of a layer's map in cells (16 for SD 1.x at 512 px, factor 4);
 - kind: "cross" (pixel -> text token) or "self" (pixel -> pixel).
 
-Memory: the store keeps one float32 running sum per (kind, resolution) plus a count, never
-per-step tensors. Self-attention maps are N x N per image (N = h*w): 32x32 is 1024^2 (4 MiB per
-image), 64x64 would be 4096^2 (64 MiB per image, and that per head while computing), so
-self-attention capture is refused above `MAX_SELF_TOKENS` cells. Inside the processor the
-probabilities are computed a few heads at a time (`PROBS_CHUNK_ELEMENTS`) so the peak stays
-bounded whatever the batch size.
+Memory: `AttentionStore` keeps one float32 running sum per (kind, resolution) plus a count,
+never per-step tensors. Self-attention maps are N x N per image (N = h*w): 32x32 is 1024^2 (4 MiB
+per image), 64x64 would be 4096^2 (64 MiB per image, and that per head while computing), so
+self-attention capture is refused above `MAX_SELF_TOKENS` cells.
 """
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from diffusers.models.attention_processor import (
@@ -217,19 +254,132 @@ class AttentionStore:
         self.steps_captured = 0
 
 
-class CapturingAttnProcessor:
-    """Plain softmax attention (what AttnProcessor2_0 computes) that also records probabilities.
+@dataclass(frozen=True)
+class Site:
+    """An attention layer as controls see it, for one latent size."""
 
-    Mirrors AttnProcessor2_0: spatial_norm, 4-D inputs, attention masks via
-    `attn.prepare_attention_mask`, group_norm, norm_cross, norm_q/norm_k, output projection,
-    residual connection and rescale_output_factor. The scores use `attn.scale`.
+    name: str  # processor name as in `unet.attn_processors`
+    kind: Kind
+    resolution: int
+    hw: tuple[int, int]  # map size (queries = h * w)
+
+
+@dataclass(frozen=True)
+class Call:
+    """Which rows a control is acting on in this call."""
+
+    branch: Literal["uncond", "cond"]
+    samples: slice  # indexes of the job's samples (per-sample data is sliced with it)
+
+
+class AttentionControl:
+    """Base of every control: all hooks are no-ops (see the module docstring)."""
+
+    branches: ClassVar[tuple[str, ...]] = ("cond",)
+    edits_probs: ClassVar[bool] = False
+    records: ClassVar[bool] = False
+
+    def wants(self, site: Site) -> bool:
+        return False
+
+    def begin_step(self, step: int, num_steps: int) -> None:
+        pass
+
+    def active(self) -> bool:
+        return True
+
+    def logits(self, site: Site, call: Call) -> torch.Tensor | None:
+        return None
+
+    def probs(self, site: Site, call: Call, probs: torch.Tensor, heads: slice) -> torch.Tensor:
+        return probs
+
+    def record(self, site: Site, call: Call, probs: torch.Tensor) -> None:
+        pass
+
+
+class AttentionRecorder(AttentionControl):
+    """Today's capture: head-mean probabilities of the planned layers into an AttentionStore."""
+
+    records = True
+
+    def __init__(self, store: AttentionStore, layers: Sequence[str] | None = None):
+        self.store = store
+        self.layers = None if layers is None else frozenset(layers)
+
+    def wants(self, site: Site) -> bool:
+        return self.layers is None or site.name in self.layers
+
+    def begin_step(self, step: int, num_steps: int) -> None:
+        self.store.begin_step(step, num_steps)
+
+    def active(self) -> bool:
+        return self.store.active
+
+    def record(self, site: Site, call: Call, probs: torch.Tensor) -> None:
+        self.store.add(site.kind, site.resolution, site.hw, probs)
+
+
+class StepMapRecorder(AttentionControl):
+    """The current step's head-mean cross-attention maps, graph kept (for guidance energies).
+
+    `maps` holds one [B, h*w, T] tensor per layer call of the running step; `begin_step`
+    clears it. Run the UNet with grad enabled and the maps stay differentiable w.r.t. the latent.
     """
 
-    def __init__(self, store: AttentionStore, kind: Kind, resolution: int, hw: tuple[int, int]):
-        self.store = store
-        self.kind = kind
-        self.resolution = resolution
-        self.hw = hw
+    records = True
+
+    def __init__(self, resolutions: Sequence[int] | None = None):
+        self.resolutions = None if resolutions is None else frozenset(resolutions)
+        self.maps: list[tuple[Site, torch.Tensor]] = []
+
+    def wants(self, site: Site) -> bool:
+        return site.kind == "cross" and (self.resolutions is None or site.resolution in self.resolutions)
+
+    def begin_step(self, step: int, num_steps: int) -> None:
+        self.maps.clear()
+
+    def record(self, site: Site, call: Call, probs: torch.Tensor) -> None:
+        self.maps.append((site, probs))
+
+
+def regions_at(site: Site, labels: torch.Tensor) -> torch.Tensor:
+    """Label maps [B, H, W] (any integer size) nearest-resized to the layer: [B, h*w]."""
+    small = torch.nn.functional.interpolate(labels[:, None].float(), size=site.hw, mode="nearest")
+    return small[:, 0].flatten(1).to(labels.dtype)
+
+
+def _combine(masks: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor | None:
+    """One SDPA attn_mask from several: bool masks are ANDed; with any float mask, an additive bias."""
+    if not masks:
+        return None
+    if len(masks) == 1:
+        return masks[0]
+    floats = [m for m in masks if m.dtype != torch.bool]
+    bools = [m for m in masks if m.dtype == torch.bool]
+    allowed = None
+    for m in bools:
+        allowed = m if allowed is None else allowed & m
+    if not floats:
+        return allowed
+    bias = floats[0].to(dtype)
+    for m in floats[1:]:
+        bias = bias + m.to(dtype)
+    if allowed is not None:
+        bias = torch.where(allowed, bias, torch.tensor(float("-inf"), dtype=bias.dtype, device=bias.device))
+    return bias
+
+
+class ControlledAttnProcessor:
+    """Softmax attention (what AttnProcessor2_0 computes) with a chain of controls.
+
+    `guidance`: the batch is [uncond, cond]; controls then act on the halves they name.
+    """
+
+    def __init__(self, site: Site, controls: Sequence[AttentionControl], guidance: bool = False):
+        self.site = site
+        self.controls = tuple(controls)
+        self.guidance = guidance
 
     def __call__(
         self,
@@ -276,10 +426,11 @@ class CapturingAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        if query.shape[2] != self.hw[0] * self.hw[1]:
+        hw = self.site.hw
+        if query.shape[2] != hw[0] * hw[1]:
             raise RuntimeError(
-                f"capturing {self.kind}-attention at resolution {self.resolution}: expected "
-                f"{self.hw[0]}x{self.hw[1]} queries, got {query.shape[2]}; the latent size differs "
+                f"capturing {self.site.kind}-attention at resolution {self.site.resolution}: expected "
+                f"{hw[0]}x{hw[1]} queries, got {query.shape[2]}; the latent size differs "
                 "from CaptureConfig.latent_hw"
             )
 
@@ -296,29 +447,50 @@ class CapturingAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
     def _attend(self, attn, query, key, value, mask) -> torch.Tensor:
-        """Attention output; records head-mean probabilities when the store is active.
-
-        Only what is recorded is computed with an explicit softmax: steps outside the window
-        and, under CFG, the unconditional half go through SDPA like every other layer.
-        """
+        """Split the batch into the CFG halves the active controls need; attend each."""
         batch = query.shape[0]
-        if not self.store.active:
+        active = [c for c in self.controls if c.active()]
+        if not active:
             return _sdpa(attn, query, key, value, mask)
-        if not self.store.config.guidance:
-            return self._attend_recorded(attn, query, key, value, mask)
+        if not self.guidance:
+            return self._attend_rows(attn, query, key, value, mask, active, Call("cond", slice(0, batch)))
         if batch % 2:
             raise RuntimeError(f"guidance=True needs an even batch ([uncond, cond]), got {batch}")
         half = batch // 2
-        split_mask = (None, None) if mask is None else (mask[:half], mask[half:]) if mask.shape[0] == batch else (mask, mask)
-        uncond = _sdpa(attn, query[:half], key[:half], value[:half], split_mask[0])
-        cond = self._attend_recorded(attn, query[half:], key[half:], value[half:], split_mask[1])
-        return torch.cat([uncond.to(cond.dtype), cond])
+        outputs = []
+        for rows, branch in ((slice(0, half), "uncond"), (slice(half, batch), "cond")):
+            mine = [c for c in active if branch in c.branches]
+            m = None if mask is None else mask[rows] if mask.shape[0] == batch else mask
+            q, k, v = query[rows], key[rows], value[rows]
+            if not mine:
+                outputs.append(_sdpa(attn, q, k, v, m))
+            else:
+                outputs.append(self._attend_rows(attn, q, k, v, m, mine, Call(branch, slice(0, half))))
+        dtype = outputs[-1].dtype
+        return torch.cat([o.to(dtype) for o in outputs])
 
-    def _attend_recorded(self, attn, query, key, value, mask) -> torch.Tensor:
-        """Explicit softmax attention, a chunk of heads at a time; adds the head mean to the store."""
+    def _masks(self, controls, call: Call, mask) -> list[torch.Tensor]:
+        """The pre-softmax masks of these controls, after the model's own (already sliced to the rows)."""
+        masks = [] if mask is None else [mask]
+        for c in controls:
+            m = c.logits(self.site, call)
+            if m is not None:
+                masks.append(m)
+        return masks
+
+    def _attend_rows(self, attn, query, key, value, mask, controls, call: Call) -> torch.Tensor:
+        combined = _combine(self._masks(controls, call, mask), query.dtype)
+        if not any(c.edits_probs or c.records for c in controls):
+            return _sdpa(attn, query, key, value, combined)
+        return self._attend_explicit(attn, query, key, value, combined, controls, call)
+
+    def _attend_explicit(self, attn, query, key, value, mask, controls, call: Call) -> torch.Tensor:
+        """Explicit softmax attention, a chunk of heads at a time: edits, then the head mean to recorders."""
         batch, heads, n_q, _ = query.shape
         n_k = key.shape[2]
         chunk = max(1, PROBS_CHUNK_ELEMENTS // max(1, batch * n_q * n_k))
+        editors = [c for c in controls if c.edits_probs]
+        recorders = [c for c in controls if c.records]
         outputs, probs_sum = [], None
         for h0 in range(0, heads, chunk):
             sl = slice(h0, h0 + chunk)
@@ -332,12 +504,26 @@ class CapturingAttnProcessor:
                     scores = scores + m.float()
             probs = scores.softmax(dim=-1)
             del scores
+            for c in editors:
+                probs = c.probs(self.site, call, probs, sl)
             outputs.append(torch.matmul(probs.to(value.dtype), value[:, sl]))
-            part = probs.sum(dim=1)
-            probs_sum = part if probs_sum is None else probs_sum + part
+            if recorders:
+                part = probs.sum(dim=1)
+                probs_sum = part if probs_sum is None else probs_sum + part
             del probs
-        self.store.add(self.kind, self.resolution, self.hw, probs_sum / heads)
+        if recorders:
+            mean = probs_sum / heads
+            for c in recorders:
+                c.record(self.site, call, mean)
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+
+class CapturingAttnProcessor(ControlledAttnProcessor):
+    """A controlled processor whose only control records into an AttentionStore (plain capture)."""
+
+    def __init__(self, store: AttentionStore, kind: Kind, resolution: int, hw: tuple[int, int], name: str = ""):
+        super().__init__(Site(name, kind, resolution, tuple(hw)), [AttentionRecorder(store)], store.config.guidance)
+        self.store = store
 
 
 def _sdpa(attn, query, key, value, mask) -> torch.Tensor:
@@ -393,23 +579,72 @@ def _check_replaceable(name: str, processor: object) -> None:
         )
 
 
-@contextmanager
-def capture_attention(unet: torch.nn.Module, config: CaptureConfig) -> Iterator[AttentionStore]:
-    """Install capturing processors on the requested layers; yield the store; restore.
+def layer_sites(unet: torch.nn.Module, latent_hw: tuple[int, int]) -> list[Site]:
+    """Every attention layer of the UNet as a Site for this latent size."""
+    sites = []
+    for layer in attention_layers(unet):
+        hw = map_hw_for_factor(latent_hw, layer.factor)
+        sites.append(Site(layer.name, layer.kind, min(hw), hw))
+    return sites
 
-    The original processors come back in `finally`, also when the body raises.
+
+def _processor_for(site: Site, chain: list[AttentionControl], guidance: bool) -> ControlledAttnProcessor:
+    if len(chain) == 1 and isinstance(chain[0], AttentionRecorder):
+        proc = CapturingAttnProcessor(chain[0].store, site.kind, site.resolution, site.hw, name=site.name)
+        proc.guidance = guidance
+        return proc
+    return ControlledAttnProcessor(site, chain, guidance)
+
+
+@contextmanager
+def control_attention(
+    unet: torch.nn.Module,
+    controls: Sequence[AttentionControl],
+    latent_hw: tuple[int, int],
+    guidance: bool = False,
+) -> Iterator[list[Site]]:
+    """Install one controlled processor on every layer some control wants; yield those sites; restore.
+
+    Controls run in the order given. The original processors come back in `finally`, also
+    when the body raises. Layers no control wants keep their original processor object.
     """
-    plan = capture_plan(unet, config)
     originals = dict(unet.attn_processors)
-    for name in plan:
-        _check_replaceable(name, originals[name])
-    store = AttentionStore(config)
+    chains: dict[str, tuple[Site, list[AttentionControl]]] = {}
+    for site in layer_sites(unet, tuple(latent_hw)):
+        chain = [c for c in controls if c.wants(site)]
+        if chain:
+            _check_replaceable(site.name, originals[site.name])
+            chains[site.name] = (site, chain)
     installed = dict(originals)
-    for name, p in plan.items():
-        installed[name] = CapturingAttnProcessor(store, p.kind, p.resolution, p.hw)
+    for name, (site, chain) in chains.items():
+        installed[name] = _processor_for(site, chain, guidance)
     # set_attn_processor pops from the dict it is given: always hand it a copy.
     unet.set_attn_processor(dict(installed))
     try:
-        yield store
+        yield [site for site, _ in chains.values()]
     finally:
         unet.set_attn_processor(dict(originals))
+
+
+def begin_step(controls: Sequence[AttentionControl], step: int, num_steps: int) -> None:
+    """Tell every control which denoising step the next UNet call is."""
+    for c in controls:
+        c.begin_step(step, num_steps)
+
+
+def capture_controls(unet: torch.nn.Module, config: CaptureConfig) -> tuple[AttentionStore, AttentionRecorder]:
+    """The store and the recorder control that capture what `config` asks for (checked here)."""
+    plan = capture_plan(unet, config)
+    store = AttentionStore(config)
+    return store, AttentionRecorder(store, plan)
+
+
+@contextmanager
+def capture_attention(unet: torch.nn.Module, config: CaptureConfig) -> Iterator[AttentionStore]:
+    """Install recording processors on the requested layers; yield the store; restore.
+
+    The original processors come back in `finally`, also when the body raises.
+    """
+    store, recorder = capture_controls(unet, config)
+    with control_attention(unet, [recorder], config.latent_hw, config.guidance):
+        yield store

@@ -2,9 +2,12 @@
 
 Written on diffusers' components (scheduler, UNet, text encoders, VAE) rather than on a
 pipeline class, because the same loop must drive latent models (SD 1.x/2.x/SDXL) and the
-pixel-space builtin models (which have no VAE and no pipeline class). Attention is captured
-through `capture_attention` (attention processors), block features for the detection adaptor
-through `capture_features` (forward hooks), never by patching diffusers.
+pixel-space builtin models (which have no VAE and no pipeline class). It reads as diffusers'
+pipelines do: `encode_prompt`, `prepare_latents`, `denoise`, `decode`. Attention is recorded
+and steered through attention controls (`worker.engine.attention`, installed with
+`set_attn_processor`), block features for the detection adaptor through `capture_features`
+(forward hooks), a ControlNet through the UNet's additional residuals; never by patching
+diffusers.
 
 Image-to-image (`init`): the loop starts from the real images noised to the timestep that
 `strength` selects (as diffusers' img2img pipelines do) and runs the remaining steps.
@@ -14,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import diffusers
 import numpy as np
@@ -22,7 +25,14 @@ import torch
 from PIL import Image
 
 from shared.spec import GenerationSpec, SpecError
-from worker.engine.attention import AttentionStore, CaptureConfig, capture_attention
+from worker.engine.attention import (
+    AttentionControl,
+    AttentionStore,
+    CaptureConfig,
+    begin_step,
+    capture_controls,
+    control_attention,
+)
 from worker.engine.features import FeatureConfig, capture_features
 from worker.engine.models import LoadedModel
 from worker.engine.text import EncodedPrompts, encode_prompts
@@ -129,6 +139,110 @@ def encode_images(model: LoadedModel, images: torch.Tensor) -> torch.Tensor:
     return ((latents - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor).to(model.dtype)
 
 
+@dataclass
+class PromptStates:
+    """What the UNet is conditioned on: text states (+ mask, SDXL added conditions), CFG layout."""
+
+    encoded: EncodedPrompts  # the conditional prompts (token offsets for labels)
+    states: torch.Tensor  # [B or 2B, T, D]
+    mask: torch.Tensor | None
+    added: dict[str, torch.Tensor] | None
+    guided: bool  # batch layout [uncond, cond]
+
+
+@dataclass
+class ControlNetInput:
+    """A ControlNet and its conditioning images [B, 3, H, W] in [0, 1] at the generation size."""
+
+    model: torch.nn.Module
+    images: torch.Tensor
+    scale: float = 1.0
+
+
+def encode_prompt(model: LoadedModel, prompts: list[str], gen: GenerationSpec, negative_prompt: str = "") -> PromptStates:
+    cond = encode_prompts(model, prompts)
+    guided = gen.guidance_scale > 1.0
+    if guided:
+        uncond = _uncond(model, negative_prompt, len(prompts), cond)
+        states = torch.cat([uncond.embeds, cond.embeds])
+        mask = None if cond.attention_mask is None else torch.cat([uncond.attention_mask, cond.attention_mask])
+        pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
+    else:
+        states, mask, pooled = cond.embeds, cond.attention_mask, cond.pooled
+    added = None if pooled is None else _added_cond(model, pooled.to(model.device, model.dtype), gen)
+    return PromptStates(
+        cond, states.to(model.device, model.dtype), None if mask is None else mask.to(model.device), added, guided
+    )
+
+
+def latent_size(model: LoadedModel, gen: GenerationSpec) -> tuple[int, int]:
+    return gen.height // model.vae_scale, gen.width // model.vae_scale
+
+
+def prepare_latents(
+    model: LoadedModel, scheduler, seeds: list[int], gen: GenerationSpec, init: InitImages | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents, timesteps to run): seeded noise, or real images noised to the start step."""
+    scheduler.set_timesteps(gen.steps, device=model.device)
+    timesteps = scheduler.timesteps
+    shape = (model.unet.config.in_channels, *latent_size(model, gen))
+    noise = initial_noise(seeds, shape)
+    if init is None:
+        return (noise * scheduler.init_noise_sigma).to(model.device, model.dtype), timesteps
+    start = init.start_step(len(timesteps)) * scheduler.order
+    timesteps = timesteps[start:]
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    x0 = encode_images(model, init.images)
+    latents = scheduler.add_noise(x0, noise.to(model.device, model.dtype), timesteps[:1].repeat(len(seeds)))
+    return latents.to(model.device, model.dtype), timesteps
+
+
+def denoise(
+    model: LoadedModel,
+    scheduler,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    prompt: PromptStates,
+    gen: GenerationSpec,
+    generator: torch.Generator,
+    stepped: Sequence[AttentionControl] = (),
+    controlnet: ControlNetInput | None = None,
+    on_step: StepCallback | None = None,
+) -> torch.Tensor:
+    """The sampling loop. `stepped` (attention controls, feature capture) hear `begin_step`
+    before each UNet call."""
+    unet = model.unet
+    cond_images = None
+    if controlnet is not None:
+        cond_images = controlnet.images.to(model.device, model.dtype)
+        cond_images = torch.cat([cond_images, cond_images]) if prompt.guided else cond_images
+    accepts_generator = "generator" in scheduler.step.__code__.co_varnames
+    for i, t in enumerate(timesteps):
+        begin_step(stepped, i, len(timesteps))
+        x = torch.cat([latents, latents]) if prompt.guided else latents
+        x = scheduler.scale_model_input(x, t)
+        residuals = {}
+        if controlnet is not None:
+            down, mid = controlnet.model(
+                x, t, encoder_hidden_states=prompt.states, controlnet_cond=cond_images,
+                conditioning_scale=controlnet.scale, added_cond_kwargs=prompt.added, return_dict=False,
+            )
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        eps = unet(
+            x, t, encoder_hidden_states=prompt.states, encoder_attention_mask=prompt.mask,
+            added_cond_kwargs=prompt.added, **residuals,
+        ).sample
+        if prompt.guided:
+            eps_u, eps_c = eps.chunk(2)
+            eps = eps_u + gen.guidance_scale * (eps_c - eps_u)
+        kwargs = {"generator": generator} if accepts_generator else {}
+        latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
+        if on_step is not None:
+            on_step(i, len(timesteps))
+    return latents
+
+
 @torch.no_grad()
 def generate(
     model: LoadedModel,
@@ -140,64 +254,32 @@ def generate(
     on_step: StepCallback | None = None,
     features: FeatureConfig | None = None,
     init: InitImages | None = None,
+    controls: Sequence[AttentionControl] = (),
+    controlnet: ControlNetInput | None = None,
 ) -> GenerationOutput:
+    """Encode the prompts, prepare the latents, denoise (with attention controls), decode."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     check_size(model, gen)
-    device, dtype, unet = model.device, model.dtype, model.unet
-    batch = len(prompts)
-    cond = encode_prompts(model, prompts)
-    guided = gen.guidance_scale > 1.0
-    if guided:
-        uncond = _uncond(model, negative_prompt, batch, cond)
-        states = torch.cat([uncond.embeds, cond.embeds])
-        mask = None if cond.attention_mask is None else torch.cat([uncond.attention_mask, cond.attention_mask])
-        pooled = None if cond.pooled is None else torch.cat([uncond.pooled, cond.pooled])
-    else:
-        states, mask, pooled = cond.embeds, cond.attention_mask, cond.pooled
-    states = states.to(device, dtype)
-    mask = None if mask is None else mask.to(device)
-    added = None if pooled is None else _added_cond(model, pooled.to(device, dtype), gen)
-
+    prompt = encode_prompt(model, prompts, gen, negative_prompt)
     scheduler = make_scheduler(model, gen.scheduler)
-    scheduler.set_timesteps(gen.steps, device=device)
-    timesteps = scheduler.timesteps
-    f = model.vae_scale
-    latent_hw = (gen.height // f, gen.width // f)
-    shape = (unet.config.in_channels, *latent_hw)
-    noise = initial_noise(seeds, shape)
-    if init is None:
-        latents = (noise * scheduler.init_noise_sigma).to(device, dtype)
-    else:
-        start = init.start_step(len(timesteps)) * scheduler.order
-        timesteps = timesteps[start:]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(start)
-        x0 = encode_images(model, init.images)
-        latents = scheduler.add_noise(x0, noise.to(device, dtype), timesteps[:1].repeat(batch)).to(device, dtype)
+    latents, timesteps = prepare_latents(model, scheduler, seeds, gen, init)
+    latent_hw = latent_size(model, gen)
     # Stochastic schedulers (euler_a, ddpm) also draw noise at each step: seeded from the
     # batch's first sample, so a re-run of the same aligned batch is identical.
     step_generator = torch.Generator().manual_seed(seeds[0])
 
-    capturing = capture_attention(unet, capture) if capture is not None else nullcontext(None)
-    if features is not None and features.guidance != guided:  # the batch layout decides, not the caller
-        features = dataclasses.replace(features, guidance=guided)
-    hooking = capture_features(unet, features) if features is not None else nullcontext(None)
-    with capturing as store, hooking as feats:
-        for i, t in enumerate(timesteps):
-            if store is not None:
-                store.begin_step(i, len(timesteps))
-            if feats is not None:
-                feats.begin_step(i, len(timesteps))
-            x = torch.cat([latents, latents]) if guided else latents
-            x = scheduler.scale_model_input(x, t)
-            eps = unet(x, t, encoder_hidden_states=states, encoder_attention_mask=mask, added_cond_kwargs=added).sample
-            if guided:
-                eps_u, eps_c = eps.chunk(2)
-                eps = eps_u + gen.guidance_scale * (eps_c - eps_u)
-            kwargs = {"generator": step_generator} if "generator" in scheduler.step.__code__.co_varnames else {}
-            latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
-            if on_step is not None:
-                on_step(i, len(timesteps))
+    store, chain = None, list(controls)
+    if capture is not None:
+        store, recorder = capture_controls(model.unet, capture)
+        chain.append(recorder)  # after the steering controls: labels see the steered maps
+    if features is not None and features.guidance != prompt.guided:  # the batch layout decides, not the caller
+        features = dataclasses.replace(features, guidance=prompt.guided)
+    hooking = capture_features(model.unet, features) if features is not None else nullcontext(None)
+    controlling = control_attention(model.unet, chain, latent_hw, prompt.guided) if chain else nullcontext()
+    with controlling, hooking as feats:
+        stepped = [*chain, feats] if feats is not None else chain
+        latents = denoise(model, scheduler, latents, timesteps, prompt, gen, step_generator, stepped, controlnet, on_step)
     levels = feats.levels() if feats is not None else None
-    return GenerationOutput(decode(model, latents), store, cond, latent_hw, levels)
+    return GenerationOutput(decode(model, latents), store, prompt.encoded, latent_hw, levels)
+

@@ -112,3 +112,42 @@ def extract_instances(
             )
             next_id += 1
     return Instances(semantic=semantic, instances=instances, annotations=annotations)
+
+
+def instances_from_maps(
+    semantic: np.ndarray,
+    instances: np.ndarray,
+    category_ids: Sequence[int],
+    category_names: Sequence[str],
+) -> Instances:
+    """Given label maps (mask-to-image: the input masks are the labels) -> annotations.
+
+    Each non-zero instance id is one instance; its class is the most frequent category id
+    under it (background and ignore excluded). Instance ids are renumbered 1..K in order.
+    """
+    if semantic.shape != instances.shape:
+        raise ValueError(f"semantic {semantic.shape} and instances {instances.shape} differ in size")
+    names = dict(zip(category_ids, category_names))
+    out = np.zeros(instances.shape, dtype=np.uint16)
+    annotations: list[Annotation] = []
+    for inst_id in np.unique(instances):
+        if inst_id == 0:
+            continue
+        mask = instances == inst_id
+        cats = semantic[mask]
+        cats = cats[(cats != 0) & (cats != IGNORE)]
+        if cats.size == 0:
+            continue
+        cat = int(np.bincount(cats).argmax())
+        if cat not in names:
+            continue
+        mask &= semantic == cat
+        ys, xs = np.nonzero(mask)
+        k = len(annotations) + 1
+        out[mask] = k
+        annotations.append(Annotation(
+            instance_id=k, category=names[cat], category_id=cat,
+            bbox=(float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)),
+            area=float(mask.sum()), rle=encode_rle(mask), polygons=mask_polygons(mask),
+        ))
+    return Instances(semantic=semantic.astype(np.uint8, copy=True), instances=out, annotations=annotations)

@@ -5,15 +5,17 @@ benchmarks. Work is done in batches aligned to multiples of the batch size (batc
 indexes b*B .. b*B+B-1), so any subset of indexes — a shard, or what is left after an
 interruption — is generated in exactly the batches of a full run, and gives the same bytes.
 
-Labels come from captured attention (`labels.mode`), from a detection adaptor reading the
-UNet's block features of the last denoising step (`labels.boxes: adaptor`), or from both.
-Method image2image starts each sample from a real image (see `worker.engine.sources`); the
-samples of a batch that share a start step are denoised together.
+What a sample's inputs are and how a batch is conditioned is the method's business
+(`worker.engine.methods`, picked by `spec.method`). Labels come from captured attention
+(`labels.mode`), from a detection adaptor reading the UNet's block features of the last
+denoising step (`labels.boxes: adaptor`), from both, or from the method's inputs (mask2image).
+Filters (`worker.engine.filters`) run on every labelled sample before it is yielded.
 """
 from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -21,13 +23,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.prompts import SamplePlan, plan_free_text, plan_sample
+from shared.prompts import SamplePlan
 from shared.records import SampleFiles, SampleRecord
-from shared.spec import JobSpec, LabelSpec, SpecError
-from worker.engine import sources as src
+from shared.spec import JobSpec, LabelSpec, SourceSpec, SpecError
 from worker.engine.features import FeatureConfig
-from worker.engine.generate import GenerationOutput, InitImages, generate
+from worker.engine.filters import build_filters
+from worker.engine.generate import GenerationOutput, generate
 from worker.engine.labeling import capture_config, label_image
+from worker.engine.labels import extract_instances, instances_from_maps
+from worker.engine.methods import method_for
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.text import token_groups
 
@@ -85,16 +89,43 @@ class EngineSession:
     spec: JobSpec
     model: LoadedModel | None = None
     adaptor: object | None = field(default=None, repr=False)  # worker.adaptor.labeler.AdaptorLabeler
+    # upload id -> local folder of the extracted source archive (the service's workers set it)
+    uploads: Callable[[str], Path] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = load_model(self.spec.model)
+        if self.spec.method == "mask2image" and self.spec.labels.boxes != "attention":
+            raise SpecError("labels.boxes: mask2image's labels are its input masks; leave labels.boxes at 'attention'",
+                            field="labels.boxes")
         if self.spec.labels.boxes != "attention" and self.adaptor is None:
             from worker.adaptor.labeler import AdaptorLabeler
 
             self.adaptor = AdaptorLabeler.for_job(self.spec, self.model)
-        self.sources = src.load_sources(self.spec.image2image) if self.spec.image2image is not None else None
         self.labels = effective_labels(self.spec.labels, self.model.extras)
+        self.method = method_for(self)
+        self.filters = build_filters(self.spec, self)
+
+    def source_root(self, source: SourceSpec) -> Path:
+        """The local folder of a method's source data (a path, or an upload fetched by the service)."""
+        if source.path is not None:
+            return Path(source.path)
+        if self.uploads is None:
+            raise SpecError(
+                f"{self.spec.method}.source.upload: uploads are read by the service's workers; "
+                "on this machine give source.path (a folder)", field=f"{self.spec.method}.source.upload",
+            )
+        return self.uploads(source.upload)
+
+    def resolve_folder(self, ref: str, field: str) -> str:
+        """A folder reference: a local path, or `upload:<id>` (an uploaded archive, e.g. a segmenter)."""
+        if not ref.startswith("upload:"):
+            return ref
+        if self.uploads is None:
+            raise SpecError(f"{field}: uploads are read by the service's workers; on this machine give a folder", field=field)
+        from worker.engine.mask_sources import source_root
+
+        return str(source_root(self.uploads(ref.removeprefix("upload:"))))
 
     @property
     def labels_enabled(self) -> bool:
@@ -102,6 +133,8 @@ class EngineSession:
 
     @property
     def attention_enabled(self) -> bool:
+        if self.method.labels_from_inputs:
+            return False
         return self.spec.labels.mode != "none" and self.spec.labels.boxes != "adaptor"
 
     def method_parameters(self) -> dict:
@@ -136,6 +169,7 @@ class EngineSession:
             started = time.perf_counter()
             plans = [self.plan(i) for i in batch]
             samples = [self._label(j, plan, out) for plan, (out, j) in zip(plans, self._run(plans, on_step))]
+            samples = self.filters(samples)
             share = (time.perf_counter() - started) / len(batch)
             for s in samples:
                 if s.record.index in wanted:
@@ -143,35 +177,16 @@ class EngineSession:
                     yield s
 
     def plan(self, index: int) -> SamplePlan:
-        """Seed, prompt and classes of a sample (image2image: the source's caption if it has one)."""
-        i2i = self.spec.image2image
-        if i2i is not None and i2i.prompt == "source":
-            caption = src.source_of(self.sources, index).caption
-            if caption:
-                return plan_free_text(self.spec, caption, index)
-        return plan_sample(self.spec, index)
+        """Seed, prompt and classes of a sample (the method decides)."""
+        return self.method.plan(index)
 
     def _run(self, plans: list[SamplePlan], on_step) -> list[tuple[GenerationOutput, int]]:
-        """(output, position in it) per plan: one generate call, or one per image2image start step."""
+        """(output, position in it) per plan: one generate call per group of the method's batch inputs."""
         gen = self.spec.generation
         features = FeatureConfig(step=self.adaptor.feature_step) if self.adaptor is not None else None
-        groups: dict[int | None, list[int]] = {}
-        inits: dict[int, InitImages] = {}
-        for k, plan in enumerate(plans):
-            start = None
-            if self.spec.image2image is not None:
-                init = InitImages(torch.zeros(0), src.sample_strength(self.spec.image2image, self.spec.seed, plan.index))
-                start = init.start_step(gen.steps)
-                inits[k] = init
-            groups.setdefault(start, []).append(k)
         placed: dict[int, tuple[GenerationOutput, int]] = {}
-        for start, members in sorted(groups.items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
-            init = None
-            if start is not None:
-                images = torch.stack([
-                    src.load_source_image(src.source_of(self.sources, plans[k].index), gen.width, gen.height) for k in members
-                ])
-                init = InitImages(images, inits[members[0]].strength)
+        for inputs in self.method.batch_inputs(plans):
+            members = inputs.members
             out = generate(
                 self.model,
                 [plans[k].prompt for k in members],
@@ -181,26 +196,15 @@ class EngineSession:
                 capture=self.capture_config(),
                 on_step=on_step,
                 features=features,
-                init=init,
+                init=inputs.init,
+                controls=inputs.controls,
+                controlnet=inputs.controlnet,
             )
             if self.adaptor is not None:
                 out.detections = self.adaptor.detect(out.features, (gen.height, gen.width))
             for j, k in enumerate(members):
                 placed[k] = (out, j)
         return [placed[k] for k in range(len(plans))]
-
-    def _sample_parameters(self, plan: SamplePlan) -> dict:
-        params = self.method_parameters()
-        i2i = self.spec.image2image
-        if i2i is not None:
-            strength = src.sample_strength(i2i, self.spec.seed, plan.index)
-            source = src.source_of(self.sources, plan.index)
-            params["image2image"] = {
-                "source": source.path.name,
-                "strength": strength,
-                "start_step": InitImages(torch.zeros(0), strength).start_step(self.spec.generation.steps),
-            }
-        return params
 
     def _label(self, j: int, plan: SamplePlan, out) -> GeneratedSample:
         gen = self.spec.generation
@@ -213,13 +217,15 @@ class EngineSession:
             classes=plan.classes,
             model=self.model.info,
             method=self.spec.method,
-            parameters=self._sample_parameters(plan),
+            parameters={**self.method_parameters(), **self.method.parameters(plan)},
             width=gen.width,
             height=gen.height,
         )
         if not self.labels_enabled:
             files = SampleFiles(semantic=None, instances=None)
             return GeneratedSample(SampleRecord(files=files, **record_kwargs), image)
+        if self.method.labels_from_inputs:
+            return self._given_labels(plan, image, record_kwargs)
         if not self.attention_enabled:  # boxes from the adaptor only
             annotations, quality = self.adaptor.annotate(out.detections[j], attention=None)
             files = SampleFiles(semantic=None, instances=None)
@@ -243,3 +249,19 @@ class EngineSession:
         record = SampleRecord(annotations=annotations, quality=quality, **record_kwargs)
         return GeneratedSample(record, image, result.semantic, result.instances)
 
+    def _given_labels(self, plan: SamplePlan, image: Image.Image, record_kwargs: dict) -> GeneratedSample:
+        """The method's input masks are the labels (mask2image)."""
+        maps = self.method.given_labels(plan)
+        ids = list(self.spec.category_ids.values())
+        names = list(self.spec.category_ids)
+        if maps.instances is not None:
+            inst = instances_from_maps(maps.semantic, maps.instances, ids, names)
+        else:
+            inst = extract_instances(maps.semantic, ids, names, min_component_area=0)
+        total = float(inst.semantic.size)
+        quality = {
+            "uncertain_fraction": float((inst.semantic == 255).sum()) / total,
+            "class_pixel_fraction": {n: float((inst.semantic == c).sum()) / total for n, c in zip(names, ids) if n in plan.classes},
+        }
+        record = SampleRecord(annotations=inst.annotations, quality=quality, **record_kwargs)
+        return GeneratedSample(record, image, inst.semantic, inst.instances)

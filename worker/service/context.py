@@ -16,14 +16,14 @@ from shared.records import SampleRecord
 from shared.spec import JobSpec
 from shared.storage import ObjectStore, make_store
 
-EngineFactory = Callable[[JobSpec], Any]  # -> object with .generate(indexes) -> Iterator[GeneratedSample]
+EngineFactory = Callable[..., Any]  # (spec[, uploads=fetch]) -> object with .generate(indexes)
 Exporter = Callable[[Path, JobSpec, list[SampleRecord]], Path]
 
 
-def default_engine_factory(spec: JobSpec) -> Any:
+def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None = None) -> Any:
     from worker.engine.session import EngineSession  # torch: only in the process that generates
 
-    return EngineSession(spec)
+    return EngineSession(spec, uploads=uploads)
 
 
 def default_exporter(root: Path, spec: JobSpec, records: list[SampleRecord]) -> Path:
@@ -44,6 +44,15 @@ class WorkerContext:
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.session_factory)
+
+    def uploads(self) -> Callable[[str], Path]:
+        """Fetches an upload id's extracted folder (downloaded from the object store once)."""
+        if getattr(self, "_uploads", None) is None:
+            from shared.sources import Limits
+            from worker.service.sources import UploadCache
+
+            self._uploads = UploadCache(self.store, self.settings.source_cache_dir, Limits.from_settings(self.settings))
+        return self._uploads.fetch
 
 
 def build_context(settings: Settings, dispatcher: Dispatcher, **overrides: Any) -> WorkerContext:

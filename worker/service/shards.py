@@ -85,7 +85,7 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     with ctx.uow() as uow:
         done = repo.existing_sample_indexes(uow.session, claim.job_id, claim.start, claim.stop)
     todo = [i for i in range(claim.start, claim.stop) if i not in done]
-    engine = ctx.engine_factory(spec) if todo else None
+    engine = _engine(ctx, spec) if todo else None
     writers = ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency, thread_name_prefix="dsgen-put")
     committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsgen-commit")
     in_flight: Future | None = None
@@ -113,6 +113,16 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     with ctx.uow() as uow:
         ok = finish_shard(uow, ctx.dispatcher, claim, S_SUCCEEDED)
     return S_SUCCEEDED if ok else "lost"
+
+
+def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
+    """The engine for a spec; specs that name uploads get the worker's upload cache."""
+    from shared.sources import spec_sources
+
+    uses_uploads = (any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
+                    or (spec.image2image is not None and spec.image2image.upload is not None)
+                    or (spec.mask2image is not None and "upload:" in str(spec.mask2image.resample and spec.mask2image.resample.segmenter)))
+    return ctx.engine_factory(spec, uploads=ctx.uploads()) if uses_uploads else ctx.engine_factory(spec)
 
 
 def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future]) -> bool:

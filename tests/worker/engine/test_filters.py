@@ -1,0 +1,130 @@
+"""Filters after labelling (segmenter loss threshold, attention gate) and hardness-aware resampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.prompts import ClassMention, SamplePlan
+from shared.records import Annotation, ModelInfo, SampleRecord
+from shared.spec import parse_spec
+from worker.engine.filters import AttentionGate, SegmenterFilter
+from worker.engine.resample import mask_hardness, variants_by_hardness
+from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter, train_segmenter
+from worker.engine.session import GeneratedSample
+
+torch.set_num_threads(1)
+
+
+def _spec(**filt):
+    return parse_spec({"model": "m", "classes": [{"name": "cat"}, {"name": "dog"}], "num_images": 4,
+                       "labels": {"filter": filt}})
+
+
+def _sample(index=0, semantic=None, quality=None, annotations=(), classes=("cat",)):
+    rec = SampleRecord(index=index, seed=0, prompt="p", classes=list(classes), model=ModelInfo(id="m"),
+                       method="text2image", width=4, height=4, quality=quality or {}, annotations=list(annotations))
+    sem = semantic if semantic is not None else np.zeros((4, 4), np.uint8)
+    inst = sem.astype(np.uint16)  # instance k = class k here
+    return GeneratedSample(rec, Image.new("RGB", (4, 4)), sem, inst)
+
+
+@pytest.fixture
+def seg_dir(tmp_path):
+    seg = Segmenter(SmallUNet(3, 8), ["cat", "dog"], 4, {"background": 0.1, "cat": 1.0, "dog": 2.0})
+    seg.save(tmp_path / "seg")
+    load_segmenter.cache_clear()
+    return tmp_path / "seg"
+
+
+def _ce(p_true: float) -> float:
+    return -np.log(p_true)
+
+
+def test_segmenter_filter_ignores_pixels_above_tolerance_times_class_mean(seg_dir):
+    flt = SegmenterFilter(_spec(segmenter=str(seg_dir), tolerance=1.25, min_kept=0.1), str(seg_dir))
+    # Logits giving chosen per-pixel losses for the labelled class: loss = -log p(true class).
+    sem = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]], np.uint8)
+    p = np.full((4, 4), 0.99)  # background: loss 0.01 < 0.125, kept
+    p[0, 0], p[0, 1] = np.exp(-1.2), np.exp(-1.3)  # cat mean 1.0: 1.2 kept, 1.3 > 1.25 ignored
+    p[0, 2], p[0, 3] = np.exp(-2.4), np.exp(-2.6)  # dog mean 2.0: 2.4 kept, 2.6 > 2.5 ignored
+    logits = torch.full((1, 3, 4, 4), -30.0)
+    for y in range(4):
+        for x in range(4):
+            c = int(sem[y, x])
+            logits[0, c, y, x] = float(np.log(p[y, x]))
+            logits[0, (c + 1) % 3, y, x] = float(np.log(1 - p[y, x]))
+    flt.seg.logits = lambda images: logits
+    ann = Annotation(instance_id=1, category="cat", category_id=1, bbox=(0, 0, 2, 2), area=4)
+    s = flt([_sample(semantic=sem, annotations=[ann])])[0]
+    assert s.semantic[0, 0] == 1 and s.semantic[0, 1] == 255
+    assert s.semantic[0, 2] == 2 and s.semantic[0, 3] == 255
+    assert (s.semantic[2:] == 0).all() and (s.semantic[1] == sem[1]).all()
+    assert s.record.quality["segmenter_filter"]["kept"] == pytest.approx(14 / 16)
+    assert "dropped" not in s.record.quality
+    assert s.record.annotations[0].area == 3  # shrunk to the pixels still labelled
+    strict = SegmenterFilter(_spec(segmenter=str(seg_dir), tolerance=1.25, min_kept=0.9), str(seg_dir))
+    strict.seg.logits = lambda images: logits
+    assert "min_kept 0.9" in strict([_sample(semantic=sem)])[0].record.quality["dropped"]
+
+
+def test_attention_gate_flags_and_drops(seg_dir):
+    plans = {0: ("cat",), 1: ("cat",), 2: ("cat",), 3: ("cat",)}
+
+    def plan(i):
+        return SamplePlan(i, 0, "a cat", "", tuple(ClassMention(n, 1, ((2, 5),)) for n in plans[i]))
+
+    two = [Annotation(instance_id=k, category="cat", category_id=1, bbox=(0, 0, 1, 1), area=1) for k in (1, 2)]
+    samples = [
+        _sample(0, quality={"peak_attention": {"cat": 1.0}, "class_pixel_fraction": {"cat": 0.2}}, annotations=two[:1]),
+        _sample(1, quality={"peak_attention": {"cat": 0.9}, "class_pixel_fraction": {"cat": 0.0}}),
+        _sample(2, quality={"peak_attention": {"cat": 0.1}, "class_pixel_fraction": {"cat": 0.2}}, annotations=two[:1]),
+        _sample(3, quality={"peak_attention": {"cat": 1.1}, "class_pixel_fraction": {"cat": 0.3}}, annotations=two),
+    ]
+    out = AttentionGate(_spec(attention_gate="drop"), plan)(samples)
+    assert "attention_gate" not in out[0].record.quality and "dropped" not in out[0].record.quality
+    reasons = [out[i].record.quality["attention_gate"][0]["reason"] for i in (1, 2, 3)]
+    assert reasons[0] == "no confident region"
+    assert reasons[1].startswith("peak attention below 0.25")
+    assert reasons[2] == "2 fragments for 1 mention(s)"
+    assert all(out[i].record.quality["dropped"].startswith("attention gate") for i in (1, 2, 3))
+    flagged = AttentionGate(_spec(attention_gate="flag"), plan)([_sample(1, quality={"peak_attention": {"cat": 0.9}, "class_pixel_fraction": {"cat": 0.0}})])
+    assert flagged[0].record.quality["attention_gate"] and "dropped" not in flagged[0].record.quality
+
+
+def test_hardness_is_the_pixel_weighted_class_loss():
+    sem = np.zeros((4, 4), np.uint8)
+    sem[:2] = 1  # 8 px of class 1, 8 px background
+    sem[0, 0] = 255
+    assert mask_hardness(sem, {0: 0.1, 1: 1.0}) == pytest.approx((8 * 0.1 + 7 * 1.0) / 15)
+
+
+def test_variants_follow_freemask_formula_and_are_deterministic():
+    hard = [0.5, 0.1, 0.9, 0.3]
+    v = variants_by_hardness(hard, 20, seed=0)
+    # ranks (ascending): 0.1 -> 0, 0.3 -> 1, 0.5 -> 2, 0.9 -> 3; min(1 + round((r+1)/4*20), 20)
+    assert v == [16, 6, 20, 11]
+    assert variants_by_hardness(hard, 20, seed=0) == v
+    ties = variants_by_hardness([0.2] * 5, 5, seed=1)
+    assert sorted(ties) == [2, 3, 4, 5, 5] and ties == variants_by_hardness([0.2] * 5, 5, seed=1)
+    assert ties != variants_by_hardness([0.2] * 5, 5, seed=2) or ties != variants_by_hardness([0.2] * 5, 5, seed=3)
+
+
+def test_segmenter_learns_a_separable_toy_task(tmp_path):
+    rng = np.random.default_rng(0)
+    items = []
+    for _ in range(32):
+        sem = np.zeros((16, 16), np.uint8)
+        y, x = rng.integers(0, 8, 2)
+        sem[y:y + 8, x:x + 8] = 1
+        img = np.where(sem[..., None] == 1, [220, 40, 40], [30, 30, 30]).astype(np.uint8)
+        items.append((Image.fromarray(img), sem))
+    seg, summary = train_segmenter(items, ["box"], image_size=16, epochs=15, batch_size=8, width=8)
+    pred = seg.predict([im for im, _ in items[:4]])
+    acc = np.mean([(p == s).mean() for p, (_, s) in zip(pred, items[:4])])
+    assert acc > 0.95 and set(seg.class_mean_loss) == {"background", "box"}
+    seg.save(tmp_path / "s")
+    load_segmenter.cache_clear()
+    again = load_segmenter(str(tmp_path / "s"))
+    np.testing.assert_array_equal(again.predict([items[0][0]]), seg.predict([items[0][0]]))

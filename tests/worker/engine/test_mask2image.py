@@ -1,0 +1,209 @@
+"""method mask2image: source loaders (masks / COCO / VOC / dsgen), rectified and ControlNet backends."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.shapes.dataset import write_real_dataset
+from shared.spec import SourceSpec, SpecError, parse_spec
+from worker.engine.mask_sources import load_mask_sources
+from worker.engine.session import EngineSession
+
+torch.set_num_threads(1)
+SHAPES = ("circle", "square", "triangle", "star")
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    write_real_dataset(out, 4, seed=3, size=32, formats=["coco", "voc"])
+    return out
+
+
+def _truth(root, index):
+    return np.asarray(Image.open(root / "samples" / f"{index:06d}" / "semantic.png"))
+
+
+def _spec(source: dict, **m2i):
+    return parse_spec({
+        "model": "builtin:tiny-random",
+        "method": "mask2image",
+        "classes": [{"name": "cat"}, {"name": "dog"}],
+        "num_images": 4,
+        "seed": 1,
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2},
+        "mask2image": {"source": source, **m2i},
+    })
+
+
+def _masks_folder(tmp_path):
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    a = np.zeros((32, 32), np.uint8)
+    a[4:20, 2:14] = 1
+    a[10:28, 18:30] = 2
+    b = np.zeros((32, 32), np.uint8)
+    b[8:24, 8:24] = 2
+    Image.fromarray(a, mode="L").save(folder / "a.png")
+    Image.fromarray(b, mode="L").save(folder / "b.png")
+    return folder, {"a.png": a, "b.png": b}
+
+
+@pytest.mark.parametrize("fmt", ["dsgen", "coco", "voc"])
+def test_loaders_agree_with_the_rendered_truth(shapes_dir, fmt):
+    root = shapes_dir if fmt == "dsgen" else shapes_dir / fmt
+    source = SourceSpec(path=str(root), format="auto")
+    found = load_mask_sources(source, SHAPES, root)
+    assert len(found) == 4
+    by_stem = {s.name.split("/")[-2] if fmt == "dsgen" else s.name.rsplit("/", 1)[-1].split(".")[0]: s for s in found}
+    for i in range(4):
+        maps = by_stem[f"{i:06d}"].load()
+        np.testing.assert_array_equal(maps.semantic, _truth(shapes_dir, i))
+        assert maps.instances is not None and maps.instances.max() >= 1
+    if fmt == "dsgen":
+        assert all(s.caption and s.image is not None for s in found)
+
+
+def test_classes_the_job_does_not_name_become_ignore(shapes_dir):
+    found = load_mask_sources(SourceSpec(path=str(shapes_dir)), ("square",), shapes_dir)
+    for i, s in enumerate(found):
+        truth, got = _truth(shapes_dir, i), s.load().semantic
+        assert set(np.unique(got)) <= {0, 1, 255}
+        np.testing.assert_array_equal(got == 1, truth == 2)
+        np.testing.assert_array_equal(got == 255, (truth != 0) & (truth != 2))
+
+
+def test_masks_folder_values_beyond_the_classes_are_refused(tmp_path):
+    folder, _ = _masks_folder(tmp_path)
+    bad = np.full((8, 8), 7, np.uint8)
+    Image.fromarray(bad, mode="L").save(folder / "c.png")
+    found = load_mask_sources(SourceSpec(path=str(folder)), ("cat", "dog"), folder)
+    with pytest.raises(SpecError, match="c.png has value 7, but the job has 2 classes"):
+        [s.load() for s in found]
+
+
+def test_rectified_labels_are_the_input_masks_and_records_name_them(tmp_path):
+    folder, masks = _masks_folder(tmp_path)
+    spec = _spec({"path": str(folder)}, variants=2)
+    samples = list(EngineSession(spec).generate(range(4)))
+    assert [s.record.parameters["mask2image"]["source_mask"] for s in samples] == ["a.png", "a.png", "b.png", "b.png"]
+    assert [s.record.parameters["mask2image"]["variant"] for s in samples] == [0, 1, 0, 1]
+    assert samples[0].record.prompt == "cat dog" and samples[2].record.prompt == "dog"
+    assert samples[0].record.classes == ["cat", "dog"]
+    for s in samples:
+        np.testing.assert_array_equal(s.semantic, masks[s.record.parameters["mask2image"]["source_mask"]])
+    a = samples[0].record.annotations
+    assert [(x.category, x.bbox) for x in a] == [("cat", (2.0, 4.0, 12.0, 16.0)), ("dog", (18.0, 10.0, 12.0, 18.0))]
+    # Variants of one mask differ (seeds), and the run is reproducible.
+    assert samples[0].image.tobytes() != samples[1].image.tobytes()
+    again = list(EngineSession(spec).generate([1]))
+    assert again[0].image.tobytes() == samples[1].image.tobytes()
+
+
+def test_rectification_changes_the_image_versus_unmasked_generation(tmp_path):
+    folder, _ = _masks_folder(tmp_path)
+    rect = list(EngineSession(_spec({"path": str(folder)}, prompt="template", template="a photo of {classes}")).generate([0]))
+    t2i = parse_spec({
+        "model": "builtin:tiny-random", "classes": [{"name": "cat"}, {"name": "dog"}],
+        "prompts": {"source": "list", "prompts": ["a photo of cat dog"], "append_class_names": False},
+        "num_images": 4, "seed": 1, "labels": {"mode": "none"},
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2},
+    })
+    plain = list(EngineSession(t2i).generate([0]))
+    assert rect[0].record.prompt == plain[0].record.prompt == "a photo of cat dog"
+    assert rect[0].record.seed == plain[0].record.seed
+    assert rect[0].image.tobytes() != plain[0].image.tobytes()
+
+
+def test_source_prompt_appends_missing_classes(shapes_dir):
+    spec = parse_spec({
+        "model": "builtin:tiny-random", "method": "mask2image",
+        "classes": [{"name": "circle"}, {"name": "square"}, {"name": "triangle"}, {"name": "star"}],
+        "num_images": 4, "labels": {"mode": "none"},
+        "generation": {"width": 32, "height": 32, "steps": 1, "batch_size": 4},
+        "mask2image": {"source": {"path": str(shapes_dir)}, "prompt": "source"},
+    })
+    session = EngineSession(spec)
+    for i in range(4):
+        plan = session.plan(i)
+        rec = json.loads((shapes_dir / "samples" / f"{i:06d}" / "record.json").read_text())
+        assert plan.prompt.startswith(rec["prompt"])
+        assert {m.name for m in plan.mentions} == set(rec["classes"])
+        for m in plan.mentions:
+            for a, b in m.spans:
+                assert plan.prompt[a:b] == m.name
+
+
+def test_controlnet_backend_with_a_tiny_controlnet(tmp_path):
+    from diffusers import ControlNetModel
+
+    from worker.engine.models import load_model
+
+    model = load_model("builtin:tiny-random")
+    net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=(16, 32))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in net.controlnet_down_blocks.parameters():  # zero-initialised: give it an effect
+            p.normal_(0, 0.5)
+        for p in net.controlnet_mid_block.parameters():
+            p.normal_(0, 0.5)
+    net.save_pretrained(tmp_path / "cn")
+    folder, masks = _masks_folder(tmp_path)
+    spec = _spec({"path": str(folder)}, backend="controlnet", controlnet=str(tmp_path / "cn"),
+                 palette={"cat": [255, 0, 0], "dog": [0, 0, 255]})
+    samples = list(EngineSession(spec).generate(range(2)))
+    np.testing.assert_array_equal(samples[0].semantic, masks["a.png"])
+    assert samples[0].record.parameters["mask2image"]["backend"] == "controlnet"
+    off = _spec({"path": str(folder)}, backend="controlnet", controlnet=str(tmp_path / "cn"), conditioning_scale=0.0)
+    plain = list(EngineSession(off).generate([0]))
+    assert plain[0].image.tobytes() != samples[0].image.tobytes()
+
+
+def test_spec_errors_name_the_field():
+    with pytest.raises(SpecError, match="mask2image: method 'mask2image' needs"):
+        parse_spec({"model": "m", "method": "mask2image", "classes": [{"name": "a"}], "num_images": 1})
+    with pytest.raises(SpecError, match="exactly one of path"):
+        _spec({"path": "x", "upload": "0" * 32})
+    with pytest.raises(SpecError, match="controlnet: backend 'controlnet' needs"):
+        _spec({"path": "x"}, backend="controlnet")
+    with pytest.raises(SpecError, match="source.upload: uploads are read by the service"):
+        EngineSession(_spec({"upload": "a" * 32}))
+
+
+def test_hardness_resampling_and_the_segmenter_filter_in_a_session(tmp_path):
+    from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter
+
+    Segmenter(SmallUNet(3, 8), ["cat", "dog"], 32, {"background": 0.1, "cat": 1.0, "dog": 3.0}).save(tmp_path / "seg")
+    load_segmenter.cache_clear()
+    folder, _ = _masks_folder(tmp_path)
+    spec = parse_spec({
+        **_spec({"path": str(folder)}).model_dump(mode="json"),
+        "num_images": 7,
+        "mask2image": {"source": {"path": str(folder)}, "resample": {"segmenter": str(tmp_path / "seg"), "max_variants": 4}},
+        "labels": {"filter": {"segmenter": str(tmp_path / "seg"), "min_kept": 0.0}},
+    })
+    session = EngineSession(spec)
+    # a.png (cat + dog) is harder than b.png (dog only): ranks 1 and 0 of 2 -> 4 and 3 variants.
+    assert session.method.schedule == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)]
+    s = list(session.generate([0]))[0]
+    assert 0.0 <= s.record.quality["segmenter_filter"]["kept"] <= 1.0
+    assert ((s.semantic == 255) | (s.semantic == np.asarray(Image.open(folder / "a.png")))).all()
+
+
+def test_image2image_reads_an_uploaded_archive(tmp_path, shapes_dir):
+    import shutil
+
+    up = tmp_path / "uploads" / ("b" * 32)
+    shutil.copytree(shapes_dir / "coco", up / "wrapped" / "coco")  # archives often wrap one folder
+    spec = parse_spec({
+        "model": "builtin:tiny-random", "method": "image2image", "classes": [{"name": s} for s in SHAPES],
+        "num_images": 2, "labels": {"mode": "none"},
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2},
+        "image2image": {"upload": "b" * 32, "images": "coco/images/train", "coco": "coco/annotations/instances_train.json"},
+    })
+    samples = list(EngineSession(spec, uploads=lambda i: tmp_path / "uploads" / i).generate(range(2)))
+    assert all(s.record.parameters["image2image"]["source"].endswith(".png") for s in samples)

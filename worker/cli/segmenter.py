@@ -1,0 +1,60 @@
+"""`dsgen segmenter train`: FreeMask's real-data segmenter (filter and hardness-aware resampling)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from worker.cli import UserError, cli
+
+
+@cli.group()
+def segmenter() -> None:
+    """A small segmenter trained on real labelled data (labels.filter.segmenter, mask2image.resample)."""
+
+
+@segmenter.command("train")
+@click.option("--source", "source", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="real labelled data: a dsgen folder, a COCO folder, a VOC folder or a masks folder with images/")
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", "masks", "coco", "voc", "dsgen"]))
+@click.option("--classes", default=None, help="comma-separated class names in id order (default: the source's own)")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="segmenter folder")
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", "size", default=None, type=click.IntRange(min=8), help="training side in pixels (default: the images')")
+@click.option("--width", default=32, show_default=True, type=click.IntRange(min=8), help="channels of the first level")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--threads", default=None, type=int, help="torch CPU threads")
+def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: int, size: int | None, width: int,
+              seed: int, threads: int | None) -> None:
+    """Train on SOURCE's images and masks; store weights and the class-wise mean loss on that data."""
+    import torch
+    from PIL import Image
+
+    from shared.spec import SourceSpec, SpecError
+    from worker.engine.mask_sources import load_mask_sources, source_class_names
+    from worker.engine.segmenter import train_segmenter
+
+    if threads:
+        torch.set_num_threads(threads)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out: {out} is not empty")
+    try:
+        names = [c.strip() for c in classes.split(",") if c.strip()] if classes else source_class_names(source, fmt)
+        found = load_mask_sources(SourceSpec(path=str(source), format=fmt), tuple(names), source)
+        items = []
+        for s in found:
+            if s.image is None:
+                continue
+            with Image.open(s.image) as im:
+                items.append((im.convert("RGB"), s.load().semantic))
+    except SpecError as err:
+        raise UserError(str(err).replace("mask2image.source", "--source")) from None
+    if not items:
+        raise UserError(f"--source: no masks with their real images in {source}")
+    side = size or items[0][0].size[0]
+    side -= side % 4
+    click.echo(f"training on {len(items)} images, classes {names}, {side}px, {epochs} epochs")
+    seg, summary = train_segmenter(items, names, image_size=side, epochs=epochs, width=width, seed=seed,
+                                   progress=lambda e, n, loss: click.echo(f"epoch {e}/{n} loss {loss:.4f}"))
+    seg.save(out, {"training": {**summary, "source": str(source)}})
+    click.echo(f"wrote {out}; class mean loss: " + ", ".join(f"{k} {v:.3f}" for k, v in seg.class_mean_loss.items()))

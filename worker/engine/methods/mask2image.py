@@ -1,0 +1,165 @@
+"""mask2image (FreestyleNet / FreeMask): one image per (source mask, variant), labelled by the mask.
+
+Backends:
+- rectified: `RectifiedCrossAttention` on every cross-attention layer (or `resolutions`):
+  each class token attends only inside its class's region. Any SD-family UNet, training-free
+  (and the shapes model, trained with it on a share of batches).
+- controlnet: a ControlNet (a folder in diffusers layout) reads the mask drawn in a palette.
+
+Sample i is entry i mod E of the schedule [(mask 0, variant 0), (mask 0, variant 1), ...,
+(mask 1, variant 0), ...]: `variants` per mask, or FreeMask's hardness-aware counts (`resample`).
+The prompt names the classes present in the mask (FreestyleNet), through a template, or is
+the source's caption with its missing classes appended after "; ".
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.prompts import ClassMention, SamplePlan, sample_seed
+from shared.spec import SpecError
+from worker.engine import palettes
+from worker.engine.controls import RectifiedCrossAttention
+from worker.engine.generate import ControlNetInput
+from worker.engine.mask_sources import LabelMaps, MaskSource, load_mask_sources
+from worker.engine.methods import BatchInputs
+from worker.engine.text import token_groups, tokenize
+
+
+@functools.lru_cache(maxsize=2)
+def load_controlnet(path: str, device: str, dtype: torch.dtype):
+    from diffusers import ControlNetModel
+
+    try:
+        model = ControlNetModel.from_pretrained(path, torch_dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise SpecError(f"mask2image.controlnet: cannot load a ControlNet from {path}: {err}".splitlines()[0],
+                        field="mask2image.controlnet") from None
+    return model.to(device).eval()
+
+
+def _resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if a.shape == hw:
+        return a
+    mode = "I;16" if a.dtype == np.uint16 else "L"
+    im = Image.fromarray(a, mode=mode).resize((hw[1], hw[0]), Image.NEAREST)
+    return np.asarray(im).astype(a.dtype)
+
+
+class Mask2Image:
+    name = "mask2image"
+    labels_from_inputs = True
+
+    def __init__(self, session):
+        self.spec = session.spec
+        self.model = session.model
+        self.options = session.spec.mask2image
+        self.session = session
+        names = tuple(c.name for c in self.spec.classes)
+        self.sources: tuple[MaskSource, ...] = load_mask_sources(self.options.source, names, session.source_root(self.options.source))
+        self.schedule = self._schedule()
+        self._maps = functools.lru_cache(maxsize=512)(self._load_maps)
+
+    # --- which mask, which variant -----------------------------------------------------------
+    def _schedule(self) -> list[tuple[int, int]]:
+        if self.options.resample is None:
+            counts = [self.options.variants] * len(self.sources)
+        else:
+            from worker.engine.resample import mask_hardness, variants_by_hardness
+            from worker.engine.segmenter import load_segmenter
+
+            field = "mask2image.resample.segmenter"
+            seg = load_segmenter(self.session.resolve_folder(self.options.resample.segmenter, field), field=field)
+            loss = seg.class_loss_by_id([c.name for c in self.spec.classes])
+            hardness = [mask_hardness(self._load_maps(m).semantic, loss) for m in range(len(self.sources))]
+            counts = variants_by_hardness(hardness, self.options.resample.max_variants, self.spec.seed)
+        return [(m, v) for m, n in enumerate(counts) for v in range(n)]
+
+    def entry(self, index: int) -> tuple[int, int]:
+        return self.schedule[index % len(self.schedule)]
+
+    def _load_maps(self, mask_index: int) -> LabelMaps:
+        gen = self.spec.generation
+        maps = self.sources[mask_index].load()
+        hw = (gen.height, gen.width)
+        inst = None if maps.instances is None else _resize_nearest(maps.instances, hw)
+        return LabelMaps(_resize_nearest(maps.semantic, hw), inst)
+
+    # --- Method protocol ---------------------------------------------------------------------
+    def plan(self, index: int) -> SamplePlan:
+        if not 0 <= index < self.spec.num_images:
+            raise IndexError(f"sample index {index} outside 0..{self.spec.num_images - 1}")
+        mask_index, _ = self.entry(index)
+        present = [int(c) for c in np.unique(self._maps(mask_index).semantic) if 0 < c <= len(self.spec.classes)]
+        words = [(self.spec.classes[c - 1].name, c, self.spec.classes[c - 1].prompt_words[0]) for c in present]
+        kind = self.options.prompt
+        caption = self.sources[mask_index].caption
+        if kind == "source" and caption:
+            prompt, mentions = _caption_with_classes(caption, words)
+        else:
+            prefix, suffix = ("", "") if kind == "classes" else self.options.template.split("{classes}", 1)
+            prompt, mentions = prefix, []
+            for i, (name, cid, word) in enumerate(words):
+                if i:
+                    prompt += " "
+                mentions.append(ClassMention(name, cid, ((len(prompt), len(prompt) + len(word)),)))
+                prompt += word
+            prompt += suffix
+        return SamplePlan(index, sample_seed(self.spec.seed, index), prompt, self.spec.prompts.negative, tuple(mentions))
+
+    def batch_inputs(self, plans: list[SamplePlan]) -> list[BatchInputs]:
+        members = list(range(len(plans)))
+        semantic = np.stack([self._maps(self.entry(p.index)[0]).semantic for p in plans])
+        if self.options.backend == "controlnet":
+            colours = palettes.class_colours(self.options.palette, [c.name for c in self.spec.classes])
+            images = np.stack([palettes.draw(s, colours) for s in semantic])
+            cond = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+            net = load_controlnet(self.options.controlnet, str(self.model.device), self.model.dtype)
+            return [BatchInputs(members, controlnet=ControlNetInput(net, cond, self.options.conditioning_scale))]
+        enc = tokenize(self.model.tokenizer, [p.prompt for p in plans])
+        offsets = [[tuple(o) for o in row] for row in enc["offset_mapping"].tolist()]
+        class_tokens = [
+            [(t, m.category_id) for m, group in zip(p.mentions, token_groups(off, p.mentions)) for t in group]
+            for p, off in zip(plans, offsets)
+        ]
+        labels = torch.from_numpy(semantic.astype(np.int64)).to(self.model.device)
+        resolutions = None if self.options.resolutions == "all" else self.options.resolutions
+        control = RectifiedCrossAttention(labels, class_tokens, enc["input_ids"].shape[1], resolutions)
+        return [BatchInputs(members, controls=[control])]
+
+    def given_labels(self, plan: SamplePlan) -> LabelMaps:
+        return self._maps(self.entry(plan.index)[0])
+
+    def parameters(self, plan: SamplePlan) -> dict[str, Any]:
+        mask_index, variant = self.entry(plan.index)
+        source = self.sources[mask_index]
+        return {
+            "mask2image": {
+                "source_mask": source.name,
+                "source_image": None if source.image is None else source.image.name,
+                "variant": variant,
+                "backend": self.options.backend,
+            }
+        }
+
+
+def _caption_with_classes(caption: str, words: list[tuple[str, int, str]]) -> tuple[str, list[ClassMention]]:
+    """The caption; each present class's word found in it (all occurrences), the others appended."""
+    mentions, missing = [], []
+    for name, cid, word in words:
+        spans = tuple(m.span() for m in re.finditer(rf"(?<![\w]){re.escape(word)}(?![\w])", caption, flags=re.IGNORECASE))
+        if spans:
+            mentions.append(ClassMention(name, cid, spans))
+        else:
+            missing.append((name, cid, word))
+    text = caption
+    for i, (name, cid, word) in enumerate(missing):
+        text += "; " if i == 0 else " "
+        mentions.append(ClassMention(name, cid, ((len(text), len(text) + len(word)),)))
+        text += word
+    return text, mentions

@@ -1,0 +1,212 @@
+"""A small semantic segmenter in plain torch, trained on real labelled data (FreeMask's filter).
+
+PyPI's torchvision (hence segmentation_models_pytorch and timm) does not import beside the
+pinned CPU torch here, so the network is written out: a three-level U-Net of 3x3 convs with
+GroupNorm and SiLU. `dsgen segmenter train` fits it on a real source (any `SourceSpec`
+layout with images) and stores, next to the weights, FreeMask's class-wise mean loss on that
+real data: `class_mean_loss[c]` = summed per-pixel cross-entropy over pixels of class c /
+their count (background is class 0; ignore pixels are left out).
+
+Folder: `segmenter.pt` (state dict) + `segmenter.json` (classes, image size, width, class
+mean loss, training summary).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from shared.spec import SpecError
+
+WEIGHTS = "segmenter.pt"
+META = "segmenter.json"
+IGNORE = 255
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    groups = 8 if cout % 8 == 0 else 1
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(groups, cout), nn.SiLU(),
+    )
+
+
+class SmallUNet(nn.Module):
+    """images [B, 3, H, W] in [0, 1] (H, W multiples of 4) -> logits [B, num_classes, H, W]."""
+
+    def __init__(self, num_classes: int, width: int = 32):
+        super().__init__()
+        w = width
+        self.enc1, self.enc2, self.enc3 = _block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w)
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.dec2, self.dec1 = _block(6 * w, 2 * w), _block(3 * w, w)
+        self.head = nn.Conv2d(w, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - 0.5
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        e3 = self.enc3(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up(e3), e2], 1))
+        d1 = self.dec1(torch.cat([self.up(d2), e1], 1))
+        return self.head(d1)
+
+
+@dataclass
+class Segmenter:
+    net: SmallUNet
+    classes: list[str]  # index k+1 = classes[k]; 0 = background
+    image_size: int
+    class_mean_loss: dict[str, float]  # "background" and every class seen in the real data
+
+    def class_loss_by_id(self, job_classes: Sequence[str]) -> dict[int, float]:
+        """The mean losses keyed by the *job's* category ids (0 = background)."""
+        out = {0: self.class_mean_loss["background"]} if "background" in self.class_mean_loss else {}
+        for i, name in enumerate(job_classes):
+            if name in self.class_mean_loss:
+                out[i + 1] = self.class_mean_loss[name]
+        return out
+
+    def job_index(self, job_classes: Sequence[str]) -> np.ndarray:
+        """LUT job category id -> segmenter class index (-1: a class the segmenter does not know)."""
+        lut = np.full(256, -1, dtype=np.int64)
+        lut[0] = 0
+        for i, name in enumerate(job_classes):
+            if name in self.classes:
+                lut[i + 1] = self.classes.index(name) + 1
+        return lut
+
+    @torch.no_grad()
+    def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """[B, K, H, W] at the images' own size (all the same size)."""
+        w, h = images[0].size
+        x = torch.stack([to_tensor(im, self.image_size) for im in images])
+        out = self.net(x)
+        if out.shape[-2:] != (h, w):
+            out = torch.nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        return out
+
+    def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """[B, H, W] segmenter class indexes (0 background)."""
+        return self.logits(images).argmax(1).numpy()
+
+    def save(self, folder: Path, extra: dict | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), folder / WEIGHTS)
+        meta = {
+            "classes": self.classes, "image_size": self.image_size, "width": self.net.head.in_channels,
+            "class_mean_loss": self.class_mean_loss, **(extra or {}),
+        }
+        (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
+    im = image.convert("RGB")
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+@functools.lru_cache(maxsize=4)
+def load_segmenter(path: str, field: str = "labels.filter.segmenter") -> Segmenter:
+    folder = Path(path)
+    if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
+        raise SpecError(f"{field}: {folder} is not a segmenter folder (no {META} / {WEIGHTS}); make one with "
+                        "`dsgen segmenter train`", field=field)
+    meta = json.loads((folder / META).read_text())
+    net = SmallUNet(len(meta["classes"]) + 1, meta.get("width", 32))
+    net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    return Segmenter(net.eval(), list(meta["classes"]), int(meta["image_size"]), dict(meta["class_mean_loss"]))
+
+
+def pixel_loss(logits: torch.Tensor, target: np.ndarray) -> np.ndarray:
+    """Per-pixel cross-entropy [B, H, W] (0 where the target is ignore or unknown, i.e. < 0 or 255)."""
+    t = torch.from_numpy(target.astype(np.int64))
+    valid = (t >= 0) & (t != IGNORE)
+    loss = torch.nn.functional.cross_entropy(logits, t.clamp(0, logits.shape[1] - 1), reduction="none")
+    return (loss * valid).numpy()
+
+
+def _load_real(items, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for image, semantic in items:
+        xs.append(to_tensor(image, size))
+        lab = Image.fromarray(semantic.astype(np.uint8), mode="L")
+        if lab.size != (size, size):
+            lab = lab.resize((size, size), Image.NEAREST)
+        ys.append(torch.from_numpy(np.asarray(lab, dtype=np.int64)))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def class_mean_loss(seg: Segmenter, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> dict[str, float]:
+    """FreeMask: per class, summed pixel CE over the real set / its pixel count."""
+    k = len(seg.classes) + 1
+    sums, counts = np.zeros(k), np.zeros(k)
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            out = seg.net(images[i:i + batch])
+            y = labels[i:i + batch]
+            loss = torch.nn.functional.cross_entropy(out, y.clamp(0, k - 1), reduction="none")
+            for c in range(k):
+                m = y == c
+                sums[c] += float(loss[m].sum())
+                counts[c] += int(m.sum())
+    names = ["background", *seg.classes]
+    return {names[c]: float(sums[c] / counts[c]) for c in range(k) if counts[c] > 0}
+
+
+def train_segmenter(
+    items: Sequence[tuple[Image.Image, np.ndarray]],
+    classes: list[str],
+    *,
+    image_size: int,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    width: int = 32,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Segmenter, dict]:
+    """Fit the segmenter on (image, semantic map in 0..C / 255) pairs; returns it and a summary."""
+    if image_size % 4:
+        raise ValueError("image_size must be a multiple of 4")
+    torch.manual_seed(seed)
+    images, labels = _load_real(items, image_size)
+    net = SmallUNet(len(classes) + 1, width)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    total = epochs * max(1, (len(images) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+    g = torch.Generator().manual_seed(seed)
+    started, step, last = time.perf_counter(), 0, float("nan")
+    net.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(images), generator=g)
+        for i in range(0, len(images), batch_size):
+            idx = order[i:i + batch_size]
+            x, y = images[idx], labels[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            y = torch.where(flip[:, None, None], y.flip(-1), y)
+            loss = torch.nn.functional.cross_entropy(net(x), y, ignore_index=IGNORE)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            last = float(loss.detach())
+        if progress is not None:
+            progress(epoch + 1, epochs, last)
+    net.eval()
+    seg = Segmenter(net, list(classes), image_size, {})
+    seg.class_mean_loss = class_mean_loss(seg, images, labels)
+    summary = {"epochs": epochs, "images": len(images), "final_loss": last, "seconds": round(time.perf_counter() - started, 1)}
+    return seg, summary
