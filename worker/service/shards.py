@@ -6,7 +6,10 @@ import datetime as dt
 import itertools
 import logging
 import threading
+import time
 import uuid
+from collections import defaultdict
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +23,28 @@ from shared.spec import JobSpec
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
+
+
+class StageTimes:
+    """Seconds spent per stage of a shard (summed over threads), logged when it ends: where
+    the data plane's time goes (engine and labels, encoding, object store, database)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def stage(self, name: str):  # noqa: ANN201
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[name] += time.perf_counter() - started
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 4) for k, v in sorted(self.seconds.items())}
 
 
 def run_shard(ctx: WorkerContext, job_id: uuid.UUID, shard_index: int) -> str:
@@ -64,13 +89,15 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     with ctx.uow() as uow:
         done = repo.existing_sample_indexes(uow.session, claim.job_id, claim.start, claim.stop)
     todo = [i for i in range(claim.start, claim.stop) if i not in done]
-    engine = ctx.engine_factory(spec) if todo else None
+    times = StageTimes()
+    with times.stage("engine_load"):
+        engine = ctx.engine_factory(spec) if todo else None
     writers = ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency, thread_name_prefix="dsgen-put")
     committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsgen-commit")
     in_flight: Future | None = None
     try:
         for batch in _batches(todo, spec.generation.batch_size):
-            with ctx.uow() as uow:  # between batches: still ours? cancelled?
+            with times.stage("db_heartbeat"), ctx.uow() as uow:  # between batches: still ours? cancelled?
                 ours, cancel = heartbeat(uow.session, claim)
             if not ours or lost.is_set():
                 return "lost"
@@ -80,45 +107,51 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
                 with ctx.uow() as uow:
                     finish_shard(uow, ctx.dispatcher, claim, S_CANCELLED)
                 return "cancelled"
-            writes = [writers.submit(write_sample, ctx, claim, gs) for gs in engine.generate(batch)]
+            with times.stage("generate"):  # engine and labels
+                generated = list(engine.generate(batch))
+            writes = [writers.submit(write_sample, ctx, claim, gs, times) for gs in generated]
             if in_flight is not None:
                 in_flight.result()  # raises what the previous batch's writes raised
-            in_flight = committer.submit(_commit, ctx, writes)
+            in_flight = committer.submit(_commit, ctx, writes, times)
         if in_flight is not None:
             in_flight.result()
     finally:
         writers.shutdown(wait=True)
         committer.shutdown(wait=True)
-    with ctx.uow() as uow:
+    with times.stage("db_finish"), ctx.uow() as uow:
         ok = finish_shard(uow, ctx.dispatcher, claim, S_SUCCEEDED)
+    log.info("shard finished", extra={"samples": len(todo), "stage_seconds": times.as_dict()})
     return S_SUCCEEDED if ok else "lost"
 
 
-def _commit(ctx: WorkerContext, writes: list[Future]) -> None:
+def _commit(ctx: WorkerContext, writes: list[Future], times: StageTimes) -> None:
     """Rows of one batch, in one statement each, after every object of the batch is stored."""
     samples, annotations = [], []
     for f in writes:
         row, anns = f.result()
         samples.append(row)
         annotations.extend(anns)
-    with ctx.uow() as uow:
+    with times.stage("db_rows"), ctx.uow() as uow:
         repo.upsert_samples(uow.session, samples, annotations)
 
 
-def write_sample(ctx: WorkerContext, claim: Claim, gs: Any) -> tuple[dict, list[dict]]:
+def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None) -> tuple[dict, list[dict]]:
     """Objects first (record.json last), then the row dicts that point at them."""
+    times = times or StageTimes()
     rec: SampleRecord = gs.record
-    files: dict[str, bytes] = dict(gs.files())
-    record_bytes = files.pop("record.json")
-    if getattr(gs, "semantic", None) is not None:
-        files[keys.OVERLAY_FILE] = overlay_png(gs.image, gs.semantic)
-    files["record.json"] = record_bytes
+    with times.stage("encode"):
+        files: dict[str, bytes] = dict(gs.files())
+        record_bytes = files.pop("record.json")
+        if getattr(gs, "semantic", None) is not None:
+            files[keys.OVERLAY_FILE] = overlay_png(gs.image, gs.semantic)
+        files["record.json"] = record_bytes
 
     def key(name: str) -> str:
         return keys.sample_key(claim.job_id, rec.index, claim.shard_size, name)
 
-    for name, data in files.items():
-        ctx.store.put(key(name), data)
+    with times.stage("s3_put"):
+        for name, data in files.items():
+            ctx.store.put(key(name), data)
     now = utcnow()
     row = {
         "job_id": claim.job_id,
