@@ -5,15 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from shared import keys
+from shared import keys, layout
 from shared.db import repositories as repo
 from shared.db.models import S_CANCELLED, S_SUCCEEDED, utcnow
 from shared.lifecycle import Claim, claim_shard, finish_shard, heartbeat, shard_error
@@ -92,6 +94,49 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     times = StageTimes()
     with times.stage("engine_load"):
         engine = ctx.engine_factory(spec) if todo else None
+    with tempfile.TemporaryDirectory(prefix="dsgen-shard-") as local:
+        outcome = _generate_into(ctx, claim, lost, spec, engine, todo, times, Path(local))
+        if outcome is not None:
+            return outcome
+        with times.stage("fragment"):  # the shard's own exports, merged by finalisation
+            write_fragment(ctx, claim, spec, Path(local), done)
+    with times.stage("db_finish"), ctx.uow() as uow:
+        ok = finish_shard(uow, ctx.dispatcher, claim, S_SUCCEEDED)
+    log.info("shard finished", extra={"samples": len(todo), "stage_seconds": times.as_dict()})
+    return S_SUCCEEDED if ok else "lost"
+
+
+def write_fragment(ctx: WorkerContext, claim: Claim, spec: JobSpec, local: Path, reused: set[int]) -> None:
+    """Export this shard's samples with the single-pass writers and store the result as the
+    shard's fragment. Samples an earlier attempt made are fetched back first (only those)."""
+    from shared.export.fragments import pack_fragment
+
+    fetch_samples(ctx, claim.job_id, claim.shard_size, sorted(reused), local)
+    records = [SampleRecord.model_validate_json(layout.record_path(local, i).read_bytes())
+               for i in range(claim.start, claim.stop)]
+    ctx.exporter(local, spec, records)
+    ctx.store.put(keys.fragment_key(claim.job_id, claim.shard_index), pack_fragment(local))
+
+
+def fetch_samples(ctx: WorkerContext, job_id: uuid.UUID, shard_size: int, indexes: list[int], local: Path) -> list[SampleRecord]:
+    """Stored samples back into `local` in the dataset layout (what the writers read)."""
+    records = []
+    for index in indexes:
+        folder = layout.sample_dir(local, index)
+        folder.mkdir(parents=True, exist_ok=True)
+        record_bytes = ctx.store.get(keys.sample_key(job_id, index, shard_size, layout.RECORD_FILE))
+        record = SampleRecord.model_validate_json(record_bytes)
+        for name in (record.files.image, record.files.semantic, record.files.instances):
+            if name:
+                (folder / name).write_bytes(ctx.store.get(keys.sample_key(job_id, index, shard_size, name)))
+        (folder / layout.RECORD_FILE).write_bytes(record_bytes)
+        records.append(record)
+    return records
+
+
+def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec: JobSpec, engine: Any,
+                   todo: list[int], times: "StageTimes", local: Path) -> str | None:
+    """The batches; None when all were written, else why it stopped (lost, cancelled)."""
     writers = ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency, thread_name_prefix="dsgen-put")
     committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsgen-commit")
     in_flight: Future | None = None
@@ -109,7 +154,7 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
                 return "cancelled"
             with times.stage("generate"):  # engine and labels
                 generated = list(engine.generate(batch))
-            writes = [writers.submit(write_sample, ctx, claim, gs, times) for gs in generated]
+            writes = [writers.submit(write_sample, ctx, claim, gs, times, local) for gs in generated]
             if in_flight is not None:
                 in_flight.result()  # raises what the previous batch's writes raised
             in_flight = committer.submit(_commit, ctx, writes, times)
@@ -118,10 +163,7 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     finally:
         writers.shutdown(wait=True)
         committer.shutdown(wait=True)
-    with times.stage("db_finish"), ctx.uow() as uow:
-        ok = finish_shard(uow, ctx.dispatcher, claim, S_SUCCEEDED)
-    log.info("shard finished", extra={"samples": len(todo), "stage_seconds": times.as_dict()})
-    return S_SUCCEEDED if ok else "lost"
+    return None
 
 
 def _commit(ctx: WorkerContext, writes: list[Future], times: StageTimes) -> None:
@@ -135,8 +177,10 @@ def _commit(ctx: WorkerContext, writes: list[Future], times: StageTimes) -> None
         repo.upsert_samples(uow.session, samples, annotations)
 
 
-def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None) -> tuple[dict, list[dict]]:
-    """Objects first (record.json last), then the row dicts that point at them."""
+def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None,
+                 local: Path | None = None) -> tuple[dict, list[dict]]:
+    """Objects first (record.json last), then the row dicts that point at them. With `local`,
+    the sample's files are also kept there (the shard's export fragment is made from them)."""
     times = times or StageTimes()
     rec: SampleRecord = gs.record
     with times.stage("encode"):
@@ -152,6 +196,12 @@ def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | 
     with times.stage("s3_put"):
         for name, data in files.items():
             ctx.store.put(key(name), data)
+    if local is not None:
+        folder = layout.sample_dir(local, rec.index)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            if name != keys.OVERLAY_FILE:
+                (folder / name).write_bytes(data)
     now = utcnow()
     row = {
         "job_id": claim.job_id,
