@@ -10,7 +10,8 @@ would have made from all samples at once, byte for byte (tested):
 * shared files are merged by a rule per kind, streaming (a fragment at a time):
   COCO instances_<split>.json (images and annotations appended, annotation ids renumbered),
   YOLO data.yaml (the union of the splits), VOC ImageSets lists (lines appended),
-  HF metadata.parquet (rows appended), masks/classes.json (the same in every fragment);
+  HF metadata.parquet (rows appended), masks/classes.json (the same in every fragment),
+  WebDataset tars (samples re-cut into tars of the single-pass size);
   a shared file without a rule is refused, so a new writer file cannot be silently lost;
 * manifest.json is streamed: samples from the fragments' manifests, the file table from the
   merged folders.
@@ -114,6 +115,35 @@ def _part(fragment: Fragment, rel: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def pack_fragment(root: Path) -> bytes:
+    """A shard's exports (everything `write_exports` wrote under `root`, not its samples) as
+    one stored (uncompressed: images are compressed already) zip, entries sorted."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in _walk(root):
+            rel = path.relative_to(root)
+            if rel.parts[0] != layout.SAMPLES_DIR:
+                zf.write(path, rel.as_posix())
+    return buf.getvalue()
+
+
+def unpack_fragment(data: bytes, dest: Path) -> Fragment:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if name.startswith("/") or ".." in name.split("/"):
+                raise FragmentError(f"fragment entry {name!r} leaves its folder")
+        zf.extractall(dest)
+    if not (Path(dest) / layout.MANIFEST_FILE).is_file():
+        raise FragmentError("fragment without manifest.json")
+    return Fragment(dest)
+
+
 # ------------------------------------------------------------------- merge rules
 def _merge_coco(parts: Sequence[Path], dest: Path) -> None:
     """instances_<split>.json: the first part's document with every part's images and
@@ -185,6 +215,16 @@ def _merge_parquet(parts: Sequence[Path], dest: Path) -> None:
     files.atomic_write_bytes(dest, _parquet_bytes(rows))
 
 
+def _merge_webdataset(dirs: Sequence[Path], dest: Path) -> None:
+    from shared.export.webdataset import merge_webdataset
+
+    merge_webdataset(dirs, dest)
+
+
+# Formats whose files hold many samples each (tars): merged as whole folders.
+_FOLDER_MERGES = {"webdataset": _merge_webdataset}
+
+
 def _rule(fmt: str, rel: str, categories: list[str]):  # noqa: ANN202
     """The merge function of a shared file `rel` (relative to its format folder)."""
     name = Path(rel).name
@@ -237,6 +277,8 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
     for fragment in fragments:
         stems = fragment.stems()
         for fmt in formats:
+            if fmt in _FOLDER_MERGES:
+                continue
             src_dir = fragment.root / fmt
             if not src_dir.is_dir():
                 raise FragmentError(f"fragment {fragment.root.name} has no {fmt} folder")
@@ -251,6 +293,9 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
         fragment.release()
     for fmt in formats:
         (root / fmt).mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        if fmt in _FOLDER_MERGES:
+            _FOLDER_MERGES[fmt]([f.root / fmt for f in fragments], root / fmt)
     for (fmt, rel), parts in sorted(shared.items()):
         dest = root / fmt / rel
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,15 @@ def test_merged_fragments_equal_the_single_pass_export_byte_for_byte(tmp_path, s
     assert b"annotations" in single["coco/annotations/instances_train.json"]
 
 
+def test_webdataset_tars_are_re_cut_like_the_single_pass(tmp_path, samples, monkeypatch):
+    from shared.export import webdataset
+
+    monkeypatch.setattr(webdataset, "SAMPLES_PER_TAR", 5)  # tars that straddle the shards
+    single, merged = _single_and_merged(tmp_path, samples, _spec(["webdataset"]))
+    assert merged == single
+    assert len([n for n in single if n.endswith(".tar")]) > N // SHARD
+
+
 def test_merge_of_one_format(tmp_path, samples):
     single, merged = _single_and_merged(tmp_path, samples, _spec(["coco"]))
     assert merged == single
