@@ -1,6 +1,8 @@
 """Request-scoped dependencies: the app's resources and the caller's tenant."""
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -8,6 +10,7 @@ from typing import Any, Callable
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
@@ -22,9 +25,37 @@ class Resources:
     store: ObjectStore
     dispatcher: Dispatcher
     closers: list[Callable[[], None]] = field(default_factory=list)
+    keys: "KeyCache" = field(default_factory=lambda: KeyCache(0))
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.session_factory)
+
+
+class KeyCache:
+    """API key hash -> tenant id for `ttl_s` seconds, so a dashboard polling every second
+    costs no key lookup per request; a revoked key keeps working for at most `ttl_s`."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> uuid.UUID | None:
+        if self.ttl_s <= 0:
+            return None
+        with self._lock:
+            hit = self._entries.get(key_hash)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key_hash: str, tenant_id: uuid.UUID) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic() + self.ttl_s, tenant_id)
 
 
 def resources(request: Request) -> Resources:
@@ -37,17 +68,21 @@ bearer = HTTPBearer(auto_error=False, description="an API key from `dsgen keys c
 def current_tenant(request: Request,
                    credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> uuid.UUID:
     """`Authorization: Bearer <api key>` -> tenant id (401 otherwise)."""
-    from shared import auth
     from shared.db import repositories as repo
 
     res: Resources = request.app.state.resources
     header = request.headers.get("authorization", "")
+    key = credentials.credentials.strip() if credentials is not None else ""
+    cached = res.keys.get(auth.hash_key(key)) if key else None
+    if cached is not None:
+        return cached
     with res.uow() as uow:
         if not header and res.settings.embedded_tenant:
             return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
-        if credentials is None or not credentials.credentials.strip():
+        if not key:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `dsgen keys create`)")
-        tenant = auth.tenant_for_key(uow.session, credentials.credentials.strip())
+        tenant = auth.tenant_for_key(uow.session, key)
         if tenant is None:
             raise Unauthorized("unknown or revoked API key")
+        res.keys.put(auth.hash_key(key), tenant.id)
         return tenant.id

@@ -97,9 +97,8 @@ def spec_hash(spec: JobSpec) -> str:
 
 # -------------------------------------------------------------------------------- views
 def _progress(uow: UnitOfWork, job: Job, with_shards: bool) -> tuple[Progress, list[ShardView]]:
-    per_shard = repo.samples_per_shard(uow.session, job.id)
-    done = sum(per_shard.values())
-    shards = repo.list_shards(uow.session, job.id)
+    shards = repo.list_shards(uow.session, job.id)  # one indexed query: progress is kept on the shards
+    done = sum(s.done for s in shards)
     counts: dict[str, int] = {}
     for s in shards:
         counts[s.status] = counts.get(s.status, 0) + 1
@@ -114,7 +113,7 @@ def _progress(uow: UnitOfWork, job: Job, with_shards: bool) -> tuple[Progress, l
                         shards=counts, images_per_s=rate, eta_s=eta)
     views = [
         ShardView(index=s.index, start=s.start, stop=s.stop, status=s.status, attempts=s.attempts,
-                  done=per_shard.get(s.index, 0), worker=s.worker, error=s.error)
+                  done=s.done, worker=s.worker, error=s.error)
         for s in shards
     ] if with_shards else []
     return progress, views

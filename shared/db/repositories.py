@@ -249,6 +249,14 @@ def upsert_samples(session: Session, samples: Sequence[dict], annotations: Seque
     upsert(session, AnnotationRow, annotations, ("job_id", "sample_index", "instance_id"))
 
 
+def set_shard_done(session: Session, job_id: uuid.UUID, shard_index: int, start: int, stop: int) -> None:
+    """The shard's progress = its stored samples (a count, not an increment: a retried batch
+    or a second delivery cannot count twice). Same transaction as the batch's rows."""
+    stored = select(func.count()).select_from(Sample).where(
+        Sample.job_id == job_id, Sample.index >= start, Sample.index < stop).scalar_subquery()
+    session.execute(update(Shard).where(Shard.job_id == job_id, Shard.index == shard_index).values(done=stored))
+
+
 # ----------------------------------------------------------------------------- exports
 def upsert_export(session: Session, row: dict) -> None:
     upsert(session, Export, [row], ("job_id", "format"))

@@ -157,7 +157,7 @@ def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec
             writes = [writers.submit(write_sample, ctx, claim, gs, times, local) for gs in generated]
             if in_flight is not None:
                 in_flight.result()  # raises what the previous batch's writes raised
-            in_flight = committer.submit(_commit, ctx, writes, times)
+            in_flight = committer.submit(_commit, ctx, claim, writes, times)
         if in_flight is not None:
             in_flight.result()
     finally:
@@ -166,7 +166,7 @@ def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec
     return None
 
 
-def _commit(ctx: WorkerContext, writes: list[Future], times: StageTimes) -> None:
+def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future], times: StageTimes) -> None:
     """Rows of one batch, in one statement each, after every object of the batch is stored."""
     samples, annotations = [], []
     for f in writes:
@@ -175,6 +175,7 @@ def _commit(ctx: WorkerContext, writes: list[Future], times: StageTimes) -> None
         annotations.extend(anns)
     with times.stage("db_rows"), ctx.uow() as uow:
         repo.upsert_samples(uow.session, samples, annotations)
+        repo.set_shard_done(uow.session, claim.job_id, claim.shard_index, claim.start, claim.stop)
 
 
 def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None,
