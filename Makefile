@@ -65,3 +65,7 @@ clean:
 ## Simulated fleet: data plane (API, Postgres, Redis, S3, N stand-in workers) and finalize time (JSON).
 bench-fleet: setup services
 	$(BIN)/python bench/fleet.py --out bench/out/fleet.json
+
+## Engine on CUDA: SD-1.5-shaped random model, fp16/bf16, 512 px, batch 4 and 8, capture vs plain (JSON).
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py --out bench/out/gpu.json
