@@ -21,7 +21,8 @@ def test_gpu_bench_quick_on_cpu_reports_plain_and_capture_per_batch(tmp_path):
     assert [r["batch_size"] for r in result["runs"]] == [1, 2]
     for run in result["runs"]:
         assert run["images_per_s"]["plain"] > 0 and run["images_per_s"]["capture"] > 0
-        assert run["capture_vs_plain"] == round(run["images_per_s"]["capture"] / run["images_per_s"]["plain"], 3)
+        ratio = run["images_per_s"]["capture"] / run["images_per_s"]["plain"]
+        assert abs(run["capture_vs_plain"] - ratio) < 0.01  # from unrounded rates
 
 
 def test_gpu_bench_refuses_cuda_where_there_is_none():
