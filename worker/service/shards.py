@@ -174,8 +174,7 @@ def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future], times: Stage
         samples.append(row)
         annotations.extend(anns)
     with times.stage("db_rows"), ctx.uow() as uow:
-        repo.upsert_samples(uow.session, samples, annotations)
-        repo.set_shard_done(uow.session, claim.job_id, claim.shard_index, claim.start, claim.stop)
+        repo.commit_batch(uow.session, (claim.job_id, claim.shard_index, claim.start, claim.stop), samples, annotations)
 
 
 def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None,
