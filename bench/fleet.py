@@ -15,10 +15,12 @@ timestamps; "stage_ms_per_sample" sums what the shards logged per stage (threads
 stages overlap: generate = engine + labels, encode = PNGs + overlay, s3_put, db_rows = sample
 and annotation rows, db_heartbeat/db_finish = shard bookkeeping); broker = messages per sample.
 
-Finalize (per size): a job is seeded directly, without the broker: its shards run in this
-process (`run_shard`, the very code a worker runs, so the objects, rows and whatever else
-shards write are today's), then `finalize_job` runs in a fresh process, measured for wall
-time and peak RSS (ru_maxrss). Formats: all five (coco, yolo, voc, hf, masks) unless
+Finalize (per size): a job is seeded without the broker: its shards run in this process
+(`run_shard`, the very code a worker runs, so the objects, rows and whatever else shards
+write are the design's own), then `finalize_job` runs in a fresh process, measured for wall
+time and peak RSS (ru_maxrss). Sizes from --direct-from (100k) up are seeded directly: the
+same shard code, but only the export fragments are stored, not each sample's objects
+(finalisation from fragments never reads them; see FragmentsOnly). Formats: all five (coco, yolo, voc, hf, masks) unless
 --formats says otherwise.
 
 Postgres: DSGEN_TEST_POSTGRES_URL (a fresh database); Redis: DSGEN_BENCH_REDIS_URL (default
@@ -179,7 +181,25 @@ def data_plane(env: dict[str, str], logs: Path, key: str, port: int, workers: li
 
 
 # ------------------------------------------------------------------------------- finalize
-def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int]) -> float:
+class FragmentsOnly:
+    """Direct seeding: the shard code runs unchanged, but of its objects only the export
+    fragments are stored (finalisation from fragments never reads a sample's objects; moto
+    takes ~20 ms of this machine's CPU per PUT, so 400k sample PUTs would take hours)."""
+
+    def __init__(self, inner):  # noqa: ANN001
+        self.inner = inner
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)
+
+    def put(self, key: str, data: bytes) -> None:
+        from shared import keys
+
+        if key.endswith("/" + keys.FRAGMENT_FILE):
+            self.inner.put(key, data)
+
+
+def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: bool = False) -> float:
     """Run shards in this process as a worker would (no broker); returns seconds."""
     os.environ.update(env)
     from shared.dispatch import RecordingDispatcher
@@ -187,6 +207,8 @@ def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int]) -> float:
     from worker.service.shards import run_shard
 
     ctx = build_context(settings_of(env), RecordingDispatcher())
+    if direct:
+        ctx.store = FragmentsOnly(ctx.store)
     started = time.perf_counter()
     for i in indexes:
         status = run_shard(ctx, uuid.UUID(job_id), i)
@@ -195,7 +217,8 @@ def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int]) -> float:
     return time.perf_counter() - started
 
 
-def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: int) -> tuple[str, float]:
+def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: int,
+             direct: bool = False) -> tuple[str, float]:
     from shared import auth, jobs
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
     from shared.dispatch import RecordingDispatcher
@@ -212,7 +235,8 @@ def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: 
     shards = [s.index for s in view.shard_list]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=procs) as pool:
-        list(pool.map(_seed_shards, [env] * procs, [job_id] * procs, [shards[k::procs] for k in range(procs)]))
+        list(pool.map(_seed_shards, [env] * procs, [job_id] * procs, [shards[k::procs] for k in range(procs)],
+                      [direct] * procs))
     return job_id, time.perf_counter() - started
 
 
@@ -231,8 +255,8 @@ def finalize_child(job_id: str) -> None:
         resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": base_rss / 1024}))
 
 
-def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int) -> dict:
-    job_id, seed_s = seed_job(env, n, formats, size, procs=2)
+def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, direct: bool = False) -> dict:
+    job_id, seed_s = seed_job(env, n, formats, size, procs=2, direct=direct)
     proc = subprocess.run([sys.executable, __file__, "--finalize-only", job_id], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
@@ -247,7 +271,8 @@ def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int) -> 
         exports = {f: b for f, b in c.execute(text("SELECT format, size_bytes FROM exports WHERE job_id = :j"),
                                               {"j": job_id})}
     engine.dispose()
-    return {"samples": n, "seed_s": round(seed_s, 2), "seed_samples_per_s": round(n / seed_s, 1),
+    return {"samples": n, "seeding": "direct (shard code, fragments only stored)" if direct else "shards (all objects)",
+            "seed_s": round(seed_s, 2), "seed_samples_per_s": round(n / seed_s, 1),
             "finalize_s": round(child["seconds"], 2), "finalize_peak_rss_mib": round(child["peak_rss_mib"], 1),
             "rss_before_finalize_mib": round(child["rss_before_mib"], 1), "export_bytes": exports}
 
@@ -262,6 +287,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--design", default="", help="a label for the JSON (e.g. before / after)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--direct-from", type=int, default=100_000,
+                    help="finalize sizes from this one up are seeded directly (see FragmentsOnly)")
     ap.add_argument("--finalize-only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.finalize_only:
@@ -289,7 +316,8 @@ def main() -> None:
                 engine.dispose()
                 result["data_plane"] = data_plane(env, logs, key, port, workers, args.samples_per_worker, args.size)
             result["finalize_formats"] = formats
-            result["finalize"] = {str(n): finalize_run(env, n, formats, args.size) for n in sizes}
+            result["finalize"] = {str(n): finalize_run(env, n, formats, args.size, direct=n >= args.direct_from)
+                                  for n in sizes}
         finally:
             flush_redis(REDIS_URL)
     shutil.rmtree(logs, ignore_errors=True)

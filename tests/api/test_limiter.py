@@ -40,3 +40,36 @@ def test_requests_past_the_limit_get_503_with_retry_after_at_once_and_health_sti
     assert "capacity" in refused.json()["detail"]
     assert [r.status_code for r in answered] == [200, 200, 200]
     assert after.status_code == 200 and in_flight == 0
+
+
+def _revoke(session_factory, key):
+    from sqlalchemy import update
+
+    from shared import auth
+    from shared.db.models import ApiKey, utcnow
+    from shared.db.session import UnitOfWork
+
+    with UnitOfWork(session_factory) as uow:
+        uow.session.execute(update(ApiKey).where(ApiKey.key_hash == auth.hash_key(key)).values(revoked_at=utcnow()))
+
+
+def test_a_looked_up_key_is_trusted_for_the_cache_time_only(settings, dispatcher, store, session_factory):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from shared import auth
+    from shared.db.session import UnitOfWork
+
+    for ttl, after_revoke in ((3600.0, 200), (0.0, 401)):
+        with UnitOfWork(session_factory) as uow:
+            _, key = auth.create_api_key(uow.session, f"cache-{ttl}")
+        headers = {"Authorization": f"Bearer {key}"}
+        app = create_app(settings.model_copy(update={"api_key_cache_s": ttl}), dispatcher=dispatcher, store=store,
+                         session_factory=session_factory)
+        with TestClient(app) as c:
+            assert c.get("/v1/jobs", headers=headers).status_code == 200
+            _revoke(session_factory, key)
+            assert c.get("/v1/jobs", headers=headers).status_code == after_revoke
+        app = create_app(settings, dispatcher=dispatcher, store=store, session_factory=session_factory)
+        with TestClient(app) as c:  # another process (nothing cached) refuses it at once
+            assert c.get("/v1/jobs", headers=headers).status_code == 401
