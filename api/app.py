@@ -47,9 +47,11 @@ def build_resources(settings: Settings, *, dispatcher: Dispatcher | None = None,
         dispatcher = CeleryDispatcher(publisher)
         closers.append(publisher.close)
     from api.deps import KeyCache
+    from shared.db.session import make_read_session_factory
 
     return Resources(settings=settings, session_factory=session_factory, store=store or make_store(settings),
-                     dispatcher=dispatcher, closers=closers, keys=KeyCache(settings.api_key_cache_s))
+                     dispatcher=dispatcher, closers=closers, keys=KeyCache(settings.api_key_cache_s),
+                     read_session_factory=make_read_session_factory(session_factory))
 
 
 def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None,

@@ -26,9 +26,14 @@ class Resources:
     dispatcher: Dispatcher
     closers: list[Callable[[], None]] = field(default_factory=list)
     keys: "KeyCache" = field(default_factory=lambda: KeyCache(0))
+    read_session_factory: Callable[[], Any] | None = None
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.session_factory)
+
+    def read_uow(self) -> UnitOfWork:
+        """For GETs answered by a single statement (see `make_read_session_factory`)."""
+        return UnitOfWork(self.read_session_factory or self.session_factory)
 
 
 class KeyCache:
