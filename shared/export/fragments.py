@@ -125,8 +125,10 @@ def pack_fragment(root: Path) -> bytes:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for path in _walk(root):
             rel = path.relative_to(root)
-            if rel.parts[0] != layout.SAMPLES_DIR:
-                zf.write(path, rel.as_posix())
+            if rel.parts[0] != layout.SAMPLES_DIR:  # fixed timestamps: same samples, same bytes
+                info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, path.read_bytes())
     return buf.getvalue()
 
 
