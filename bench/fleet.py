@@ -316,8 +316,12 @@ def main() -> None:
                 engine.dispose()
                 result["data_plane"] = data_plane(env, logs, key, port, workers, args.samples_per_worker, args.size)
             result["finalize_formats"] = formats
-            result["finalize"] = {str(n): finalize_run(env, n, formats, args.size, direct=n >= args.direct_from)
-                                  for n in sizes}
+            result["finalize"] = {}
+            for n in sizes:  # the JSON so far is kept after each size (a 100k run takes long)
+                result["finalize"][str(n)] = finalize_run(env, n, formats, args.size, direct=n >= args.direct_from)
+                if args.out:
+                    args.out.parent.mkdir(parents=True, exist_ok=True)
+                    args.out.write_text(json.dumps(result, indent=2) + "\n")
         finally:
             flush_redis(REDIS_URL)
     shutil.rmtree(logs, ignore_errors=True)
