@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-methods test bench bench-quality bench-service serve services browser tiny-random shapes-adaptor clean
+.PHONY: setup demo demo-methods test bench bench-quality bench-service bench-fleet bench-gpu serve services browser tiny-random shapes-adaptor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,3 +69,11 @@ tiny-random: setup
 
 clean:
 	rm -rf out .pytest_cache
+
+## Simulated fleet: data plane (API, Postgres, Redis, S3, N stand-in workers) and finalize time (JSON).
+bench-fleet: setup services
+	$(BIN)/python bench/fleet.py --out bench/out/fleet.json
+
+## Engine on CUDA: SD-1.5-shaped random model, fp16/bf16, 512 px, batch 4 and 8, capture vs plain (JSON).
+bench-gpu: setup
+	$(BIN)/python bench/gpu.py --out bench/out/gpu.json

@@ -46,8 +46,12 @@ def build_resources(settings: Settings, *, dispatcher: Dispatcher | None = None,
         publisher = make_celery_publisher(settings)
         dispatcher = CeleryDispatcher(publisher)
         closers.append(publisher.close)
+    from api.deps import KeyCache
+    from shared.db.session import make_read_session_factory
+
     return Resources(settings=settings, session_factory=session_factory, store=store or make_store(settings),
-                     dispatcher=dispatcher, closers=closers)
+                     dispatcher=dispatcher, closers=closers, keys=KeyCache(settings.api_key_cache_s),
+                     read_session_factory=make_read_session_factory(session_factory))
 
 
 def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | None = None,
@@ -108,6 +112,12 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.include_router(dashboard.router)
     app.mount("/static", StaticFiles(directory=dashboard.STATIC), name="static")
     install_docs(app)
+    from api.limiter import ConcurrencyLimit
+
+    # Outermost: a refused request costs no routing, no auth and no database.
+    app.add_middleware(ConcurrencyLimit, max_in_flight=settings.api_max_in_flight,
+                       retry_after_s=settings.api_retry_after_s,
+                       on_refuse=lambda: app.state.metrics.unavailable.labels("capacity").inc())
     return app
 
 

@@ -1,6 +1,8 @@
 """Request-scoped dependencies: the app's resources and the caller's tenant."""
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -8,6 +10,7 @@ from typing import Any, Callable
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
@@ -22,9 +25,42 @@ class Resources:
     store: ObjectStore
     dispatcher: Dispatcher
     closers: list[Callable[[], None]] = field(default_factory=list)
+    keys: "KeyCache" = field(default_factory=lambda: KeyCache(0))
+    read_session_factory: Callable[[], Any] | None = None
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.session_factory)
+
+    def read_uow(self) -> UnitOfWork:
+        """For GETs answered by a single statement (see `make_read_session_factory`)."""
+        return UnitOfWork(self.read_session_factory or self.session_factory)
+
+
+class KeyCache:
+    """API key hash -> tenant id for `ttl_s` seconds, so a dashboard polling every second
+    costs no key lookup per request; a revoked key keeps working for at most `ttl_s`."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[float, uuid.UUID]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key_hash: str) -> uuid.UUID | None:
+        if self.ttl_s <= 0:
+            return None
+        with self._lock:
+            hit = self._entries.get(key_hash)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key_hash: str, tenant_id: uuid.UUID) -> None:
+        if self.ttl_s <= 0:
+            return
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[key_hash] = (time.monotonic() + self.ttl_s, tenant_id)
 
 
 def resources(request: Request) -> Resources:
@@ -37,21 +73,26 @@ bearer = HTTPBearer(auto_error=False, description="an API key from `dsgen keys c
 def current_tenant(request: Request,
                    credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> uuid.UUID:
     """`Authorization: Bearer <api key>` -> tenant id (401 otherwise)."""
-    from shared import auth
     from shared.db import repositories as repo
 
     res: Resources = request.app.state.resources
+    key = credentials.credentials.strip() if credentials is not None else ""
+    cached = res.keys.get(auth.hash_key(key)) if key else None
+    if cached is not None:
+        return cached
     with res.uow() as uow:
-        given = credentials.credentials.strip() if credentials is not None else ""
-        if res.settings.embedded_tenant and not given:
+        if res.settings.embedded_tenant and not key:
             return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
-        if not given:
+        if not key:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `dsgen keys create`)")
-        tenant = auth.tenant_for_key(uow.session, given)
+        tenant = auth.tenant_for_key(uow.session, key)
         if tenant is None:
             raise Unauthorized("unknown or revoked API key")
         if res.settings.embedded_tenant:
             # Embedded mode has one user: a valid key (the dashboard's, DSGEN_API_KEY of the
             # CLI) acts as the same tenant as no key, so the CLI and the dashboard see one list.
-            return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
+            tenant_id = repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
+            res.keys.put(auth.hash_key(key), tenant_id)
+            return tenant_id
+        res.keys.put(auth.hash_key(key), tenant.id)
         return tenant.id

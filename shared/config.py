@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         default=None, description="embedded mode: requests without a key act as this tenant"
     )
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    api_key_cache_s: float = Field(default=10.0, ge=0, description="how long the API trusts a looked-up key (0: never)")
+    api_max_in_flight: int = Field(
+        default=64, ge=1,
+        description="requests one API process serves at once; past that it answers 503 + Retry-After at once "
+        "instead of queueing without bound",
+    )
+    api_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 from the limiter")
 
     # --- limits (422 / 429) --------------------------------------------------------------
     max_images_per_job: int = Field(default=100_000, ge=1)

@@ -64,14 +64,16 @@ def _numbers(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
             yield from _numbers(f"{prefix}.{k}" if prefix else str(k), v)
 
 
-def summarize(records: Sequence[SampleRecord], classes: Sequence[str]) -> dict[str, Any]:
+def summarize(records: Iterable[SampleRecord], classes: Sequence[str]) -> dict[str, Any]:
     """What a version's diff compares. Quality: the mean of every numeric quality value
     (nested ones by dotted name, e.g. `peak_attention.cat`) over the samples that have it."""
     instances: Counter[str] = Counter({c: 0 for c in classes})
     images: Counter[str] = Counter({c: 0 for c in classes})
     sums: dict[str, float] = {}
     counts: Counter[str] = Counter()
-    for r in records:
+    n = 0
+    for r in records:  # any iterable: finalisation streams them from the database
+        n += 1
         per = Counter(a.category for a in r.annotations)
         instances.update(per)
         images.update(per.keys())
@@ -79,7 +81,7 @@ def summarize(records: Sequence[SampleRecord], classes: Sequence[str]) -> dict[s
             sums[k] = sums.get(k, 0.0) + v
             counts[k] += 1
     return {
-        "samples": len(records),
+        "samples": n,
         "instances": dict(sorted(instances.items())),
         "images": dict(sorted(images.items())),
         "quality": {k: round(sums[k] / counts[k], 6) for k in sorted(sums)},

@@ -6,6 +6,7 @@ the job id, so one large job spreads its writes over many key prefixes (S3 parti
 throughput per prefix).
 
     jobs/{job}/shards/{shard:05d}/{index:06d}/{file}   sample files (image.png, ...)
+    jobs/{job}/shards/{shard:05d}/fragment.zip         the shard's export fragment (its samples' exports)
     jobs/{job}/exports/{format}.zip                    one archive per export format
     jobs/{job}/manifest.json                           written last: the dataset's commit point
 """
@@ -19,6 +20,7 @@ _FORMAT = re.compile(r"[a-z0-9_]+")
 
 OVERLAY_FILE = "overlay.png"
 MANIFEST_FILE = "manifest.json"
+FRAGMENT_FILE = "fragment.zip"
 
 
 def _job(job_id: uuid.UUID | str) -> str:
@@ -44,6 +46,12 @@ def sample_key(job_id: uuid.UUID | str, index: int, shard_size: int, file_name: 
     if not _FILE_NAME.fullmatch(file_name):
         raise ValueError(f"bad file name {file_name!r}")
     return sample_prefix(job_id, index, shard_size) + file_name
+
+
+def fragment_key(job_id: uuid.UUID | str, shard_index: int) -> str:
+    if shard_index < 0:
+        raise ValueError("shard_index must be >= 0")
+    return f"{job_prefix(job_id)}shards/{shard_index:05d}/{FRAGMENT_FILE}"
 
 
 def export_key(job_id: uuid.UUID | str, fmt: str) -> str:

@@ -25,7 +25,8 @@ METHODS_AVAILABLE = ("text2image", "image2image", "mask2image")
 METHODS_PLANNED = ("augment", "layout")
 SOURCE_FORMATS = ("auto", "masks", "coco", "voc", "dsgen")
 UPLOAD_ID = r"^[0-9a-f]{32}$"
-EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
+EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks", "webdataset")
+DEFAULT_EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")  # webdataset on request
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
 SLOT_PATTERN = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 CLASS_SLOT = re.compile(r"class(_[1-9])?")
@@ -376,7 +377,7 @@ class Mask2ImageSpec(StrictModel):
 
 class ExportSpec(StrictModel):
     formats: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: list(EXPORT_FORMATS)
+        default_factory=lambda: list(DEFAULT_EXPORT_FORMATS)
     )
     splits: dict[Literal["train", "val", "test"], float] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},

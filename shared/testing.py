@@ -84,7 +84,7 @@ def moto_s3_server(bucket: str = "dsgen") -> Iterator[str]:
     proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port, proc=proc)
+        wait_for_port(port, timeout=90, proc=proc)  # a loaded machine starts it slowly
         url = f"http://127.0.0.1:{port}"
         import boto3
 

@@ -53,13 +53,13 @@ def list_jobs(
     tenant: uuid.UUID = Depends(current_tenant),
     res: Resources = Depends(resources),
 ) -> JobPage:
-    with res.uow() as uow:
+    with res.read_uow() as uow:
         return jobs.list_jobs(uow, tenant, status=status, cursor=cursor, limit=limit)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
 def get_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> JobView:
-    with res.uow() as uow:
+    with res.read_uow() as uow:
         return jobs.get_job(uow, tenant, job_id)
 
 
@@ -90,7 +90,7 @@ def list_samples(
     tenant: uuid.UUID = Depends(current_tenant),
     res: Resources = Depends(resources),
 ) -> SamplePage:
-    with res.uow() as uow:
+    with res.read_uow() as uow:
         return jobs.list_samples(uow, res.store, tenant, job_id, cursor=cursor, limit=limit)
 
 

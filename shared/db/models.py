@@ -200,6 +200,7 @@ class Shard(Base):
     stop: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), index=True, default=S_PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # samples stored (batch commits)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

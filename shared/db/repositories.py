@@ -275,6 +275,53 @@ def upsert_samples(session: Session, samples: Sequence[dict], annotations: Seque
     upsert(session, AnnotationRow, annotations, ("job_id", "sample_index", "instance_id"))
 
 
+def commit_batch(session: Session, shard: tuple[uuid.UUID, int, int, int], samples: Sequence[dict],
+                 annotations: Sequence[dict]) -> None:
+    """A shard's batch: its sample rows, their annotations (stale ones removed) and the shard's
+    progress (`done`). On Postgres that is one statement, so one round trip: data-modifying
+    CTEs, with `done` = the shard's rows as they were + the rows this statement inserted (the
+    CTEs share one snapshot, so a count cannot see them). Elsewhere: the same, statement by
+    statement, in the same transaction."""
+    job_id, shard_index, start, stop = shard
+    if session.get_bind().dialect.name != "postgresql" or not samples:
+        upsert_samples(session, samples, annotations)
+        set_shard_done(session, job_id, shard_index, start, stop)
+        return
+    from sqlalchemy import literal_column
+
+    ins = _insert(session, Sample).values(list(samples))
+    cols = [c for c in samples[0] if c not in ("job_id", "index", "created_at")]
+    rows = ins.on_conflict_do_update(index_elements=["job_id", "index"], set_={c: ins.excluded[c] for c in cols}) \
+        .returning(literal_column("(xmax = 0)").label("inserted")).cte("batch_samples")
+    stale = delete(AnnotationRow).where(AnnotationRow.job_id == job_id,
+                                        AnnotationRow.sample_index.in_([r["index"] for r in samples]))
+    keep = [(a["sample_index"], a["instance_id"]) for a in annotations]
+    if keep:
+        stale = stale.where(tuple_(AnnotationRow.sample_index, AnnotationRow.instance_id).not_in(keep))
+    ctes = [rows, stale.returning(AnnotationRow.sample_index).cte("stale_annotations")]
+    if annotations:
+        ann = _insert(session, AnnotationRow).values(list(annotations))
+        acols = [c for c in annotations[0] if c not in ("job_id", "sample_index", "instance_id")]
+        ctes.append(ann.on_conflict_do_update(index_elements=["job_id", "sample_index", "instance_id"],
+                                              set_={c: ann.excluded[c] for c in acols})
+                    .returning(AnnotationRow.sample_index).cte("batch_annotations"))
+    before = select(func.count()).select_from(Sample).where(
+        Sample.job_id == job_id, Sample.index >= start, Sample.index < stop).scalar_subquery()
+    inserted = select(func.count()).select_from(rows).where(rows.c.inserted).scalar_subquery()
+    stmt = update(Shard).where(Shard.job_id == job_id, Shard.index == shard_index).values(done=before + inserted)
+    for cte in ctes:
+        stmt = stmt.add_cte(cte)
+    session.execute(stmt)
+
+
+def set_shard_done(session: Session, job_id: uuid.UUID, shard_index: int, start: int, stop: int) -> None:
+    """The shard's progress = its stored samples (a count, not an increment: a retried batch
+    or a second delivery cannot count twice). Same transaction as the batch's rows."""
+    stored = select(func.count()).select_from(Sample).where(
+        Sample.job_id == job_id, Sample.index >= start, Sample.index < stop).scalar_subquery()
+    session.execute(update(Shard).where(Shard.job_id == job_id, Shard.index == shard_index).values(done=stored))
+
+
 # ----------------------------------------------------------------------------- exports
 def upsert_export(session: Session, row: dict) -> None:
     upsert(session, Export, [row], ("job_id", "format"))

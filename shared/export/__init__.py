@@ -1,4 +1,5 @@
-"""Dataset export writers: samples folder -> COCO / YOLO / VOC / HF imagefolder / masks.
+"""Dataset export writers: samples folder -> COCO / YOLO / VOC / HF imagefolder / masks /
+WebDataset.
 
 `write_exports(root, spec, records)` is the one entry point the runner and the finalize
 task call. It is idempotent and deterministic: it removes the old manifest first (the
@@ -25,6 +26,7 @@ from shared.export.manifest import write_manifest
 from shared.export.masks import write_masks
 from shared.export.splits import assign_splits, split_counts
 from shared.export.voc import write_voc
+from shared.export.webdataset import write_webdataset
 from shared.export.yolo import write_yolo
 from shared.records import SampleRecord
 from shared.spec import EXPORT_FORMATS, JobSpec
@@ -37,6 +39,7 @@ WRITERS: dict[str, Writer] = {
     "voc": write_voc,
     "hf": write_hf,
     "masks": write_masks,
+    "webdataset": write_webdataset,
 }
 assert set(WRITERS) == set(EXPORT_FORMATS), "every format of the spec needs a writer"
 
@@ -67,5 +70,6 @@ __all__ = [
     "write_manifest",
     "write_masks",
     "write_voc",
+    "write_webdataset",
     "write_yolo",
 ]

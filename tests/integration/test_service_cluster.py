@@ -62,10 +62,11 @@ def test_a_job_runs_on_two_workers_and_its_exports_load_in_pycocotools(cluster, 
     assert job["progress"]["done"] == 8 and job["progress"]["shards"] == {"succeeded": 2}
     workers = {s.worker for s in shards_of(cluster, job["id"])}
     assert len(workers) == 2, workers  # each shard on its own worker process
-    # every object once: 8 samples x 5 files, 2 archives, the manifest
+    # every object once: 8 samples x 5 files, 2 shard export fragments, 2 archives, the manifest
     store = make_store(cluster.settings)
     objects = store.list(keys.job_prefix(job["id"]))
-    assert len(objects) == 8 * len(SAMPLE_FILES) + 2 + 1
+    assert len(objects) == 8 * len(SAMPLE_FILES) + 2 + 2 + 1
+    assert {keys.fragment_key(job["id"], i) for i in range(2)} <= set(objects)
     exports = api.get(f"/v1/jobs/{job['id']}/exports", headers=headers).json()
     assert sorted(e["format"] for e in exports["items"]) == ["coco", "yolo"]
     coco = next(e for e in exports["items"] if e["format"] == "coco")
@@ -118,7 +119,7 @@ def test_kill_9_mid_shard_still_gives_exactly_the_same_dataset(cluster, api, hea
         rows = uow.session.scalar(select(func.count()).select_from(Sample).where(Sample.job_id == jid))
     assert rows == 8  # exactly N rows (the primary key makes duplicates impossible; count anyway)
     store = make_store(cluster.settings)
-    assert len(store.list(keys.job_prefix(jid))) == 8 * len(SAMPLE_FILES) + 2 + 1
+    assert len(store.list(keys.job_prefix(jid))) == 8 * len(SAMPLE_FILES) + 2 + 2 + 1  # + 2 fragments
     assert object_digests(cluster, job["id"]) == object_digests(cluster, undisturbed["id"])  # same bytes
 
 
@@ -151,7 +152,7 @@ def test_cancel_stops_within_one_batch_and_keeps_what_was_done(cluster, api, hea
     assert at_cancel <= done["progress"]["done"] <= at_cancel + 2 * batch * gpu_workers
     assert done["progress"]["done"] < 40
     store = make_store(cluster.settings)
-    kept = store.list(f"{keys.job_prefix(job['id'])}shards/")
+    kept = [k for k in store.list(f"{keys.job_prefix(job['id'])}shards/") if not k.endswith(keys.FRAGMENT_FILE)]
     assert len(kept) == done["progress"]["done"] * len(SAMPLE_FILES)  # what was done is kept
     assert set(done["progress"]["shards"]) <= {"succeeded", "cancelled"}
 

@@ -21,6 +21,10 @@ Exporter = Callable[[Path, JobSpec, list[SampleRecord]], Path]
 
 
 def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None = None) -> Any:
+    from worker.engine.standin import StandinEngine, is_standin
+
+    if is_standin(spec):  # builtin:fleet-standin: no weights, no diffusion (fleet benchmarks)
+        return StandinEngine(spec)
     from worker.engine.session import EngineSession  # torch: only in the process that generates
 
     return EngineSession(spec, uploads=uploads)

@@ -1,5 +1,8 @@
-"""Finalisation (cpu queue): the job's samples into a temporary folder in the local dataset
-layout, the export writers over it, one archive per format uploaded, the manifest last."""
+"""Finalisation (cpu queue): the shards' export fragments (each shard exported its own
+samples, see `worker.service.shards.write_fragment`) merged into the job's exports, one
+archive per format uploaded, the manifest last. It downloads one object per shard, not the
+samples; a shard without a fragment (made before fragments existed) gets one built here
+from its samples, with the same writers."""
 from __future__ import annotations
 
 import hashlib
@@ -7,14 +10,17 @@ import logging
 import tempfile
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shared import datasets, keys, layout
 from shared.db import repositories as repo
 from shared.db.models import FAILED, FINALIZING, utcnow
 from shared.lifecycle import finish_job
+from shared.export.fragments import Fragment, merge_fragments, unpack_fragment
 from shared.records import SampleRecord
 from shared.spec import JobSpec
+from shared.storage import ObjectNotFound
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
@@ -50,7 +56,8 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
         job.finalize_heartbeat_at = utcnow()
         spec = JobSpec.model_validate(job.spec)
         shard_size = job.shard_size
-        rows = [(r.index, r.record) for r in repo.list_samples(uow.session, job_id)]
+        written = repo.count_samples(uow.session, job_id)
+        shards = [(s.index, s.start, s.stop) for s in repo.list_shards(uow.session, job_id)]
 
     def beat() -> None:
         with ctx.uow() as uow:
@@ -58,7 +65,7 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
 
     try:
         with Ticker(ctx.settings.heartbeat_interval_s, beat):
-            summary = _export(ctx, job_id, spec, shard_size, rows)
+            summary = _export(ctx, job_id, spec, shard_size, written, shards)
     except Exception as err:  # noqa: BLE001
         log.exception("finalize of %s failed", job_id, extra={"job_id": str(job_id)})
         return _finalize_failed(ctx, job_id, f"{type(err).__name__}: {err}"[:2000])
@@ -69,23 +76,25 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
     return "succeeded"
 
 
-def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int, rows: list) -> dict:
+def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int, written: int,
+            shards: list[tuple[int, int, int]]) -> dict:
     """Exports and manifest; returns the dataset summary of the samples (for its version)."""
-    if len(rows) != spec.num_images:
-        raise RuntimeError(f"{len(rows)} samples written, {spec.num_images} expected")
+    if written != spec.num_images:
+        raise RuntimeError(f"{written} samples written, {spec.num_images} expected")
     with tempfile.TemporaryDirectory(prefix="dsgen-finalize-") as tmp:
         root, archives = Path(tmp) / "dataset", Path(tmp) / "archives"
         archives.mkdir(parents=True)
-        records: list[SampleRecord] = []
-        for index, data in rows:
-            record = SampleRecord.model_validate(data)
-            records.append(record)
-            folder = layout.sample_dir(root, index)
-            folder.mkdir(parents=True, exist_ok=True)
-            names = [n for n in (record.files.image, record.files.semantic, record.files.instances) if n]
-            for name in [*names, layout.RECORD_FILE]:
-                (folder / name).write_bytes(ctx.store.get(keys.sample_key(job_id, index, shard_size, name)))
-        manifest = ctx.exporter(root, spec, records)
+
+        def fetch(shard: tuple[int, int, int]) -> Fragment:
+            folder = Path(tmp) / "fragments" / f"{shard[0]:05d}"
+            try:
+                return unpack_fragment(ctx.store.get(keys.fragment_key(job_id, shard[0])), folder)
+            except ObjectNotFound:
+                return _fragment_from_samples(ctx, job_id, spec, shard_size, shard, folder)
+
+        with ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency) as pool:
+            fragments = list(pool.map(fetch, shards))  # in shard order: index order
+        manifest = merge_fragments(root, spec, fragments)
         uploaded = []
         for fmt in spec.export.formats:
             folder = layout.export_dir(root, fmt)
@@ -100,8 +109,32 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
         with ctx.uow() as uow:
             for row in uploaded:
                 repo.upsert_export(uow.session, row)
-        ctx.store.put(keys.manifest_key(job_id), Path(manifest).read_bytes())  # the commit point: last
-    return datasets.summarize(records, [c.name for c in spec.classes])
+        ctx.store.put_file(keys.manifest_key(job_id), Path(manifest))  # the commit point: last
+    return datasets.summarize(_records(ctx, job_id), [c.name for c in spec.classes])
+
+
+def _records(ctx: WorkerContext, job_id: uuid.UUID, page: int = 1000):
+    """Every sample's record, a page at a time (keyset on the index)."""
+    after = None
+    while True:
+        with ctx.uow() as uow:
+            rows = [(r.index, r.record) for r in repo.list_samples(uow.session, job_id, after=after, limit=page)]
+        for _, data in rows:
+            yield SampleRecord.model_validate(data)
+        if len(rows) < page:
+            return
+        after = rows[-1][0]
+
+
+def _fragment_from_samples(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int,
+                           shard: tuple[int, int, int], folder: Path) -> Fragment:
+    """A shard's fragment made here from its stored samples (as the shard would have)."""
+    from worker.service.shards import fetch_samples
+
+    _, start, stop = shard
+    records = fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), folder)
+    ctx.exporter(folder, spec, records)
+    return Fragment(folder)
 
 
 def _finalize_failed(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> str:

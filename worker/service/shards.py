@@ -5,12 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import logging
+import tempfile
 import threading
+import time
 import uuid
+from collections import defaultdict
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
-from shared import keys
+from shared import keys, layout
 from shared.db import repositories as repo
 from shared.db.models import S_CANCELLED, S_FAILED, S_SUCCEEDED, utcnow
 from shared.errors import ServiceUnavailable
@@ -21,6 +26,28 @@ from shared.spec import JobSpec, SpecError
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
+
+
+class StageTimes:
+    """Seconds spent per stage of a shard (summed over threads), logged when it ends: where
+    the data plane's time goes (engine and labels, encoding, object store, database)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def stage(self, name: str):  # noqa: ANN201
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.seconds[name] += time.perf_counter() - started
+
+    def as_dict(self) -> dict[str, float]:
+        with self._lock:
+            return {k: round(v, 4) for k, v in sorted(self.seconds.items())}
 
 
 def run_shard(ctx: WorkerContext, job_id: uuid.UUID, shard_index: int) -> str:
@@ -85,13 +112,58 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     with ctx.uow() as uow:
         done = repo.existing_sample_indexes(uow.session, claim.job_id, claim.start, claim.stop)
     todo = [i for i in range(claim.start, claim.stop) if i not in done]
-    engine = _engine(ctx, spec) if todo else None
+    times = StageTimes()
+    with times.stage("engine_load"):
+        engine = _engine(ctx, spec) if todo else None
+    with tempfile.TemporaryDirectory(prefix="dsgen-shard-") as local:
+        outcome = _generate_into(ctx, claim, lost, spec, engine, todo, times, Path(local))
+        if outcome is not None:
+            return outcome
+        with times.stage("fragment"):  # the shard's own exports, merged by finalisation
+            write_fragment(ctx, claim, spec, Path(local), done)
+    with times.stage("db_finish"), ctx.uow() as uow:
+        ok = finish_shard(uow, ctx.dispatcher, claim, S_SUCCEEDED)
+    log.info("shard finished", extra={"samples": len(todo), "stage_seconds": times.as_dict()})
+    return S_SUCCEEDED if ok else "lost"
+
+
+def write_fragment(ctx: WorkerContext, claim: Claim, spec: JobSpec, local: Path, reused: set[int]) -> None:
+    """Export this shard's samples with the single-pass writers and store the result as the
+    shard's fragment. Samples an earlier attempt made are fetched back first (only those)."""
+    from shared.export.fragments import pack_fragment
+
+    fetch_samples(ctx, claim.job_id, claim.shard_size, sorted(reused), local)
+    records = [SampleRecord.model_validate_json(layout.record_path(local, i).read_bytes())
+               for i in range(claim.start, claim.stop)]
+    ctx.exporter(local, spec, records)
+    ctx.store.put(keys.fragment_key(claim.job_id, claim.shard_index), pack_fragment(local))
+
+
+def fetch_samples(ctx: WorkerContext, job_id: uuid.UUID, shard_size: int, indexes: list[int], local: Path) -> list[SampleRecord]:
+    """Stored samples back into `local` in the dataset layout (what the writers read)."""
+    records = []
+    for index in indexes:
+        folder = layout.sample_dir(local, index)
+        folder.mkdir(parents=True, exist_ok=True)
+        record_bytes = ctx.store.get(keys.sample_key(job_id, index, shard_size, layout.RECORD_FILE))
+        record = SampleRecord.model_validate_json(record_bytes)
+        for name in (record.files.image, record.files.semantic, record.files.instances):
+            if name:
+                (folder / name).write_bytes(ctx.store.get(keys.sample_key(job_id, index, shard_size, name)))
+        (folder / layout.RECORD_FILE).write_bytes(record_bytes)
+        records.append(record)
+    return records
+
+
+def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec: JobSpec, engine: Any,
+                   todo: list[int], times: "StageTimes", local: Path) -> str | None:
+    """The batches; None when all were written, else why it stopped (lost, cancelled)."""
     writers = ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency, thread_name_prefix="dsgen-put")
     committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dsgen-commit")
     in_flight: Future | None = None
     try:
         for batch in _batches(todo, spec.generation.batch_size):
-            with ctx.uow() as uow:  # between batches: still ours? cancelled?
+            with times.stage("db_heartbeat"), ctx.uow() as uow:  # between batches: still ours? cancelled?
                 ours, cancel = heartbeat(uow.session, claim)
             if not ours or lost.is_set():
                 return "lost"
@@ -101,18 +173,18 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
                 with ctx.uow() as uow:
                     finish_shard(uow, ctx.dispatcher, claim, S_CANCELLED)
                 return "cancelled"
-            writes = [writers.submit(write_sample, ctx, claim, gs) for gs in engine.generate(batch)]
+            with times.stage("generate"):  # engine and labels
+                generated = list(engine.generate(batch))
+            writes = [writers.submit(write_sample, ctx, claim, gs, times, local) for gs in generated]
             if in_flight is not None and not in_flight.result():  # raises what the previous batch raised
                 return "lost"
-            in_flight = committer.submit(_commit, ctx, claim, writes)
+            in_flight = committer.submit(_commit, ctx, claim, writes, times)
         if in_flight is not None and not in_flight.result():
             return "lost"
     finally:
         writers.shutdown(wait=True)
         committer.shutdown(wait=True)
-    with ctx.uow() as uow:
-        ok = finish_shard(uow, ctx.dispatcher, claim, S_SUCCEEDED)
-    return S_SUCCEEDED if ok else "lost"
+    return None
 
 
 def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
@@ -125,7 +197,7 @@ def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
     return ctx.engine_factory(spec, uploads=ctx.uploads()) if uses_uploads else ctx.engine_factory(spec)
 
 
-def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future]) -> bool:
+def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future], times: StageTimes) -> bool:
     """Rows of one batch, in one statement each, after every object of the batch is stored.
     Fenced by attempt: an attempt that was superseded (its heartbeat timed out and another
     worker claimed the shard) writes nothing; False tells it to stop."""
@@ -134,27 +206,38 @@ def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future]) -> bool:
         row, anns = f.result()
         samples.append(row)
         annotations.extend(anns)
-    with ctx.uow() as uow:
+    with times.stage("db_rows"), ctx.uow() as uow:
         if not attempt_is_current(uow.session, claim):
             return False
-        repo.upsert_samples(uow.session, samples, annotations)
+        repo.commit_batch(uow.session, (claim.job_id, claim.shard_index, claim.start, claim.stop), samples, annotations)
     return True
 
 
-def write_sample(ctx: WorkerContext, claim: Claim, gs: Any) -> tuple[dict, list[dict]]:
-    """Objects first (record.json last), then the row dicts that point at them."""
+def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None,
+                 local: Path | None = None) -> tuple[dict, list[dict]]:
+    """Objects first (record.json last), then the row dicts that point at them. With `local`,
+    the sample's files are also kept there (the shard's export fragment is made from them)."""
+    times = times or StageTimes()
     rec: SampleRecord = gs.record
-    files: dict[str, bytes] = dict(gs.files())
-    record_bytes = files.pop("record.json")
-    if getattr(gs, "semantic", None) is not None:
-        files[keys.OVERLAY_FILE] = overlay_png(gs.image, gs.semantic)
-    files["record.json"] = record_bytes
+    with times.stage("encode"):
+        files: dict[str, bytes] = dict(gs.files())
+        record_bytes = files.pop("record.json")
+        if getattr(gs, "semantic", None) is not None:
+            files[keys.OVERLAY_FILE] = overlay_png(gs.image, gs.semantic)
+        files["record.json"] = record_bytes
 
     def key(name: str) -> str:
         return keys.sample_key(claim.job_id, rec.index, claim.shard_size, name)
 
-    for name, data in files.items():
-        ctx.store.put(key(name), data)
+    with times.stage("s3_put"):
+        for name, data in files.items():
+            ctx.store.put(key(name), data)
+    if local is not None:
+        folder = layout.sample_dir(local, rec.index)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            if name != keys.OVERLAY_FILE:
+                (folder / name).write_bytes(data)
     now = utcnow()
     row = {
         "job_id": claim.job_id,

@@ -67,3 +67,43 @@ def test_archives_are_byte_identical_every_time(tmp_path):
     (tmp_path / "d" / "a.txt").touch()
     zip_folder(tmp_path / "d", tmp_path / "2.zip")
     assert (tmp_path / "1.zip").read_bytes() == (tmp_path / "2.zip").read_bytes()
+
+
+class CountingStore(RecordingStore):
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.gets = []
+
+    def get(self, key):
+        self.gets.append(key)
+        return self.inner.get(key)
+
+
+def _archives(ctx, job):
+    with ctx.uow() as uow:
+        return {e.format: ctx.store.get(e.key) for e in repo.list_exports(uow.session, job)}
+
+
+def test_finalize_reads_one_fragment_per_shard_and_no_sample(ctx, submit):
+    job = submit()
+    for shard in range(2):
+        run_shard(ctx, job, shard)
+    ctx.store = CountingStore(ctx.store)
+    assert finalize_job(ctx, job) == "succeeded"
+    assert sorted(ctx.store.gets) == sorted(keys.fragment_key(job, i) for i in range(2))
+
+
+def test_a_shard_without_fragment_is_exported_from_its_samples_with_the_same_bytes(ctx, submit):
+    first, second = submit(), submit()
+    for job in (first, second):
+        for shard in range(2):
+            run_shard(ctx, job, shard)
+    # the second job's shard 1 has no fragment (as if made by a version before fragments)
+    path = ctx.store.path_of(keys.fragment_key(second, 1))
+    assert path.is_file()
+    path.unlink()
+    assert finalize_job(ctx, first) == "succeeded"
+    assert finalize_job(ctx, second) == "succeeded"
+    a, b = _archives(ctx, first), _archives(ctx, second)
+    assert set(a) == {"coco", "yolo"} and a == b
+    assert ctx.store.get(keys.manifest_key(first)) == ctx.store.get(keys.manifest_key(second))

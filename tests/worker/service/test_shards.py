@@ -40,6 +40,7 @@ def test_a_rerun_after_a_crash_resumes_and_writes_no_duplicates(ctx, submit):
     job = submit()
     run_shard(ctx, job, 0)
     before = sorted(ctx.store.list(keys.job_prefix(job)))
+    fragment = ctx.store.get(keys.fragment_key(job, 0))
     # pretend the worker died during the second batch of shard 0: its objects were written,
     # its rows were not
     with ctx.uow() as uow:
@@ -50,6 +51,7 @@ def test_a_rerun_after_a_crash_resumes_and_writes_no_duplicates(ctx, submit):
     assert run_shard(ctx, job, 0) == "succeeded"
     assert FakeEngine.calls == [[2, 3]]  # only what was missing
     assert sorted(ctx.store.list(keys.job_prefix(job))) == before
+    assert ctx.store.get(keys.fragment_key(job, 0)) == fragment  # samples 0, 1 fetched back, same export
     with ctx.uow() as uow:
         assert repo.count_samples(uow.session, job) == 4
         assert repo.get_shard(uow.session, job, 0).attempts == 2

@@ -1,0 +1,341 @@
+"""Export fragments: each shard exports its own samples; finalisation merges the fragments.
+
+A fragment is exactly what `write_exports` (the single-pass writers) makes from one shard's
+samples: the format folders and a manifest.json. Finalisation then never re-reads a sample;
+it merges the fragments of all shards, in shard (= index) order, into what `write_exports`
+would have made from all samples at once, byte for byte (tested):
+
+* per-sample files (a file whose stem is one of the fragment's sample stems, the rule the
+  manifest uses) are moved into place unchanged;
+* shared files are merged by a rule per kind, streaming (a fragment at a time):
+  COCO instances_<split>.json (images and annotations appended, annotation ids renumbered),
+  YOLO data.yaml (the union of the splits), VOC ImageSets lists (lines appended),
+  HF metadata.parquet (rows appended), masks/classes.json (the same in every fragment),
+  WebDataset tars (samples re-cut into tars of the single-pass size);
+  a shared file without a rule is refused, so a new writer file cannot be silently lost;
+* manifest.json is streamed: samples from the fragments' manifests, the file table from the
+  merged folders.
+
+So finalisation costs a download per shard (not four per sample), moves and appends, and no
+list of the whole dataset is held in memory (the HF metadata rows of one split, a few small
+columns per sample, are the exception: parquet is written in one piece).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from shared import layout
+from shared.export import files
+from shared.export.manifest import manifest_document
+from shared.spec import EXPORT_FORMATS, JobSpec
+
+FRAGMENT_SAMPLES = "samples"  # the fragment manifest's list of sample entries
+
+
+class FragmentError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- helpers
+def _walk(folder: Path) -> Iterator[Path]:
+    """Files under `folder`, depth first with each folder's entries sorted by name: the order
+    of `sorted(Path.rglob(...))` without listing the whole tree at once."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            yield from _walk(Path(e.path))
+        elif e.is_file(follow_symlinks=False) and not e.name.startswith(".tmp-"):
+            yield Path(e.path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _indented(value: Any, depth: int) -> str:
+    """`value` as `files.dumps_json(..., indent=2)` renders it `depth` levels deep."""
+    text = json.dumps(value, sort_keys=True, indent=2, separators=(",", ": "), ensure_ascii=False)
+    return text.replace("\n", "\n" + "  " * depth)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _write_around(out: TextIO, template: str, blocks: dict[str, Any]) -> None:
+    """Write `template` with each placeholder (a JSON string token) replaced by its block:
+    a callable that writes to `out`, called in template order."""
+    rest = template
+    while True:
+        found = [(rest.find(token), token) for token in blocks if token in rest]
+        if not found:
+            out.write(rest)
+            return
+        pos, token = min(found)
+        out.write(rest[:pos])
+        blocks[token](out)
+        rest = rest[pos + len(token):]
+
+
+# ------------------------------------------------------------------------- fragments
+class Fragment:
+    """One shard's export folder (as `write_exports` left it)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._manifest: dict | None = None
+
+    @property
+    def manifest(self) -> dict:
+        if self._manifest is None:
+            self._manifest = json.loads((self.root / layout.MANIFEST_FILE).read_text())
+        return self._manifest
+
+    def release(self) -> None:
+        self._manifest = None
+
+    def stems(self) -> set[str]:
+        return {layout.sample_stem(s["index"]) for s in self.manifest[FRAGMENT_SAMPLES]}
+
+
+def _part(fragment: Fragment, rel: str) -> Path | None:
+    path = fragment.root / rel
+    return path if path.is_file() else None
+
+
+def pack_fragment(root: Path) -> bytes:
+    """A shard's exports (everything `write_exports` wrote under `root`, not its samples) as
+    one stored (uncompressed: images are compressed already) zip, entries sorted."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path in _walk(root):
+            rel = path.relative_to(root)
+            if rel.parts[0] != layout.SAMPLES_DIR:  # fixed timestamps: same samples, same bytes
+                info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def unpack_fragment(data: bytes, dest: Path) -> Fragment:
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if name.startswith("/") or ".." in name.split("/"):
+                raise FragmentError(f"fragment entry {name!r} leaves its folder")
+        zf.extractall(dest)
+    if not (Path(dest) / layout.MANIFEST_FILE).is_file():
+        raise FragmentError("fragment without manifest.json")
+    return Fragment(dest)
+
+
+# ------------------------------------------------------------------- merge rules
+def _merge_coco(parts: Sequence[Path], dest: Path) -> None:
+    """instances_<split>.json: the first part's document with every part's images and
+    annotations, annotation ids renumbered 1.. in (sample index, annotation) order."""
+    first = json.loads(parts[0].read_text())
+    skeleton = {**first, "images": "\x00images\x00", "annotations": "\x00annotations\x00"}
+    template = files.dumps_json(skeleton)
+
+    def annotations(out: TextIO) -> None:
+        out.write("[")
+        n = 0
+        for part in parts:
+            for ann in json.loads(part.read_text())["annotations"]:
+                n += 1
+                out.write(("," if n > 1 else "") + _compact({**ann, "id": n}))
+        out.write("]")
+
+    def images(out: TextIO) -> None:
+        out.write("[")
+        k = 0
+        for part in parts:
+            for image in json.loads(part.read_text())["images"]:
+                k += 1
+                out.write(("," if k > 1 else "") + _compact(image))
+        out.write("]")
+
+    tokens = {_compact("\x00annotations\x00"): annotations, _compact("\x00images\x00"): images}
+    with _open_text(dest) as out:
+        _write_around(out, template, tokens)
+
+
+def _merge_lines(parts: Sequence[Path], dest: Path) -> None:
+    with open(_tmp(dest), "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out)
+    os.replace(_tmp(dest), dest)
+
+
+def _merge_same(parts: Sequence[Path], dest: Path) -> None:
+    data = parts[0].read_bytes()
+    for part in parts[1:]:
+        if part.read_bytes() != data:
+            raise FragmentError(f"{dest.name}: fragments disagree on a file that must be the same in all")
+    files.atomic_write_bytes(dest, data)
+
+
+def _merge_yolo_yaml(parts: Sequence[Path], dest: Path, categories: list[str]) -> None:
+    import yaml
+
+    from shared.export.yolo import data_yaml
+
+    splits: set[str] = set()
+    for part in parts:
+        splits |= {k for k in yaml.safe_load(part.read_text()) if k not in ("nc", "names")}
+    files.atomic_write_text(dest, data_yaml(categories, sorted(splits)))
+
+
+def _merge_parquet(parts: Sequence[Path], dest: Path) -> None:
+    """Rows appended, then written by the HF writer's own code (an Arrow table read back from
+    parquet, though equal, does not write the same bytes as one built from rows)."""
+    import pyarrow.parquet as pq
+
+    from shared.export.hf import _parquet_bytes
+
+    rows: list[dict] = []
+    for p in parts:
+        rows.extend(pq.read_table(p).to_pylist())
+    files.atomic_write_bytes(dest, _parquet_bytes(rows))
+
+
+def _merge_webdataset(dirs: Sequence[Path], dest: Path) -> None:
+    from shared.export.webdataset import merge_webdataset
+
+    merge_webdataset(dirs, dest)
+
+
+# Formats whose files hold many samples each (tars): merged as whole folders.
+_FOLDER_MERGES = {"webdataset": _merge_webdataset}
+
+
+def _rule(fmt: str, rel: str, categories: list[str]):  # noqa: ANN202
+    """The merge function of a shared file `rel` (relative to its format folder)."""
+    name = Path(rel).name
+    if fmt == "coco" and rel.startswith("annotations/") and name.endswith(".json"):
+        return _merge_coco
+    if fmt == "yolo" and name == "data.yaml":
+        return lambda parts, dest: _merge_yolo_yaml(parts, dest, categories)
+    if fmt == "voc" and rel.startswith("ImageSets/") and name.endswith(".txt"):
+        return _merge_lines
+    if fmt == "hf" and name.endswith(".parquet"):
+        return _merge_parquet
+    if fmt == "masks" and name == "classes.json":
+        return _merge_same
+    raise FragmentError(f"{fmt}/{rel}: a shared export file without a merge rule (add one in {__name__})")
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".tmp-{path.name}")
+
+
+class _open_text:
+    """A text file written under a temporary name and renamed into place on success."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> TextIO:
+        self.f = open(_tmp(self.dest), "w", encoding="utf-8", newline="")
+        return self.f
+
+    def __exit__(self, exc_type, *rest) -> None:  # noqa: ANN001
+        self.f.close()
+        if exc_type is None:
+            os.replace(_tmp(self.dest), self.dest)
+        else:
+            _tmp(self.dest).unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------ merge
+def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) -> Path:
+    """Build in `root` what `write_exports(root, spec, all records)` builds, from the shards'
+    fragments (in shard order; their files are moved, so they are used up). Returns the
+    manifest's path (written last)."""
+    root = Path(root)
+    (root / layout.MANIFEST_FILE).unlink(missing_ok=True)
+    categories = [c.name for c in spec.classes]
+    formats = [f for f in EXPORT_FORMATS if f in spec.export.formats]
+    shared: dict[tuple[str, str], list[Path]] = {}
+    for fragment in fragments:
+        stems = fragment.stems()
+        for fmt in formats:
+            if fmt in _FOLDER_MERGES:
+                continue
+            src_dir = fragment.root / fmt
+            if not src_dir.is_dir():
+                raise FragmentError(f"fragment {fragment.root.name} has no {fmt} folder")
+            for path in _walk(src_dir):
+                rel = path.relative_to(src_dir).as_posix()
+                if path.stem in stems:  # a sample's own file: moved as it is
+                    dest = root / fmt / rel
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, dest)
+                else:
+                    shared.setdefault((fmt, rel), []).append(path)
+        fragment.release()
+    for fmt in formats:
+        (root / fmt).mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        if fmt in _FOLDER_MERGES:
+            _FOLDER_MERGES[fmt]([f.root / fmt for f in fragments], root / fmt)
+    for (fmt, rel), parts in sorted(shared.items()):
+        dest = root / fmt / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _rule(fmt, rel, categories)(parts, dest)
+    return write_merged_manifest(root, spec, fragments, formats)
+
+
+def write_merged_manifest(root: Path, spec: JobSpec, fragments: Sequence[Fragment], formats: Sequence[str]) -> Path:
+    """manifest.json with the bytes `write_manifest` gives, streamed: the samples come from the
+    fragments' manifests, the file table from the merged folders."""
+    splits: Counter[str] = Counter()
+    for fragment in fragments:
+        splits.update(s["split"] for s in fragment.manifest[FRAGMENT_SAMPLES])
+        fragment.release()
+    skeleton = manifest_document(root, spec, [], {}, [])
+    skeleton.update(samples="\x00samples\x00", files="\x00files\x00", splits=dict(splits))
+    template = files.dumps_json(skeleton, indent=2)
+
+    def samples(out: TextIO) -> None:
+        n = 0
+        for fragment in fragments:
+            for entry in fragment.manifest[FRAGMENT_SAMPLES]:
+                out.write(("[\n" if n == 0 else ",\n") + "    " + _indented(entry, 2))
+                n += 1
+            fragment.release()
+        out.write("\n  ]" if n else "[]")
+
+    def table(out: TextIO) -> None:
+        n = 0
+        for fmt in sorted(formats):
+            for path in _walk(root / fmt):
+                rel = path.relative_to(root).as_posix()
+                entry = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+                out.write(("{\n" if n == 0 else ",\n") + "    " + _compact(rel) + ": " + _indented(entry, 2))
+                n += 1
+        out.write("\n  }" if n else "{}")
+
+    dest = root / layout.MANIFEST_FILE
+    with _open_text(dest) as out:
+        _write_around(out, template, {_compact("\x00samples\x00"): samples, _compact("\x00files\x00"): table})
+    return dest
