@@ -14,6 +14,11 @@ Prints one JSON object:
   synthetic_vs_real    the same small segmenter trained once on N generated samples with dsgen's
                        labels (255 ignored) and once on N real renders, both evaluated on the
                        held-out real set: mIoU of each and the ratio synthetic / real.
+  labels_on_generated  dsgen's labels on the generated images against the judge's per-pixel
+                       reading of those images (truth from their pixels, not from dsgen), with
+                       the judge's own mIoU on real renders beside it.
+  real_plus_synthetic  the segmenter trained on 50 real renders (repeated to the same size) vs
+                       on those 50 + the N generated samples, on the held-out real set.
 PNG grids (samples, overlays) go to --out.
 """
 from __future__ import annotations
@@ -37,6 +42,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from shared.prompts import ClassMention  # noqa: E402
 from shared.shapes import COLOURS, SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
+from shared.shapes.world import World, get_world  # noqa: E402
 
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
@@ -49,8 +55,19 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
+WORLD: World = get_world("v2")
+
+
+def use_world(world: World) -> None:
+    """Measure against `world` (the one the model was trained on, from its dsgen.json)."""
+    global WORLD, COLOURS, SHAPES, N_PAIRS, OBJ_RE
+    WORLD, COLOURS, SHAPES = world, world.colours, world.shapes
+    N_PAIRS = len(COLOURS) * len(SHAPES)
+    OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
+
+
 def real_scenes(stream: int, n: int, size: int = 32):
-    return [render_scene(scene_seed(stream, i), size) for i in range(n)]
+    return [render_scene(scene_seed(stream, i), size, world=WORLD) for i in range(n)]
 
 
 def caption_mentions(caption: str, suffix: bool) -> tuple[str, tuple[ClassMention, ...]]:
@@ -181,6 +198,16 @@ class PairJudge:
                                    n_classes=1 + N_PAIRS, flips=False)
 
     @torch.no_grad()
+    def semantic(self, images: list[np.ndarray]) -> np.ndarray:
+        """Per-pixel shape class (0 background): the judge's reading of an image, used as the
+        truth of *generated* images (derived from their pixels, not from dsgen's labels)."""
+        out = []
+        for b0 in range(0, len(images), 64):
+            pair = self.net(to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
+            out.append(np.where(pair > 0, (pair - 1) % len(SHAPES) + 1, 0))
+        return np.concatenate(out).astype(np.uint8)
+
+    @torch.no_grad()
     def presence(self, images: list[np.ndarray]) -> torch.Tensor:
         out = []
         for b0 in range(0, len(images), 64):
@@ -305,13 +332,14 @@ def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: 
 # ------------------------------------------------------------------ main
 
 def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, t: int, steps: int, guidance: float,
-        suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print,
+        suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print, n_few_real: int = 50,
         parts: tuple[str, ...] = ("attention", "fidelity", "synthetic")) -> dict:
     from worker.engine.models import load_model
 
     torch.manual_seed(seed)
     started = time.time()
     model = load_model(model_id)
+    use_world(get_world(model.extras.get("world")))
     test = real_scenes(TEST_STREAM, n_real)
     # 1. attention on real images
     ious, ignored, examples = attention_on_real(model, test, t, suffix)
@@ -365,11 +393,29 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
             shape_hits += bool(max(p[pair_index(c2, s)] for c2 in COLOURS) > 0.5)
         per_image_all.append(ok_all)
     log(f"fidelity done ({time.time() - started:.0f}s)")
+    # 3b. dsgen's labels on the generated images vs the judge's per-pixel reading of them
+    # (uncertain 255 pixels left out of both); the judge's own mIoU on real renders says how
+    # far that "truth" can be trusted.
+    judge_sem = judge.semantic(gen_images)
+    iou_gen, iou_judge_real = IoU(), IoU()
+    for lab, truth in zip(gen_labels, judge_sem):
+        keep = lab != 255
+        iou_gen.add(np.where(keep, lab, 254), np.where(keep, truth, 254))
+    for sc, truth in zip(test, judge.semantic([s.image for s in test])):
+        iou_judge_real.add(truth, sc.semantic)
     # 4. synthetic vs real: same segmenter, same real test set
     seg_real_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
     seg_real = train_segmenter([s.image for s in seg_real_scenes], [s.semantic for s in seg_real_scenes], seg_epochs, seed)
     seg_synth = train_segmenter(gen_images, gen_labels, seg_epochs, seed)
     iou_real, iou_synth = evaluate_segmenter(seg_real, test), evaluate_segmenter(seg_synth, test)
+    # 5. real + synthetic vs real only, at a small real N (FreeMask's claim): the real images
+    # are repeated so both sets have the same size and the segmenters the same updates.
+    few = seg_real_scenes[:n_few_real]
+    reps = max(1, round((n_few_real + len(gen_images)) / n_few_real))
+    few_x, few_y = [s.image for s in few], [s.semantic for s in few]
+    seg_few = train_segmenter(few_x * reps, few_y * reps, seg_epochs, seed)
+    seg_mix = train_segmenter(few_x + gen_images, few_y + gen_labels, seg_epochs, seed)
+    iou_few, iou_mix = evaluate_segmenter(seg_few, test), evaluate_segmenter(seg_mix, test)
     log(f"segmenters done ({time.time() - started:.0f}s)")
     # grids
     save_grid([gen_images[r * 8:(r + 1) * 8] for r in range(min(4, len(gen_images) // 8))], out / "samples.png")
@@ -383,6 +429,16 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
             "all_objects_in_image": round(float(np.mean(per_image_all)), 4),
             "n_objects": total, "n_images": len(captions), "steps": steps, "guidance_scale": guidance,
             "judge_on_real": {"recall": round(judge_recall, 4), "false_positive_rate": round(judge_fp, 5)},
+        },
+        "labels_on_generated": {
+            "miou_vs_judge": iou_gen.miou(), "per_class": iou_gen.per_class(),
+            "judge_miou_on_real": iou_judge_real.miou(),
+            "uncertain_fraction": round(float(np.mean([(lab == 255).mean() for lab in gen_labels])), 4),
+        },
+        "real_plus_synthetic": {
+            "miou_real_only": iou_few.miou(), "miou_real_plus_synthetic": iou_mix.miou(),
+            "gain": round(iou_mix.miou() - iou_few.miou(), 4),
+            "n_real": n_few_real, "real_repeats_in_real_only": reps, "n_synthetic": len(gen_images),
         },
         "synthetic_vs_real": {
             "miou_synthetic": iou_synth.miou(), "miou_real": iou_real.miou(),

@@ -19,7 +19,7 @@ from shared.export import WRITERS, assign_splits
 from shared.export.files import atomic_write_bytes, encode_png
 from shared.records import RLE, Annotation, ModelInfo, SampleRecord
 from shared.shapes.render import Scene, render_scene
-from shared.shapes.world import SHAPES
+from shared.shapes.world import DEFAULT_WORLD, SHAPES, World
 
 RENDERER_ID = "shapes-world"
 RENDERER_VERSION = "1"
@@ -67,7 +67,7 @@ def write_sample(root: Path, index: int, scene: Scene) -> SampleRecord:
 
 def write_real_dataset(
     out: Path, n: int, seed: int = 0, size: int = 32, formats: Sequence[str] = ("coco",),
-    splits: dict[str, float] | None = None, progress=None,
+    splits: dict[str, float] | None = None, progress=None, world: World | str | None = DEFAULT_WORLD,
 ) -> list[SampleRecord]:
     """Render n scenes into `out` (sample folders + the requested export formats)."""
     out = Path(out)
@@ -76,7 +76,7 @@ def write_real_dataset(
         raise ValueError(f"unknown format(s) {unknown}; choose from {sorted(WRITERS)}")
     records = []
     for i in range(n):
-        records.append(write_sample(out, i, render_scene(scene_seed(seed, i), size)))
+        records.append(write_sample(out, i, render_scene(scene_seed(seed, i), size, world=world)))
         if progress is not None:
             progress(i + 1)
     split_map = assign_splits(seed, range(n), splits or DEFAULT_SPLITS)

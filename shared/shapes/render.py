@@ -1,8 +1,9 @@
 """Procedural renderer of the shapes world with exact ground truth (numpy + PIL only).
 
-`render_scene(seed, size)` draws 1-3 objects (shape x colour, random size, position and
-rotation, partial overlap allowed) on a low-contrast textured background, anti-aliased by
-supersampling. Ground truth is the *visible* part of each object: an instance mask, its
+`render_scene(seed, size, world=...)` draws 1-3 objects (shape x colour, random size, position
+and rotation, partial overlap allowed) on the world's background (flat, a mild gradient, or
+v1's low-contrast texture), anti-aliased by supersampling. `objects=[(colour, shape), ...]`
+forces what is drawn (held-out concepts included). Ground truth is the *visible* part of each object: an instance mask, its
 box, the semantic mask (class = shape), the colour, and the caption naming every object.
 The same seed always gives the same scene, byte for byte.
 """
@@ -14,12 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shared.shapes.world import COLOURS, MAX_OBJECTS, PALETTE, SHAPES, category_id, make_caption
+from shared.shapes.world import DEFAULT_WORLD, MAX_OBJECTS, PALETTE, World, category_id, get_world, make_caption
 
 SUPERSAMPLE = 4
-MIN_SIZE_FRAC = 0.28  # object extent as a fraction of the image side
-MAX_SIZE_FRAC = 0.50
-MIN_VISIBLE = 0.6  # each object keeps at least this fraction of its own area visible
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,18 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([0x5AA9E5, int(seed)]))
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Grey-ish base colour, smooth low-frequency blotches and fine grain: low contrast."""
+def _background(rng: np.random.Generator, size: int, kind: str = "texture") -> np.ndarray:
+    """Grey-ish base colour; `texture` adds smooth low-frequency blotches and fine grain (low
+    contrast), `gradient` a mild linear ramp, `flat` nothing."""
     base = rng.uniform(0.35, 0.7) + rng.uniform(-0.04, 0.04, size=3)
+    if kind == "flat":
+        return np.broadcast_to(base[None, None, :], (size, size, 3)).clip(0, 1).astype(np.float64)
+    if kind == "gradient":
+        angle = rng.uniform(0, 2 * np.pi)
+        amp = rng.uniform(0.03, 0.08)
+        yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5
+        ramp = amp * (np.cos(angle) * xx + np.sin(angle) * yy)
+        return (base[None, None, :] + ramp[..., None]).clip(0, 1)
     coarse = rng.normal(0.0, 1.0, size=(4, 4, 3)).astype(np.float32)
     smooth = np.asarray(
         Image.fromarray(((coarse * 0.25 + 0.5).clip(0, 1) * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC),
@@ -77,6 +84,13 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     elif shape == "triangle":
         pts = [(math.cos(angle + k * 2 * math.pi / 3), math.sin(angle + k * 2 * math.pi / 3)) for k in range(3)]
         scale = r * 1.1
+    elif shape == "cross":
+        # A plus sign: 12 corners around the centre.
+        a, b = 1.0, 0.34
+        corners = [(b, a), (b, b), (a, b), (a, -b), (b, -b), (b, -a), (-b, -a), (-b, -b), (-a, -b), (-a, b), (-b, b), (-b, a)]
+        ca, sa = math.cos(angle), math.sin(angle)
+        pts = [(x * ca - y * sa, x * sa + y * ca) for x, y in corners]
+        scale = r * 0.95
     elif shape == "star":
         pts = []
         for k in range(10):
@@ -102,24 +116,46 @@ def _coverage(shape: str, cx: float, cy: float, r: float, angle: float, size: in
     return hi.reshape(size, s, size, s).mean(axis=(1, 3))
 
 
-def render_scene(seed: int, size: int = 32, n_objects: int | None = None, class_suffix: bool = False) -> Scene:
-    """Render scene `seed` at `size` x `size` pixels. Deterministic in (seed, size, n_objects)."""
+def render_scene(seed: int, size: int = 32, n_objects: int | None = None, class_suffix: bool = False,
+                 world: World | str | None = DEFAULT_WORLD, objects: list[tuple[str, str]] | None = None) -> Scene:
+    """Render scene `seed` at `size` x `size` pixels. Deterministic in (seed, size, n_objects, world, objects).
+
+    `objects` forces the (colour, shape) pairs drawn, in order; any drawable colour/shape of the
+    world (held-out ones included). Otherwise pairs are distinct and drawn from the training ones.
+    """
+    world = get_world(world)
     rng = _rng(seed)
-    n_target = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else int(n_objects)
+    if objects is not None:
+        n_target = len(objects)
+    elif n_objects is not None:
+        n_target = int(n_objects)
+    elif len(set(world.count_weights)) == 1 and len(world.count_weights) == MAX_OBJECTS:
+        n_target = int(rng.integers(1, MAX_OBJECTS + 1))  # (the v1 draw, kept for byte-identical v1 scenes)
+    else:
+        w = np.asarray(world.count_weights, dtype=np.float64)
+        n_target = int(rng.choice(len(w), p=w / w.sum())) + 1
     if not 1 <= n_target <= MAX_OBJECTS:
-        raise ValueError(f"n_objects must be 1..{MAX_OBJECTS}, got {n_objects}")
-    image = _background(rng, size)
-    # Place objects; a candidate is accepted only if every object keeps MIN_VISIBLE of itself.
+        raise ValueError(f"n_objects must be 1..{MAX_OBJECTS}, got {n_target}")
+    if objects is not None:
+        bad = [o for o in objects if o[0] not in world.drawable_colours or o[1] not in world.drawable_shapes]
+        if bad:
+            raise ValueError(f"objects {bad} are not drawable in world {world.name!r}")
+    image = _background(rng, size, world.background)
+    lo, hi = world.size_frac
+    # Place objects; a candidate is accepted only if every object keeps min_visible of itself.
     placed: list[dict] = []
     hard_masks: list[np.ndarray] = []
     used: set[tuple[str, str]] = set()
-    for _ in range(n_target):
+    for k in range(n_target):
         for _attempt in range(30):
-            shape = SHAPES[int(rng.integers(len(SHAPES)))]
-            colour = COLOURS[int(rng.integers(len(COLOURS)))]
-            if (colour, shape) in used:
-                continue
-            extent = rng.uniform(MIN_SIZE_FRAC, MAX_SIZE_FRAC) * size
+            if objects is not None:
+                colour, shape = objects[k]
+            else:
+                shape = world.shapes[int(rng.integers(len(world.shapes)))]
+                colour = world.colours[int(rng.integers(len(world.colours)))]
+                if (colour, shape) in used:
+                    continue
+            extent = rng.uniform(lo, hi) * size
             r = extent / 2
             cx = rng.uniform(r * 0.8, size - r * 0.8)
             cy = rng.uniform(r * 0.8, size - r * 0.8)
@@ -128,11 +164,11 @@ def render_scene(seed: int, size: int = 32, n_objects: int | None = None, class_
             hard = cov >= 0.5
             if hard.sum() < 4:
                 continue
-            # Every earlier object must stay MIN_VISIBLE visible under all objects drawn after it.
+            # Every earlier object must stay min_visible visible under all objects drawn after it.
             later = hard.copy()
             ok = True
             for prev in reversed(hard_masks):
-                if (prev & ~later).sum() < MIN_VISIBLE * prev.sum():
+                if (prev & ~later).sum() < world.min_visible * prev.sum():
                     ok = False
                     break
                 later |= prev
@@ -164,7 +200,7 @@ def render_scene(seed: int, size: int = 32, n_objects: int | None = None, class_
     return Scene(seed=int(seed), image=img8, semantic=semantic, instances=instances, objects=objects, caption=caption)
 
 
-def render_batch(seeds, size: int = 32) -> tuple[np.ndarray, list[Scene]]:
+def render_batch(seeds, size: int = 32, world: World | str | None = DEFAULT_WORLD) -> tuple[np.ndarray, list[Scene]]:
     """Scenes for `seeds` and their images stacked as N x H x W x 3 uint8."""
-    scenes = [render_scene(int(s), size) for s in seeds]
+    scenes = [render_scene(int(s), size, world=world) for s in seeds]
     return np.stack([s.image for s in scenes]), scenes

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from shared.shapes.world import COLOURS, SHAPES, VOCABULARY
+from shared.shapes.world import DEFAULT_WORLD, World, get_world
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<bos>", "<eos>"
 SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
@@ -42,6 +42,16 @@ class ShapesModelConfig:
     cross_scale: float = 4.0
     self_scale: float = 2.0
     norm_num_groups: int = 16
+    # The top (full-resolution) level's transformer blocks use cross-attention only: no
+    # pixel-to-pixel self-attention at 32x32 (1024 x 1024 per head), which halves the cost of
+    # a training step; labels refine with the 16x16 self-attention anyway.
+    only_cross_top: bool = False
+    prediction_type: str = "epsilon"  # or "v_prediction"
+    world: dict[str, Any] | None = None  # shared.shapes.world.World JSON; None = the v1 world
+
+    @property
+    def shapes_world(self) -> World:
+        return get_world(self.world)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -59,16 +69,19 @@ PRESETS: dict[str, ShapesModelConfig] = {
     "tiny": ShapesModelConfig(block_out_channels=(16, 32, 32), attention_head_dim=2, text_dim=16, text_heads=2, norm_num_groups=8),
     "small": ShapesModelConfig(block_out_channels=(32, 64, 64), attention_head_dim=4, norm_num_groups=16),
     "base": ShapesModelConfig(),
+    # shapes-v2: the small UNet without 32x32 self-attention, v-prediction, the v2 world.
+    "v2": ShapesModelConfig(block_out_channels=(32, 64, 64), attention_head_dim=4, norm_num_groups=16,
+                            only_cross_top=True, prediction_type="v_prediction", world=get_world("v2").to_json()),
 }
 
 
-def build_tokenizer():
-    """Word-level fast tokenizer over the shapes vocabulary (ids: specials, then VOCABULARY)."""
+def build_tokenizer(world: World | None = None):
+    """Word-level fast tokenizer over a world's vocabulary (ids: specials, then the vocabulary)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + VOCABULARY)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + (world or DEFAULT_WORLD).vocabulary)}
     tok = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     # Same split as shared.shapes.world.split_words: words, and each punctuation mark apart.
@@ -90,7 +103,7 @@ def build_text_encoder(cfg: ShapesModelConfig):
     from transformers import MistralConfig, MistralModel
 
     tcfg = MistralConfig(
-        vocab_size=len(SPECIAL_TOKENS) + len(VOCABULARY),
+        vocab_size=len(SPECIAL_TOKENS) + len(cfg.shapes_world.vocabulary),
         hidden_size=cfg.text_dim,
         intermediate_size=cfg.text_dim * 2,
         num_hidden_layers=cfg.text_layers,
@@ -121,13 +134,14 @@ def build_unet(cfg: ShapesModelConfig):
         cross_attention_dim=cfg.text_dim,
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
+        only_cross_attention=(True, False, False) if cfg.only_cross_top else False,
     )
 
 
-def build_scheduler(kind: str = "ddpm"):
+def build_scheduler(kind: str = "ddpm", prediction_type: str = "epsilon"):
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    common = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
+    common = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type,
                   clip_sample=True, clip_sample_range=1.0)
     if kind == "ddim":
         return DDIMScheduler(**common, set_alpha_to_one=True, timestep_spacing="trailing")
@@ -178,22 +192,24 @@ def folded_unet_state(unet, cfg: ShapesModelConfig) -> dict[str, torch.Tensor]:
 
 def dsgen_extras(cfg: ShapesModelConfig, steps: int | None = None) -> dict[str, Any]:
     """The `dsgen.json` the engine reads next to the model (see docs/shapes-model.md)."""
+    world = cfg.shapes_world
     return {
         "pixel_space": True,
         "text_attention_mask": True,
         "default_generation": {"width": cfg.image_size, "height": cfg.image_size, "steps": 20,
                                "guidance_scale": 3.0, "scheduler": "ddim"},
-        "vocabulary": list(VOCABULARY),
+        "vocabulary": list(world.vocabulary),
+        "world": world.to_json(),
         # LabelSpec fields only: the engine may pass this dict straight into `labels`.
         # Measured on held-out real renders (bench/quality.py): refinement with the 16x16
         # self-attention and tau 1 beats 32x32 / tau 4 (noisy pixel-level self-attention).
         "recommended_labels": {"cross_resolutions": [cfg.image_size // 2, cfg.image_size],
                                "self_resolution": cfg.image_size // 2, "tau": 1},
-        "classes": list(SHAPES),
-        "colours": list(COLOURS),
-        "demo_classes": list(SHAPES),
+        "classes": list(world.shapes),
+        "colours": list(world.colours),
+        "demo_classes": list(world.shapes),
         "demo_templates": ["a {colour} {class}", "a {colour} {class} and a {colour_2} {class_2}"],
-        "demo_slots": {"colour": list(COLOURS), "colour_2": list(COLOURS)},
+        "demo_slots": {"colour": list(world.colours), "colour_2": list(world.colours)},
         "training": {"steps": steps, "config": cfg.to_json()},
     }
 
@@ -209,8 +225,8 @@ def export_model(unet, text_encoder, cfg: ShapesModelConfig, out: Path, steps: i
     plain.save_pretrained(out / "unet", safe_serialization=True)
     te = copy.deepcopy(text_encoder).float()
     te.save_pretrained(out / "text_encoder", safe_serialization=True)
-    build_tokenizer().save_pretrained(out / "tokenizer")
-    build_scheduler("ddim").save_pretrained(out / "scheduler")
+    build_tokenizer(cfg.shapes_world).save_pretrained(out / "tokenizer")
+    build_scheduler("ddim", cfg.prediction_type).save_pretrained(out / "scheduler")
     index = {
         "_class_name": "DiffusionPipeline",
         "_diffusers_version": __import__("diffusers").__version__,

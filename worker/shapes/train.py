@@ -23,9 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dataclasses import replace
+
 from shared.shapes.render import render_scene
-from shared.shapes.world import make_caption
+from shared.shapes.world import DEFAULT_WORLD, World, get_world, make_caption
 from worker.shapes.model import (
+    MAX_LENGTH,
     PRESETS,
     ShapesModelConfig,
     add_query_scaling,
@@ -57,10 +60,32 @@ class TrainConfig:
     bf16: bool = False
     threads: int | None = None
     attn_loss: float = 0.05  # weight of the attention localisation loss (worker/shapes/attn_loss.py)
+    rectify: float = 0.0  # share of samples trained with rectified cross-attention (worker/shapes/rectify.py)
+    # The world trained on: a name from shared.shapes.world.WORLDS ("" = the preset's), and
+    # overrides for ablations ("" = the world's own value).
+    world: str = ""
+    background: str = ""
+    count_weights: str = ""  # e.g. "0.45,0.4,0.15"
+    size_frac: str = ""  # e.g. "0.34,0.55"
+    prediction: str = ""  # "" = the preset's; "epsilon" | "v_prediction"
+
+
+def train_world(tc: TrainConfig, preset: ShapesModelConfig) -> World:
+    """The world a run trains on: `tc.world`, else the preset's, else the default world; with
+    the run's overrides."""
+    world = get_world(tc.world) if tc.world else preset.shapes_world if preset.world else DEFAULT_WORLD
+    changes: dict = {}
+    if tc.background:
+        changes["background"] = tc.background
+    if tc.count_weights:
+        changes["count_weights"] = tuple(float(v) for v in tc.count_weights.split(","))
+    if tc.size_frac:
+        changes["size_frac"] = tuple(float(v) for v in tc.size_frac.split(","))
+    return world.with_(**changes) if changes else world
 
 
 def batch_for_step(seed: int, step: int, batch_size: int, size: int, cfg_dropout: float, suffix_prob: float,
-                   return_scenes: bool = False):
+                   return_scenes: bool = False, world: World | str | None = None):
     """Images (B,3,H,W) in [-1,1] and captions (and scenes) for training step `step`; deterministic."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7919, int(step)]))
     scene_seeds = rng.integers(0, 2**62, size=batch_size)
@@ -68,7 +93,7 @@ def batch_for_step(seed: int, step: int, batch_size: int, size: int, cfg_dropout
     suffix = rng.random(batch_size) < suffix_prob
     images, captions, scenes = [], [], []
     for s, d, suf in zip(scene_seeds, drop, suffix):
-        scene = render_scene(int(s), size)
+        scene = render_scene(int(s), size, world=world)
         scenes.append(scene)
         images.append(scene.image)
         captions.append("" if d else make_caption([(o.colour, o.shape) for o in scene.objects], class_suffix=bool(suf)))
@@ -87,8 +112,10 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cfg = model_cfg or PRESETS[tc.preset]
+        self.world = train_world(tc, self.cfg)
+        self.cfg = replace(self.cfg, world=self.world.to_json(), **({"prediction_type": tc.prediction} if tc.prediction else {}))
         torch.manual_seed(tc.seed)
-        self.tokenizer = build_tokenizer()
+        self.tokenizer = build_tokenizer(self.world)
         self.unet = build_unet(self.cfg).to(self.device)
         self.text_encoder = build_text_encoder(self.cfg).to(self.device)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
@@ -100,9 +127,14 @@ class Trainer:
             from worker.shapes import attn_loss
 
             self.attn_sink = attn_loss.install(self.unet, (self.cfg.image_size // 2, self.cfg.image_size), self.cfg.image_size)
+        self.regions = None
+        if tc.rectify:
+            from worker.shapes import rectify
+
+            self.regions = rectify.install(self.unet)
         self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=0.01)
-        self.sched = build_scheduler("ddpm")
+        self.sched = build_scheduler("ddpm", self.cfg.prediction_type)
         self.alphas = self.sched.alphas_cumprod.to(self.device)
         self.step = 0
         self.last_attn_loss = None
@@ -145,7 +177,7 @@ class Trainer:
     def train_step(self) -> float:
         tc = self.tc
         x0, captions, scenes = batch_for_step(tc.seed, self.step, tc.batch_size, self.cfg.image_size, tc.cfg_dropout,
-                                              tc.suffix_prob, return_scenes=True)
+                                              tc.suffix_prob, return_scenes=True, world=self.world)
         x0 = x0.to(self.device)
         g = torch.Generator().manual_seed(hash((tc.seed, self.step)) & 0x7FFFFFFF)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
@@ -155,12 +187,24 @@ class Trainer:
         use_bf16 = tc.bf16 and self.device.type in ("cpu", "cuda")
         if self.attn_sink is not None:
             self.attn_sink.clear()
+        if self.regions is not None:
+            from worker.shapes.attn_loss import token_targets
+
+            chosen = torch.rand(len(captions), generator=g) < tc.rectify
+            self.regions.set([token_targets(sc, cap, MAX_LENGTH) if cap and pick else []
+                              for sc, cap, pick in zip(scenes, captions, chosen.tolist())], MAX_LENGTH)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             hidden, mask = encode_text(self.tokenizer, self.text_encoder, captions, self.device)
             pred = self.unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
         snr = a.view(-1) / (1 - a.view(-1))
-        weight = torch.clamp(snr, max=tc.min_snr) / snr if tc.min_snr else torch.ones_like(snr)
-        loss = (F.mse_loss(pred.float(), noise, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        if self.cfg.prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+            # min-SNR-gamma in the v form (Hang et al. 2023): min(snr, gamma) / (snr + 1)
+            weight = torch.clamp(snr, max=tc.min_snr) / (snr + 1) if tc.min_snr else torch.ones_like(snr)
+        else:
+            target = noise
+            weight = torch.clamp(snr, max=tc.min_snr) / snr if tc.min_snr else torch.ones_like(snr)
+        loss = (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         self.last_attn_loss = None
         if self.attn_sink is not None:
             from worker.shapes.attn_loss import localisation_loss, token_targets

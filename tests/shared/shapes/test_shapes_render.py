@@ -72,12 +72,78 @@ def test_captions_and_vocabulary():
     for cap in (render_scene(i).caption for i in range(20)):
         assert validate_prompt(cap) == split_words(cap)
     assert set(COLOURS) | set(SHAPES) <= set(VOCABULARY)
-    assert len(COLOURS) >= 5 and len(SHAPES) >= 4
+    assert len(COLOURS) >= 4 and len(SHAPES) >= 4
 
 
 def test_unknown_word_error_lists_vocabulary():
     with pytest.raises(UnknownWordError) as err:
         validate_prompt("a Red hexagon")
     msg = str(err.value)
-    assert "'hexagon'" in msg and "circle" in msg and "purple" in msg
+    assert "'hexagon'" in msg and "circle" in msg and "yellow" in msg
     assert err.value.words == ["hexagon"]
+
+
+# ---------------------------------------------------------------- worlds and held-out concepts
+
+def test_held_out_concepts_are_drawable_but_never_trained():
+    from shared.shapes.world import DEFAULT_WORLD
+
+    w = DEFAULT_WORLD
+    assert w.held_out_colours and w.held_out_shapes
+    for word in w.held_out_colours + w.held_out_shapes:
+        assert word not in w.vocabulary
+        with pytest.raises(UnknownWordError):
+            validate_prompt(f"a {word}", w.vocabulary)
+    # never drawn unless asked for: 300 random training scenes contain none of them
+    for i in range(300):
+        for o in render_scene(i).objects:
+            assert o.colour in w.colours and o.shape in w.shapes
+    # drawn exactly when asked, with exact ground truth
+    colour, shape = w.held_out_colours[0], w.held_out_shapes[0]
+    s = render_scene(7, objects=[(colour, shape), ("red", "circle")])
+    assert [(o.colour, o.shape) for o in s.objects] == [(colour, shape), ("red", "circle")]
+    cross = s.instance_mask(s.objects[0])
+    assert (s.semantic[cross] == s.objects[0].category_id).all() and s.objects[0].category_id == 5
+    # the held-out colour's pixels are its palette colour (inside, away from the anti-aliased edge)
+    inner = np.argwhere(cross)[len(np.argwhere(cross)) // 2]
+    assert np.abs(s.image[tuple(inner)].astype(int) - np.array(PALETTE[colour])).max() < 30
+
+
+def test_forced_objects_outside_the_world_are_refused():
+    with pytest.raises(ValueError, match="not drawable"):
+        render_scene(1, objects=[("black", "circle")])
+
+
+@pytest.mark.parametrize("background", ["flat", "gradient", "texture"])
+def test_backgrounds(background):
+    from shared.shapes.world import DEFAULT_WORLD
+
+    w = DEFAULT_WORLD.with_(background=background)
+    s = render_scene(3, world=w)
+    bg = s.image[s.semantic == 0]
+    _, counts = np.unique(bg, axis=0, return_counts=True)
+    modal_share = counts.max() / len(bg)  # anti-aliased object edges are the only other values
+    if background == "flat":
+        assert modal_share > 0.8
+    else:
+        assert modal_share < 0.5
+        assert bg.astype(float).std(axis=0).max() < 25  # mild: objects stay far more contrasted
+    assert render_scene(3, world=w).image.tobytes() == s.image.tobytes()
+
+
+def test_world_round_trips_through_json_and_v1_is_default_for_unrecorded_models():
+    from shared.shapes.world import WORLDS, World, get_world
+
+    for w in WORLDS.values():
+        assert World.from_json(w.to_json()) == w
+    assert get_world(None) == WORLDS["v1"]
+    assert "purple" in WORLDS["v1"].vocabulary
+    with pytest.raises(ValueError, match="held-out"):
+        World(name="x", colours=("red",), shapes=("circle",), held_out_colours=("red",))
+
+
+def test_object_counts_follow_the_world():
+    from collections import Counter
+
+    counts = Counter(len(render_scene(i).objects) for i in range(600))
+    assert counts[1] > counts[2] > counts[3] > 0  # v2: mostly one or two objects

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.shapes import VOCABULARY
+from shared.shapes.world import get_world
 from shared.spec import GenerationSpec
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -28,7 +28,7 @@ def model():
 
 def test_loads_offline_as_a_pixel_model(model):
     assert model.vae is None and model.pixel_space
-    assert model.extras["vocabulary"] == list(VOCABULARY)
+    assert model.extras["vocabulary"] == list(get_world(model.extras.get("world")).vocabulary)
     assert model.unet.config.in_channels == 3 and model.unet.config.sample_size == 32
 
 
