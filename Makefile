@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality bench-service serve services browser tiny-random shapes-adaptor clean
+.PHONY: setup demo demo-methods test bench bench-quality bench-service serve services browser tiny-random shapes-adaptor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ setup: $(STAMP)
 ## Generate the demo dataset (out/demo/) with the builtin model, on this machine.
 demo: setup
 	$(BIN)/dsgen run examples/demo.yaml --out out/demo
+
+## One complete dataset (with exports) per available method under out/methods/<method>/, from
+## real renders of `dsgen shapes render`, plus a grid per method (out/methods/<method>/grid.png).
+METHODS := text2image image2image mask2image
+demo-methods: setup
+	$(BIN)/dsgen shapes render --out out/methods/_real --n 16 --seed 5 --formats coco --overwrite
+	for m in $(METHODS); do $(BIN)/dsgen run examples/methods/$$m.yaml --out out/methods/$$m --overwrite || exit 1; done
+	$(BIN)/python examples/methods/grids.py $(addprefix out/methods/,$(METHODS))
 
 ## Run the whole test suite (starts Postgres and Redis here if they are down).
 test: setup services browser

@@ -19,6 +19,18 @@ Prints one JSON object:
                        the judge's own mIoU on real renders beside it.
   real_plus_synthetic  the segmenter trained on 50 real renders (repeated to the same size) vs
                        on those 50 + the N generated samples, on the held-out real set.
+  mask2image           FreeMask / FreestyleNet on the shapes world (masks of held-out real renders,
+                       captions as prompts, rectified cross-attention):
+    .mask_fidelity       a segmenter trained on real renders, run on the generated images: mIoU
+                         against the input masks (the labels mask2image claims are exact);
+    .synthetic_vs_real   the small segmenter trained on N mask2image samples vs on N real renders,
+                         both evaluated on the held-out real set (ratio synthetic / real);
+    .filter              FreeMask's segmenter filter (dsgen segmenter, tolerance 1.25): the same
+                         segmenter trained on filtered vs unfiltered labels, for text2image and
+                         mask2image data (mIoU on real, fraction of pixels ignored);
+    .hardness            hardness-aware variants vs uniform variants per mask at about the same
+                         number of images (mIoU on real of a segmenter trained on each).
+`--parts` picks parts (attention, fidelity, synthetic, mask2image).
 PNG grids (samples, overlays) go to --out.
 """
 from __future__ import annotations
@@ -46,6 +58,7 @@ from shared.shapes.world import World, get_world  # noqa: E402
 
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
+MASK_STREAM, FILTER_REAL_STREAM = 910_005, 910_006
 N_CLASSES = len(SHAPES) + 1
 CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
@@ -341,15 +354,32 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
     model = load_model(model_id)
     use_world(get_world(model.extras.get("world")))
     test = real_scenes(TEST_STREAM, n_real)
+    extras = model.extras.get("training", {})
+    result = {"model": model_id, "model_revision": model.info.revision, "training_steps": extras.get("steps"),
+              "training_seconds": extras.get("elapsed_s")}
+    out.mkdir(parents=True, exist_ok=True)
+    if "attention" in parts:
+        result.update(_attention_part(model, test, t, suffix, out, log, started))
+    samples = seg_real = None
+    if "fidelity" in parts or "synthetic" in parts:
+        samples, seg_real = _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix,
+                                              seg_epochs, cls_epochs, seed, log, started, result)
+    if "mask2image" in parts:
+        if seg_real is None:
+            seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
+            seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
+        result["mask2image"] = mask2image_quality(model_id, out, n_synth, steps, guidance, seg_epochs, seed, test,
+                                                  seg_real, samples, log)
+    result["grids"] = sorted(str(p) for p in out.glob("*.png"))
+    result["seconds"] = round(time.time() - started, 1)
+    return result
+
+
+def _attention_part(model, test, t, suffix, out, log, started) -> dict:
     # 1. attention on real images
     ious, ignored, examples = attention_on_real(model, test, t, suffix)
     log(f"attention done ({time.time() - started:.0f}s)")
-    extras = model.extras.get("training", {})
     result = {
-        "model": model_id,
-        "model_revision": model.info.revision,
-        "training_steps": extras.get("steps"),
-        "training_seconds": extras.get("elapsed_s"),
         "attention_miou_real": {
             "refined": ious["refined"].miou(), "daam": ious["daam"].miou(),
             "refined_with_background": ious["refined"].miou(True),
@@ -359,12 +389,13 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
             "n_images": len(test), "timestep": t, "prompt_form": "caption; classes" if suffix else "caption",
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
     save_grid([[img, colourise(gt), colourise(ref), colourise(daam)] for img, gt, ref, daam in examples[:8]],
               out / "real_attention.png", labels=["real", "truth", "refined", "daam"])
-    if parts == ("attention",):
-        result["seconds"] = round(time.time() - started, 1)
-        return result
+    return result
+
+
+def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix, seg_epochs, cls_epochs,
+                      seed, log, started, result):
     # 2. generation with dsgen: captions of another real stream (realistic object counts)
     captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
     samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)
@@ -446,9 +477,124 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
             "miou_synthetic_with_background": iou_synth.miou(True), "miou_real_with_background": iou_real.miou(True),
             "n_train": n_synth, "n_test": len(test), "epochs": seg_epochs,
         },
-        "grids": sorted(str(p) for p in out.glob("*.png")),
-        "seconds": round(time.time() - started, 1),
     })
+    return samples, seg_real
+
+
+# ------------------------------------------------------------------ mask2image (FreeMask)
+
+def _m2i_samples(model_id: str, masks_dir: Path, n: int, steps: int, guidance: float, seed: int,
+                 variants: int = 1, resample: dict | None = None, segmenter: str | None = None):
+    from shared.spec import parse_spec
+    from worker.engine.models import load_model
+    from worker.engine.session import EngineSession
+
+    m2i = {"source": {"path": str(masks_dir)}, "prompt": "source", "variants": variants}
+    if resample:
+        m2i["resample"] = resample
+    labels = {"filter": {"segmenter": segmenter, "min_kept": 0.0}} if segmenter else {}
+    spec = parse_spec({
+        "name": "bench-m2i", "model": model_id, "seed": seed, "method": "mask2image",
+        "classes": [{"name": s} for s in SHAPES], "num_images": n,
+        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
+                       "scheduler": "ddim", "batch_size": 16},
+        "mask2image": m2i, "labels": labels, "export": {"formats": []},
+    })
+    session = EngineSession(spec, load_model(model_id))
+    return session, list(session.generate(range(n)))
+
+
+def _filtered(samples, seg_dir: str, job_classes) -> tuple[list, float]:
+    """FreeMask's filter applied to existing samples (copies); returns them and the ignored fraction."""
+    import copy
+
+    from shared.spec import parse_spec
+    from worker.engine.filters import SegmenterFilter
+
+    spec = parse_spec({"model": "m", "classes": [{"name": c} for c in job_classes], "num_images": 1,
+                       "labels": {"filter": {"segmenter": seg_dir, "min_kept": 0.0}}})
+    flt = SegmenterFilter(spec, seg_dir)
+    out = flt([copy.copy(s) for s in samples])
+    return out, float(np.mean([s.record.quality["segmenter_filter"]["ignored_fraction"] for s in out]))
+
+
+def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: float, seg_epochs: int, seed: int,
+                       test, seg_real, t2i_samples=None, log=print) -> dict:
+    import tempfile
+
+    from shared.shapes.dataset import write_real_dataset
+    from worker.engine.resample import mask_hardness, variants_by_hardness
+    from worker.engine.segmenter import train_segmenter as train_freemask_segmenter
+
+    started = time.time()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-m2i-"))
+    masks_dir = tmp / "masks"
+    write_real_dataset(masks_dir, n, seed=MASK_STREAM, size=32, formats=[])
+    session, samples = _m2i_samples(model_id, masks_dir, n, steps, guidance, seed)
+    images = [np.asarray(s.image.convert("RGB")) for s in samples]
+    labels = [s.semantic for s in samples]
+    log(f"mask2image generation done ({time.time() - started:.0f}s)")
+    # mask fidelity: a segmenter trained on real renders reads the generated images
+    fidelity = IoU()
+    with torch.no_grad():
+        for b0 in range(0, len(images), 64):
+            pred = seg_real(to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
+            for p, lab in zip(pred, labels[b0:b0 + 64]):
+                fidelity.add(np.where(lab == 255, 0, p), np.where(lab == 255, 0, lab))
+    iou_real = evaluate_segmenter(seg_real, test)
+    seg_m2i = train_segmenter(images, labels, seg_epochs, seed)
+    iou_m2i = evaluate_segmenter(seg_m2i, test)
+    save_grid([[img, overlay(img, lab)] for img, lab in list(zip(images, labels))[:8]], out / "mask2image_overlay.png",
+              labels=["mask2image", "input mask"])
+    log(f"mask2image fidelity done ({time.time() - started:.0f}s)")
+    # FreeMask's segmenter (dsgen segmenter) trained on real renders -> class mean loss
+    real = real_scenes(FILTER_REAL_STREAM, n)
+    fm, summary = train_freemask_segmenter([(Image.fromarray(s.image), s.semantic) for s in real], list(SHAPES),
+                                           image_size=32, epochs=seg_epochs, seed=seed)
+    seg_dir = tmp / "freemask-seg"
+    fm.save(seg_dir)
+    result = {
+        "mask_fidelity": fidelity.miou(), "mask_fidelity_per_class": fidelity.per_class(),
+        "synthetic_vs_real": {"miou_synthetic": iou_m2i.miou(), "miou_real": iou_real.miou(),
+                              "ratio": round(iou_m2i.miou() / max(iou_real.miou(), 1e-9), 4), "n_train": n},
+        "freemask_segmenter": {"class_mean_loss": {k: round(v, 4) for k, v in fm.class_mean_loss.items()}, **summary},
+        "filter": {},
+    }
+    sets = {"mask2image": samples}
+    if t2i_samples is not None:
+        sets["text2image"] = t2i_samples
+    for name, data in sets.items():
+        filtered, ignored = _filtered(data, str(seg_dir), SHAPES)
+        imgs = [np.asarray(s.image.convert("RGB")) for s in data]
+        unf = evaluate_segmenter(train_segmenter(imgs, [s.semantic for s in data], seg_epochs, seed), test).miou()
+        fil = evaluate_segmenter(train_segmenter(imgs, [s.semantic for s in filtered], seg_epochs, seed), test).miou()
+        result["filter"][name] = {"miou_unfiltered": unf, "miou_filtered": fil, "ignored_fraction": round(ignored, 4),
+                                  "filter_not_worse": bool(fil >= unf - 0.005), "tolerance": 1.25}
+    log(f"filter done ({time.time() - started:.0f}s)")
+    # hardness-aware vs uniform variants, about the same number of images
+    m = max(4, n // 4)
+    pool = tmp / "pool"
+    write_real_dataset(pool, m, seed=MASK_STREAM + 1, size=32, formats=[])
+    loss = fm.class_loss_by_id(list(SHAPES))
+    from worker.engine.mask_sources import load_mask_sources
+    from shared.spec import SourceSpec
+
+    maps = [src.load().semantic for src in load_mask_sources(SourceSpec(path=str(pool)), tuple(SHAPES), pool)]
+    k = 6
+    counts = variants_by_hardness([mask_hardness(x, loss) for x in maps], k, seed)
+    total = sum(counts)
+    uniform_v = max(1, round(total / m))
+    _, hard_samples = _m2i_samples(model_id, pool, total, steps, guidance, seed, resample={"segmenter": str(seg_dir), "max_variants": k})
+    _, uni_samples = _m2i_samples(model_id, pool, uniform_v * m, steps, guidance, seed, variants=uniform_v)
+    scores = {}
+    for name, data in (("hardness", hard_samples), ("uniform", uni_samples)):
+        imgs = [np.asarray(s.image.convert("RGB")) for s in data]
+        scores[name] = evaluate_segmenter(train_segmenter(imgs, [s.semantic for s in data], seg_epochs, seed), test).miou()
+    result["hardness"] = {"miou_hardness": scores["hardness"], "miou_uniform": scores["uniform"],
+                          "images_hardness": len(hard_samples), "images_uniform": len(uni_samples),
+                          "masks": m, "max_variants": k, "variants": counts}
+    log(f"hardness done ({time.time() - started:.0f}s)")
+    result["seconds"] = round(time.time() - started, 1)
     return result
 
 
@@ -468,12 +614,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cls-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-only", action="store_true", help="only attention_miou_real (fast; for curves)")
+    p.add_argument("--parts", default="attention,fidelity,synthetic,mask2image", help="comma-separated parts to run")
     a = p.parse_args(argv)
     if a.quick:
         a.n_real, a.n_synth, a.n_classifier, a.steps, a.seg_epochs, a.cls_epochs = 32, 32, 600, 8, 8, 6
     result = run(a.model, a.out, a.n_real, a.n_synth, a.n_classifier, a.t, a.steps, a.guidance, a.suffix,
                  a.seg_epochs, a.cls_epochs, a.seed, log=lambda m: print(m, file=sys.stderr),
-                 parts=("attention",) if a.attention_only else ("attention", "fidelity", "synthetic"))
+                 parts=("attention",) if a.attention_only else tuple(x.strip() for x in a.parts.split(",") if x.strip()))
     (a.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

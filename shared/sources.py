@@ -282,6 +282,16 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
     Returns (field, message) errors; an empty list when every source is usable.
     """
     errors: list[tuple[str, str]] = []
+    i2i = getattr(spec, "image2image", None)
+    if i2i is not None:
+        if i2i.upload is None:
+            errors.append(("image2image.images", "a folder on the server cannot be used over the API; upload the images "
+                                                 "with POST /v1/sources and name them as image2image.upload"))
+        elif store is not None:
+            try:
+                get_source(store, tenant_id, i2i.upload, field="image2image.upload")
+            except NotFound as err:
+                errors.append(("image2image.upload", err.message.split(": ", 1)[1]))
     for field, source in spec_sources(spec):
         if source.path is not None:
             errors.append((f"{field}.path", "a folder on the server cannot be used over the API; upload an archive "

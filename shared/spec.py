@@ -230,8 +230,14 @@ class LabelSpec(StrictModel):
 class Image2ImageSpec(StrictModel):
     """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
 
-    images: str = Field(min_length=1, description="folder of the source images (with coco: the COCO file's image folder)")
+    images: str | None = Field(
+        default=None, min_length=1,
+        description="folder of the source images (with coco: the COCO file's image folder); with upload: a folder "
+        "inside the archive (default: its top)",
+    )
     coco: str | None = Field(default=None, description="COCO JSON listing the images to use (and their captions)")
+    upload: str | None = Field(default=None, pattern=UPLOAD_ID,
+                               description="id of an archive of the images uploaded with POST /v1/sources (API)")
     strength: tuple[float, float] = Field(
         default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
     )
@@ -243,6 +249,8 @@ class Image2ImageSpec(StrictModel):
 
     @model_validator(mode="after")
     def _strength(self) -> "Image2ImageSpec":
+        if self.images is None and self.upload is None:
+            raise ValueError("images: give a folder of source images, or upload: an uploaded archive's id")
         lo, hi = self.strength
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"strength: need 0 < low <= high <= 1, e.g. [0.4, 0.8] (got [{lo}, {hi}])")
@@ -470,7 +478,7 @@ def load_spec(path: str | Path) -> JobSpec:
         spec = spec.model_copy(
             update={"prompts": spec.prompts.model_copy(update={"captions_file": str((p.parent / captions).resolve())})}
         )
-    if spec.image2image is not None:
+    if spec.image2image is not None and spec.image2image.upload is None:
         paths = {k: v for k in ("images", "coco") if (v := getattr(spec.image2image, k)) and not Path(v).is_absolute()}
         if paths:
             fixed = {k: str((p.parent / v).resolve()) for k, v in paths.items()}

@@ -72,3 +72,13 @@ def test_specs_over_the_api_name_uploads_never_server_paths(client, headers):
 
 def test_upload_requires_a_key(client):
     assert client.post("/v1/sources", content=zip_of({"a.png": b"x"})).status_code == 401
+
+
+def test_image2image_over_the_api_names_an_upload(client, headers):
+    s = copy.deepcopy(SPEC)
+    s.update(method="image2image", image2image={"images": "/srv/photos"})
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "image2image.images"
+    up = client.post("/v1/sources", content=zip_of({"photos/a.png": b"\x89PNG"}), headers=headers).json()
+    s.update(image2image={"upload": up["id"], "images": "photos"})
+    assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201

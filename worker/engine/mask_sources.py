@@ -252,6 +252,8 @@ def _dsgen(root: Path, classes: tuple[str, ...]) -> list[MaskSource]:
 
 
 def detect_format(root: Path) -> str:
+    if (root / "segmenter.json").is_file():
+        return "segmenter"
     if (root / layout.SAMPLES_DIR).is_dir():
         return "dsgen"
     if (root / "SegmentationClass").is_dir():
@@ -267,7 +269,12 @@ def detect_format(root: Path) -> str:
 
 
 def source_root(path: Path) -> Path:
-    """An archive often wraps everything in one folder: use it as the root."""
+    """An archive often wraps everything in one folder: use it as the root (unless `path` is one)."""
+    try:
+        detect_format(path)
+        return path
+    except MaskSourceError:
+        pass
     entries = [p for p in path.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
@@ -287,6 +294,8 @@ def load_mask_sources(source: SourceSpec, classes: tuple[str, ...], root: Path) 
         "voc": lambda: _voc(root, classes),
         "dsgen": lambda: _dsgen(root, classes),
     }
+    if fmt not in loaders:
+        raise MaskSourceError(f"{FIELD}: {root} holds a {fmt}, not masks (expected a dsgen, COCO, VOC or masks folder)")
     found = loaders[fmt]()
     if not found:
         raise MaskSourceError(f"{FIELD}: no masks found in {root} ({fmt})")

@@ -32,15 +32,17 @@ class SourceError(SpecError):
 
 
 @functools.lru_cache(maxsize=4)
-def load_sources(spec: Image2ImageSpec) -> tuple[Source, ...]:
-    images = Path(spec.images)
+def load_sources(spec: Image2ImageSpec, base: Path | None = None) -> tuple[Source, ...]:
+    """The source images; `base`: the extracted upload that `images` / `coco` are relative to."""
+    images = Path(spec.images or "") if base is None else base / (spec.images or "")
     if not images.is_dir():
-        raise SourceError(f"image2image.images: folder not found: {images}")
+        raise SourceError(f"image2image.images: folder not found: {spec.images or '(the archive top)'}")
     if spec.coco:
         from worker.adaptor.data import load_coco
 
+        coco = spec.coco if base is None else str(base / spec.coco)
         try:
-            data = load_coco(spec.coco, images)
+            data = load_coco(coco, images)
         except SpecError as err:
             raise SourceError(f"image2image.coco: {err}".replace("--coco: ", "").replace("--images: ", ""),
                               field="image2image.coco") from None

@@ -98,7 +98,9 @@ def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
     """The engine for a spec; specs that name uploads get the worker's upload cache."""
     from shared.sources import spec_sources
 
-    uses_uploads = any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
+    uses_uploads = (any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
+                    or (spec.image2image is not None and spec.image2image.upload is not None)
+                    or (spec.mask2image is not None and "upload:" in str(spec.mask2image.resample and spec.mask2image.resample.segmenter)))
     return ctx.engine_factory(spec, uploads=ctx.uploads()) if uses_uploads else ctx.engine_factory(spec)
 
 

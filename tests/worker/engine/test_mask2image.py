@@ -192,3 +192,18 @@ def test_hardness_resampling_and_the_segmenter_filter_in_a_session(tmp_path):
     s = list(session.generate([0]))[0]
     assert 0.0 <= s.record.quality["segmenter_filter"]["kept"] <= 1.0
     assert ((s.semantic == 255) | (s.semantic == np.asarray(Image.open(folder / "a.png")))).all()
+
+
+def test_image2image_reads_an_uploaded_archive(tmp_path, shapes_dir):
+    import shutil
+
+    up = tmp_path / "uploads" / ("b" * 32)
+    shutil.copytree(shapes_dir / "coco", up / "wrapped" / "coco")  # archives often wrap one folder
+    spec = parse_spec({
+        "model": "builtin:tiny-random", "method": "image2image", "classes": [{"name": s} for s in SHAPES],
+        "num_images": 2, "labels": {"mode": "none"},
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2},
+        "image2image": {"upload": "b" * 32, "images": "coco/images/train", "coco": "coco/annotations/instances_train.json"},
+    })
+    samples = list(EngineSession(spec, uploads=lambda i: tmp_path / "uploads" / i).generate(range(2)))
+    assert all(s.record.parameters["image2image"]["source"].endswith(".png") for s in samples)

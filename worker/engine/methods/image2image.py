@@ -5,6 +5,7 @@ the samples of a batch that share a start step are denoised together.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,10 @@ class Image2Image:
     def __init__(self, session):
         self.spec = session.spec
         self.options = session.spec.image2image
-        self.sources = src.load_sources(self.options)
+        base = None
+        if self.options.upload is not None:  # an uploaded archive: images / coco are paths inside it
+            base = Path(session.resolve_folder(f"upload:{self.options.upload}", "image2image.upload"))
+        self.sources = src.load_sources(self.options, base)
 
     def plan(self, index: int) -> SamplePlan:
         """The source's caption as the prompt if it has one (prompt: source), else the spec's prompts."""
