@@ -25,7 +25,7 @@ demo: setup
 
 ## One complete dataset (with exports) per available method under out/methods/<method>/, from
 ## real renders of `dsgen shapes render`, plus a grid per method (out/methods/<method>/grid.png).
-METHODS := text2image image2image mask2image
+METHODS := text2image image2image mask2image edit layout
 demo-methods: setup
 	$(BIN)/dsgen shapes render --out out/methods/_real --n 16 --seed 5 --formats coco --overwrite
 	for m in $(METHODS); do $(BIN)/dsgen run examples/methods/$$m.yaml --out out/methods/$$m --overwrite || exit 1; done

@@ -273,6 +273,8 @@ def spec_sources(spec) -> list[tuple[str, Any]]:
     out = []
     if getattr(spec, "mask2image", None) is not None:
         out.append(("mask2image.source", spec.mask2image.source))
+    if getattr(spec, "edit", None) is not None:
+        out.append(("edit.source", spec.edit.source))
     return out
 
 

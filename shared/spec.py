@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-METHODS_AVAILABLE = ("text2image", "image2image", "mask2image")
-METHODS_PLANNED = ("augment", "layout")
+METHODS_AVAILABLE = ("text2image", "image2image", "mask2image", "edit", "layout")
+METHODS_PLANNED = ("augment",)
 SOURCE_FORMATS = ("auto", "masks", "coco", "voc", "dsgen")
 UPLOAD_ID = r"^[0-9a-f]{32}$"
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks", "webdataset")
@@ -375,6 +375,118 @@ class Mask2ImageSpec(StrictModel):
         return self
 
 
+class EditSpec(StrictModel):
+    """method edit (Shape-Guided Diffusion): each object of a labelled source image gets a new appearance
+    inside its mask; the labels are the source's masks."""
+
+    source: SourceSpec
+    inside: list[str] = Field(
+        min_length=1, description="inside prompts (the new appearance), {class} = the object's class word, "
+        "e.g. 'a blue {class}'; each object is edited once with each")
+    outside: str = Field(default="", description="outside prompt (the background), '' for none")
+    inversion: str = Field(
+        default="a {class}", description="inversion prompt (what is inside the mask now): {class} = the class word, "
+        "{caption} = the source's caption")
+    objects: Literal["each", "largest"] = Field(default="each", description="which objects of a source are edited")
+    min_area: int = Field(default=16, ge=1, description="objects smaller than this (pixels at the generation size) are skipped")
+    cross_scale: float = Field(default=2.5, ge=0.0, le=10.0, description="inside/outside word tokens' attention x this (authors: 2.5)")
+    self_strength: float = Field(default=1.0, ge=0.0, le=1.0, description="self-attention across the mask boundary x (1 - this)")
+
+    @field_validator("inside")
+    @classmethod
+    def _inside(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not p.strip():
+                raise ValueError("inside: give non-empty prompts, e.g. ['a blue {class}']")
+            bad = [n for n in SLOT_PATTERN.findall(p) if n != "class"]
+            if bad:
+                raise ValueError(f"inside: {p!r} uses {{{bad[0]}}}; the only slot is {{class}}")
+        return v
+
+    @field_validator("inversion")
+    @classmethod
+    def _inversion(cls, v: str) -> str:
+        bad = [n for n in SLOT_PATTERN.findall(v) if n not in ("class", "caption")]
+        if bad:
+            raise ValueError(f"inversion: unknown slot {{{bad[0]}}}; use {{class}} or {{caption}}")
+        return v
+
+
+class LayoutObjectSpec(StrictModel):
+    """One object of a layout: its phrase and where it goes (fractions of the image side, origin top-left)."""
+
+    class_name: str = Field(alias="class", min_length=1, description="the job class this object is")
+    phrase: str | None = Field(default=None, description="its words in the prompt, {class} = the class word "
+                               "(default: the layout's phrase template)")
+    box: tuple[float, float, float, float] | None = Field(default=None, description="[x0, y0, x1, y1] in 0..1")
+    centroid: tuple[float, float] | None = Field(default=None, description="[x, y] in 0..1 (with size)")
+    size: float | None = Field(default=None, gt=0.0, le=1.0, description="side of its square box in 0..1 (with centroid)")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _where(self) -> "LayoutObjectSpec":
+        if (self.box is None) == (self.centroid is None):
+            raise ValueError("give either box [x0, y0, x1, y1] or centroid [x, y] with size")
+        if self.centroid is not None and self.size is None:
+            raise ValueError("size: centroid needs a size (the side of the object's box, 0..1)")
+        if self.box is not None:
+            x0, y0, x1, y1 = self.box
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise ValueError(f"box: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (got {list(self.box)})")
+        if self.centroid is not None and not all(0.0 <= c <= 1.0 for c in self.centroid):
+            raise ValueError("centroid: x and y in 0..1")
+        return self
+
+
+class LayoutRandomSpec(StrictModel):
+    """Layouts drawn per sample: `count` objects of random classes, square boxes of side in `size`."""
+
+    count: tuple[int, int] = Field(default=(1, 2), description="[min, max] objects per image")
+    size: tuple[float, float] = Field(default=(0.35, 0.5), description="[min, max] box side, fraction of the image")
+    separate: bool = Field(default=True, description="boxes of one image do not overlap (redrawn up to 50 times)")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "LayoutRandomSpec":
+        if not 1 <= self.count[0] <= self.count[1] <= 8:
+            raise ValueError("count: need 1 <= min <= max <= 8")
+        if not 0.0 < self.size[0] <= self.size[1] <= 1.0:
+            raise ValueError("size: need 0 < min <= max <= 1")
+        return self
+
+
+class LayoutSpec(StrictModel):
+    """method layout (self-guidance): objects placed by energies on their words' cross-attention maps."""
+
+    objects: list[LayoutObjectSpec] | None = Field(default=None, description="the same layout for every sample")
+    random: LayoutRandomSpec | None = Field(default=None, description="a layout drawn per sample")
+    phrase: str = Field(default="a {class}", description="an object's words when it gives no phrase; {class} = class word")
+    joiner: str = Field(default=" and ", description="between object phrases in the prompt")
+    weights: dict[Literal["centroid", "size", "box"], float] = Field(
+        default_factory=lambda: {"centroid": 1.0, "size": 1.0, "box": 1.0},
+        description="energy weights (the gradient of their sum steers the noise prediction)")
+    scale: float = Field(default=1.0, ge=0.0, le=1000.0, description="w: eps += w * sigma_t * grad(energy)")
+    step_window: tuple[float, float] = Field(default=(0.0, 0.6), description="fractions of the steps that are guided")
+    resolutions: list[int] | Literal["auto"] = Field(default="auto", description="cross-attention resolutions read by the energies")
+    checkpointing: bool = Field(default=False, description="gradient checkpointing in the guided UNet calls (less memory, more time)")
+    labels: Literal["layout", "attention"] = Field(
+        default="layout", description="layout: boxes are the asked boxes, masks from attention inside them; "
+        "attention: masks and boxes from attention as text2image")
+
+    @model_validator(mode="after")
+    def _one(self) -> "LayoutSpec":
+        if (self.objects is None) == (self.random is None):
+            raise ValueError("give either objects (a fixed layout) or random (a layout drawn per sample)")
+        if self.objects is not None and not self.objects:
+            raise ValueError("objects: give at least one object")
+        lo, hi = self.step_window
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError("step_window: need 0 <= start < end <= 1")
+        if "{class}" not in self.phrase:
+            raise ValueError("phrase: needs a {class} slot")
+        return self
+
+
 class ExportSpec(StrictModel):
     formats: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(DEFAULT_EXPORT_FORMATS)
@@ -409,7 +521,7 @@ class JobSpec(StrictModel):
     name: str = Field(default="dataset", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
     model: ModelRef
     method: str = Field(
-        default="text2image", description="text2image, image2image, mask2image (augment, layout: planned)"
+        default="text2image", description="text2image, image2image, mask2image, edit, layout (augment: planned)"
     )
     classes: list[ClassSpec] = Field(min_length=1, max_length=1000)
     prompts: PromptSpec = Field(default_factory=PromptSpec)
@@ -420,6 +532,8 @@ class JobSpec(StrictModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
     mask2image: Mask2ImageSpec | None = Field(default=None, description="source masks (method mask2image)")
+    edit: EditSpec | None = Field(default=None, description="source images, masks and prompts (method edit)")
+    layout: LayoutSpec | None = Field(default=None, description="the objects' places (method layout)")
 
     @model_validator(mode="before")
     @classmethod
@@ -469,6 +583,16 @@ class JobSpec(StrictModel):
             raise ValueError("mask2image: method 'mask2image' needs mask2image.source (a folder or an uploaded archive)")
         if self.method != "mask2image" and self.mask2image is not None:
             raise ValueError(f"mask2image: only used with method 'mask2image' (method is {self.method!r})")
+        for name, hint in (("edit", "edit.source and edit.inside"), ("layout", "layout.objects or layout.random")):
+            if self.method == name and getattr(self, name) is None:
+                raise ValueError(f"{name}: method {name!r} needs {hint}")
+            if self.method != name and getattr(self, name) is not None:
+                raise ValueError(f"{name}: only used with method {name!r} (method is {self.method!r})")
+        if self.layout is not None and self.layout.objects is not None:
+            known = {c.name for c in self.classes}
+            for o in self.layout.objects:
+                if o.class_name not in known:
+                    raise ValueError(f"layout: object class {o.class_name!r} is not one of the job's classes {sorted(known)}")
         return self
 
     @property
@@ -661,6 +785,9 @@ def load_spec(path: str | Path) -> JobSpec:
             update["resample"] = m2i.resample.model_copy(update={"segmenter": str((p.parent / m2i.resample.segmenter).resolve())})
         if update:
             spec = spec.model_copy(update={"mask2image": m2i.model_copy(update=update)})
+    if spec.edit is not None and spec.edit.source.path and not Path(spec.edit.source.path).is_absolute():
+        src = spec.edit.source.model_copy(update={"path": str((p.parent / spec.edit.source.path).resolve())})
+        spec = spec.model_copy(update={"edit": spec.edit.model_copy(update={"source": src})})
     seg = spec.labels.filter.segmenter
     if seg and not Path(seg).is_absolute() and (p.parent / seg).exists():
         filt = spec.labels.filter.model_copy(update={"segmenter": str((p.parent / seg).resolve())})

@@ -82,3 +82,20 @@ def test_image2image_over_the_api_names_an_upload(client, headers):
     up = client.post("/v1/sources", content=zip_of({"photos/a.png": b"\x89PNG"}), headers=headers).json()
     s.update(image2image={"upload": up["id"], "images": "photos"})
     assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201
+
+
+def test_edit_and_layout_over_the_api(client, headers):
+    s = copy.deepcopy(SPEC)
+    s.update(method="edit", edit={"source": {"path": "/srv/data"}, "inside": ["a blue {class}"]})
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "edit.source.path"
+    up = client.post("/v1/sources", content=zip_of({"masks/a.png": b"\x89PNG"}), headers=headers).json()
+    s.update(edit={"source": {"upload": up["id"]}, "inside": ["a blue {class}"]})
+    assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201
+    s = copy.deepcopy(SPEC)
+    cls = s["classes"][0]["name"]
+    s.update(method="layout", layout={"objects": [{"class": cls, "box": [0.1, 0.1, 0.6, 0.6]}]})
+    assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201, client.post("/v1/jobs", json=s, headers=headers).text
+    s["layout"] = {"objects": [{"class": "nope", "box": [0.1, 0.1, 0.6, 0.6]}]}
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and "nope" in r.json()["detail"], r.json()

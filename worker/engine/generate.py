@@ -209,9 +209,11 @@ def denoise(
     stepped: Sequence[AttentionControl] = (),
     controlnet: ControlNetInput | None = None,
     on_step: StepCallback | None = None,
+    after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The sampling loop. `stepped` (attention controls, feature capture) hear `begin_step`
-    before each UNet call."""
+    before each UNet call; `after_step(i, latents)` may replace the latents after step i
+    (Shape-Guided editing copies the background from its inverted trajectory there)."""
     unet = model.unet
     cond_images = None
     if controlnet is not None:
@@ -238,6 +240,8 @@ def denoise(
             eps = eps_u + gen.guidance_scale * (eps_c - eps_u)
         kwargs = {"generator": generator} if accepts_generator else {}
         latents = scheduler.step(eps, t, latents, **kwargs).prev_sample
+        if after_step is not None:
+            latents = after_step(i, latents)
         if on_step is not None:
             on_step(i, len(timesteps))
     return latents

@@ -104,6 +104,9 @@ class EngineSession:
             self.adaptor = AdaptorLabeler.for_job(self.spec, self.model)
         self.labels = effective_labels(self.spec.labels, self.model.extras)
         self.method = method_for(self)
+        if self.method.labels_from_inputs and self.spec.labels.boxes != "attention":
+            raise SpecError(f"labels.boxes: {self.spec.method}'s labels are its input masks; leave labels.boxes at 'attention'",
+                            field="labels.boxes")
         self.filters = build_filters(self.spec, self)
 
     def source_root(self, source: SourceSpec) -> Path:
@@ -187,7 +190,7 @@ class EngineSession:
         placed: dict[int, tuple[GenerationOutput, int]] = {}
         for inputs in self.method.batch_inputs(plans):
             members = inputs.members
-            out = generate(
+            out = (inputs.runner or generate)(
                 self.model,
                 [plans[k].prompt for k in members],
                 [plans[k].seed for k in members],

@@ -18,11 +18,11 @@ controls (`worker.engine.attention`, `worker.engine.controls`) and conditioning.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from shared.prompts import SamplePlan
 from worker.engine.attention import AttentionControl
-from worker.engine.generate import ControlNetInput, InitImages
+from worker.engine.generate import ControlNetInput, GenerationOutput, InitImages
 from worker.engine.mask_sources import LabelMaps
 
 
@@ -34,6 +34,9 @@ class BatchInputs:
     init: InitImages | None = None
     controls: list[AttentionControl] = field(default_factory=list)
     controlnet: ControlNetInput | None = None
+    # A method with its own generation path (edit: inversion first; layout: gradients through
+    # the UNet) gives it here; it is called with generate()'s arguments and returns its output.
+    runner: Callable[..., GenerationOutput] | None = None
 
 
 class Method(Protocol):
@@ -65,4 +68,12 @@ def method_for(session) -> Method:
         from worker.engine.methods.mask2image import Mask2Image
 
         return Mask2Image(session)
+    if name == "edit":
+        from worker.engine.methods.edit import Edit
+
+        return Edit(session)
+    if name == "layout":
+        from worker.engine.methods.layout import Layout
+
+        return Layout(session)
     raise ValueError(f"no method module for {name!r}")

@@ -1,0 +1,175 @@
+"""Edit (Shape-Guided) and layout (self-guidance) quality on the shapes world; one JSON object.
+
+  edit     real renders, their largest object re-coloured (inversion prompt = the render's
+           caption, inside prompt = "a <new colour> <shape>", outside prompt ""):
+    .shape_iou           IoU of the edited object's region (pixels the judge reads as the asked
+                         pair) vs the source mask, mean and the share of edits >= 0.90;
+    .appearance_hit      share of edits whose region is read as the asked (colour, shape) pair;
+    .outside_mad         mean |edited - source| outside the mask (0..255);
+  layout   one object per image at a random asked box (side 0.4-0.55), guided vs plain:
+    .centroid_within_2px, .box_iou_ge_0.70, .both   shares of objects (judge's region of the pair);
+    .seconds_per_image   guided vs plain, interleaved; .time_ratio.
+The judge is bench.quality.PairJudge (a segmenter trained on real renders only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from bench import quality as q  # noqa: E402
+from shared.shapes import render_scene  # noqa: E402
+from shared.shapes.world import get_world  # noqa: E402
+from shared.spec import GenerationSpec  # noqa: E402
+
+EDIT_STREAM, LAYOUT_STREAM = 920_001, 920_002
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 0.0
+
+
+def _box(m: np.ndarray):
+    ys, xs = np.nonzero(m)
+    return (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) if len(xs) else None
+
+
+def _box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def pair_region(judge, image: np.ndarray, colour: str, shape: str) -> np.ndarray:
+    with torch.no_grad():
+        pred = judge.net(q.to_tensor([image])).argmax(1)[0].numpy()
+    return pred == q.pair_index(colour, shape) + 1
+
+
+def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int) -> dict:
+    from worker.engine.shape_guided import EditOptions, edit_images
+
+    rng = np.random.default_rng(seed)
+    scenes = [render_scene(q.scene_seed(EDIT_STREAM, i), 32, world=world) for i in range(n)]
+    ious, hits, outside, started = [], [], [], time.time()
+    for b0 in range(0, n, batch):
+        chunk = scenes[b0:b0 + batch]
+        objs = [max(s.objects, key=lambda o: o.area) for s in chunk]
+        new = [str(rng.choice([c for c in world.colours if c != o.colour])) for o in objs]
+        images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 127.5 - 1 for s in chunk])
+        masks = torch.from_numpy(np.stack([s.instance_mask(o) for s, o in zip(chunk, objs)]))
+        out, _ = edit_images(model, images, masks, [s.caption for s in chunk],
+                             [f"a {c} {o.shape}" for c, o in zip(new, objs)], [""] * len(chunk), gen, EditOptions())
+        for s, o, c, img, m in zip(chunk, objs, new, out.images, masks.numpy()):
+            a = np.asarray(img.convert("RGB"))
+            region = pair_region(judge, a, c, o.shape)
+            ious.append(_iou(region, m))
+            hits.append(region.sum() >= q.MIN_PAIR_PIXELS and (region & m).sum() >= 0.5 * region.sum())
+            outside.append(float(np.abs(a.astype(float) - s.image.astype(float))[~m].mean()))
+    return {
+        "n_edits": n, "shape_iou_mean": round(float(np.mean(ious)), 4),
+        "shape_iou_ge_0.90": round(float(np.mean([i >= 0.9 for i in ious])), 4),
+        "appearance_hit": round(float(np.mean(hits)), 4), "outside_mad": round(float(np.mean(outside)), 3),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int, scale: float) -> dict:
+    from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
+    from worker.engine.text import tokenize
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for _ in range(n):
+        side = float(rng.uniform(0.4, 0.55))
+        x0, y0 = float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side))
+        items.append((str(rng.choice(world.colours)), str(rng.choice(world.shapes)), (x0, y0, x0 + side, y0 + side)))
+    res = tuple((model.extras.get("recommended_labels") or {}).get("cross_resolutions") or ()) or None
+    result, times = {}, {"guided": [], "plain": []}
+    for mode in ("guided", "plain"):
+        result[mode] = {"centroid": [], "box": []}
+    for b0 in range(0, n, batch):
+        chunk = items[b0:b0 + batch]
+        prompts = [f"a {c} {s}" for c, s, _ in chunk]
+        ids = tokenize(model.tokenizer, prompts)["input_ids"]
+        shape_ids = [model.tokenizer.convert_tokens_to_ids(s) for _, s, _ in chunk]
+        targets = [[ObjectTarget((row.tolist().index(t),), box)] for row, t, (_, _, box) in zip(ids, shape_ids, chunk)]
+        seeds = [seed * 1000 + b0 + k for k in range(len(chunk))]
+        for mode in ("guided", "plain"):  # interleaved per batch
+            t0 = time.perf_counter()
+            out = layout_images(model, prompts, seeds, gen, targets,
+                                GuidanceOptions(scale=scale if mode == "guided" else 0.0, resolutions=res))
+            times[mode].append((time.perf_counter() - t0) / len(chunk))
+            for (c, s, box), img in zip(chunk, out.images):
+                region = pair_region(judge, np.asarray(img.convert("RGB")), c, s)
+                asked = [v * 32 for v in box]
+                got = _box(region)
+                if got is None:
+                    result[mode]["centroid"].append(99.0)
+                    result[mode]["box"].append(0.0)
+                    continue
+                ys, xs = np.nonzero(region)
+                cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+                result[mode]["centroid"].append(float(np.hypot(cx - (asked[0] + asked[2]) / 2, cy - (asked[1] + asked[3]) / 2)))
+                result[mode]["box"].append(_box_iou(got, asked))
+    out = {"n_objects": n, "scale": scale, "resolutions": None if res is None else list(res)}
+    for mode, r in result.items():
+        c, b = np.asarray(r["centroid"]), np.asarray(r["box"])
+        out[mode] = {"centroid_within_2px": round(float((c <= 2).mean()), 4), "box_iou_ge_0.70": round(float((b >= 0.7).mean()), 4),
+                     "both": round(float(((c <= 2) & (b >= 0.7)).mean()), 4), "centroid_error_px_median": round(float(np.median(c)), 2),
+                     "box_iou_median": round(float(np.median(b)), 4),
+                     "seconds_per_image_median": round(float(np.median(times[mode])), 3)}
+    out["time_ratio_guided_vs_plain"] = round(out["guided"]["seconds_per_image_median"] / out["plain"]["seconds_per_image_median"], 2)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="builtin:shapes-v2")
+    p.add_argument("--parts", default="edit,layout")
+    p.add_argument("--n-edit", type=int, default=32)
+    p.add_argument("--n-layout", type=int, default=32)
+    p.add_argument("--n-classifier", type=int, default=1000)
+    p.add_argument("--cls-epochs", type=int, default=4)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--layout-scale", type=float, default=2.0)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    a = p.parse_args()
+    from worker.engine.models import load_model
+
+    torch.manual_seed(a.seed)
+    model = load_model(a.model)
+    world = get_world(model.extras.get("world"))
+    q.use_world(world)
+    t0 = time.time()
+    judge = q.PairJudge(q.real_scenes(q.CLASSIFIER_STREAM, a.n_classifier), a.cls_epochs, a.seed)
+    result = {"model": a.model, "model_revision": model.info.revision, "judge_seconds": round(time.time() - t0, 1)}
+    gen = GenerationSpec(width=32, height=32, steps=a.steps, guidance_scale=a.guidance, scheduler="ddim", batch_size=a.batch)
+    parts = a.parts.split(",")
+    if "edit" in parts:
+        result["edit"] = edit_quality(model, judge, world, a.n_edit, gen, a.batch, a.seed)
+        print(json.dumps({"edit": result["edit"]}), file=sys.stderr)
+    if "layout" in parts:
+        result["layout"] = layout_quality(model, judge, world, a.n_layout, gen, a.batch, a.seed, a.layout_scale)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

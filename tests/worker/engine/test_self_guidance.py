@@ -1,0 +1,133 @@
+"""Self-guidance: energies on attention maps, their gradient through the UNet, method layout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shared.spec import GenerationSpec, SpecError, parse_spec
+from tiny_pipelines import save_sd2, save_sdxl
+from worker.engine.attention import control_attention
+from worker.engine.generate import encode_prompt
+from worker.engine.models import load_model
+from worker.engine.self_guidance import (
+    GuidanceOptions,
+    ObjectTarget,
+    WindowedMapRecorder,
+    centroid,
+    energy_terms,
+    layout_energy,
+    layout_images,
+    _frozen,
+)
+from worker.engine.session import EngineSession
+
+torch.set_num_threads(1)
+CLASSES = [{"name": "cat"}, {"name": "dog"}]
+
+
+def test_centroid_and_size_terms_read_the_map():
+    a = torch.zeros(8, 8)
+    a[0:4, 4:8] = 1.0  # top-right quarter
+    torch.testing.assert_close(centroid(a), torch.tensor([0.75, 0.25]))
+    at = energy_terms(a, ObjectTarget((1,), (0.5, 0.0, 1.0, 0.5)))
+    assert float(at["centroid"]) < 1e-6 and float(at["box"]) < 0.01 and float(at["size"]) < 0.01
+    off = energy_terms(a, ObjectTarget((1,), (0.0, 0.5, 0.25, 0.75)))
+    assert float(off["centroid"]) == pytest.approx(0.625 + 0.375) and float(off["box"]) > 0.2
+
+
+def test_energy_decreases_along_its_gradient_through_the_unet():
+    model = load_model("builtin:tiny-random")
+    gen = GenerationSpec(width=32, height=32, steps=2, guidance_scale=1.0, batch_size=1)
+    prompt = encode_prompt(model, ["a cat"], gen)
+    targets = [[ObjectTarget((2,), (0.0, 0.0, 0.4, 0.4))]]
+    recorder = WindowedMapRecorder(None, (0.0, 1.0))
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor(500)
+
+    def energy(latent):
+        recorder.maps.clear()
+        out = model.unet(latent, t, encoder_hidden_states=prompt.states).sample
+        return layout_energy(recorder.maps, targets, {"centroid": 1.0, "size": 1.0, "box": 1.0}), out
+
+    flags = [p.requires_grad for p in model.unet.parameters()]
+    with _frozen(model.unet, False), control_attention(model.unet, [recorder], (16, 16)):
+        xg = x.clone().requires_grad_(True)
+        e0, _ = energy(xg)
+        (grad,) = torch.autograd.grad(e0, xg)
+        assert not any(p.grad is not None for p in model.unet.parameters())  # only d/d latent was built
+        with torch.no_grad():
+            e1, _ = energy(x - 0.05 * grad / grad.abs().max())
+    assert float(grad.abs().sum()) > 0 and float(e1) < float(e0.detach())
+    assert [p.requires_grad for p in model.unet.parameters()] == flags  # restored afterwards
+
+
+def test_guidance_lowers_the_energy_over_a_run_and_steps_outside_the_window_are_plain():
+    model = load_model("builtin:tiny-random")
+    gen = GenerationSpec(width=32, height=32, steps=6, guidance_scale=2.0, scheduler="ddim", batch_size=1)
+    targets = [[ObjectTarget((2,), (0.0, 0.0, 0.4, 0.4))]]
+    weak, strong = [], []
+    layout_images(model, ["a cat"], [3], gen, targets, GuidanceOptions(scale=1e-6, step_window=(0.0, 1.0)), energies=weak)
+    layout_images(model, ["a cat"], [3], gen, targets, GuidanceOptions(scale=30.0, step_window=(0.0, 1.0)), energies=strong)
+    assert [s for s, _ in strong] == list(range(6))
+    assert strong[-1][1] < weak[-1][1]
+    window = []
+    layout_images(model, ["a cat"], [3], gen, targets, GuidanceOptions(scale=1.0, step_window=(0.0, 0.5)), energies=window)
+    assert [s for s, _ in window] == [0, 1, 2]
+
+
+def _spec(**layout):
+    return parse_spec({
+        "model": "builtin:tiny-random", "method": "layout", "classes": CLASSES, "num_images": 4, "seed": 5,
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2, "guidance_scale": 2.0},
+        "layout": layout,
+    })
+
+
+def test_layout_labels_are_the_asked_boxes_and_records_say_so():
+    spec = _spec(objects=[{"class": "cat", "box": [0.0, 0.0, 0.5, 0.5]},
+                          {"class": "dog", "centroid": [0.75, 0.75], "size": 0.25, "phrase": "a big {class}"}])
+    samples = list(EngineSession(spec).generate(range(2)))
+    s = samples[0]
+    assert s.record.prompt == "a cat and a big dog" and s.record.classes == ["cat", "dog"]
+    p = s.record.parameters["layout"]
+    assert p["objects"] == [{"class": "cat", "box": [0, 0, 16, 16]}, {"class": "dog", "box": [20, 20, 8, 8]}]
+    assert p["labels"].startswith("layout")
+    assert [(a.category, a.bbox) for a in s.record.annotations] == [("cat", (0.0, 0.0, 16.0, 16.0)), ("dog", (20.0, 20.0, 8.0, 8.0))]
+    assert (s.semantic[:16, :16] == 1).all() and (s.semantic[20:28, 20:28] == 2).all()
+
+
+def test_random_layouts_are_per_sample_reproducible_and_attention_labels_work():
+    spec = _spec(random={"count": [1, 2], "size": [0.3, 0.4]}, labels="attention")
+    session = EngineSession(spec)
+    samples = list(session.generate(range(4)))
+    layouts = [s.record.parameters["layout"]["objects"] for s in samples]
+    assert len({str(x) for x in layouts}) > 1
+    assert all(1 <= len(x) <= 2 for x in layouts)
+    assert samples[0].record.parameters["layout"]["labels"] == "attention" and samples[0].semantic is not None
+    again = list(EngineSession(spec).generate([3]))
+    assert again[0].image.tobytes() == samples[3].image.tobytes()
+    assert again[0].record.parameters == samples[3].record.parameters
+
+
+def test_layout_spec_errors_name_the_field():
+    with pytest.raises(SpecError) as e:
+        _spec(objects=[{"class": "cow", "box": [0, 0, 0.5, 0.5]}])
+    assert "cow" in str(e.value) and e.value.field.startswith("layout")
+    with pytest.raises(SpecError) as e:
+        _spec(objects=[{"class": "cat", "box": [0.5, 0, 0.2, 0.5]}])
+    assert e.value.field.startswith("layout.objects")
+    with pytest.raises(SpecError) as e:
+        _spec(objects=[{"class": "cat", "centroid": [0.5, 0.5]}])
+    assert "size" in str(e.value)
+
+
+@pytest.mark.parametrize("save", [save_sd2, save_sdxl])
+def test_layout_on_sd_and_sdxl_layouts(tmp_path, save):
+    model = load_model(str(save(tmp_path / "m")))
+    gen = GenerationSpec(width=32, height=32, steps=2, guidance_scale=2.0, batch_size=1)
+    energies = []
+    out = layout_images(model, ["a cat"], [1], gen, [[ObjectTarget((2,), (0.0, 0.0, 0.5, 0.5))]],
+                        GuidanceOptions(scale=1.0, step_window=(0.0, 1.0), checkpointing=True), energies=energies)
+    assert out.images[0].size == (32, 32) and len(energies) == 2
+    assert not model.unet.is_gradient_checkpointing

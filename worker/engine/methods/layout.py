@@ -1,0 +1,145 @@
+"""layout (self-guidance): each sample's objects asked at a box (or centroid + size), steered there.
+
+A sample's layout is the spec's fixed `objects`, or drawn from `random` with the sample's own
+random stream (keyed by job seed and index), so a sample is the same in any batch or shard.
+The prompt joins the objects' phrases; each object's class-word tokens carry its energies
+(`worker.engine.self_guidance`). Labels:
+- `labels: layout` (by construction): each object's asked box is its box, and its mask is that
+  box (records say so: `layout.labels`);
+- `labels: attention`: masks and boxes from the captured attention, as text2image.
+The record keeps the asked boxes (pixels, COCO xywh) either way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shared.prompts import ClassMention, SamplePlan, sample_seed
+from worker.engine.mask_sources import LabelMaps
+from worker.engine.methods import BatchInputs
+from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
+from worker.engine.text import token_groups, tokenize
+
+_STREAM_LAYOUT = 0x1A70  # distinct from the seed/prompt/strength streams
+
+
+class Layout:
+    name = "layout"
+
+    def __init__(self, session):
+        self.spec = session.spec
+        self.model = session.model
+        self.options = session.spec.layout
+        self.labels_from_inputs = self.options.labels == "layout"
+        res = self.options.resolutions
+        if res == "auto":
+            res = session.labels.cross_resolutions if isinstance(session.labels.cross_resolutions, list) else None
+        self.guidance = GuidanceOptions(
+            weights=dict(self.options.weights), scale=self.options.scale, step_window=tuple(self.options.step_window),
+            resolutions=None if res is None else tuple(res), checkpointing=self.options.checkpointing,
+        )
+
+    # --- the layout of a sample ----------------------------------------------------------------
+    def objects(self, index: int) -> list[tuple[int, str, tuple[float, float, float, float]]]:
+        """(category id, phrase, box x0 y0 x1 y1 in 0..1) of sample `index`'s objects."""
+        ids = self.spec.category_ids
+        if self.options.objects is not None:
+            out = []
+            for o in self.options.objects:
+                box = o.box if o.box is not None else _square(o.centroid, o.size)
+                out.append((ids[o.class_name], o.phrase or self.options.phrase, box))
+            return out
+        r = self.options.random
+        rng = np.random.default_rng(np.random.SeedSequence([self.spec.seed, index, _STREAM_LAYOUT]))
+        count = int(rng.integers(r.count[0], r.count[1] + 1))
+        boxes: list[tuple[float, float, float, float]] = []
+        for _ in range(count):
+            for _attempt in range(50):
+                side = float(rng.uniform(*r.size))
+                x0, y0 = float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side))
+                box = (x0, y0, x0 + side, y0 + side)
+                if not r.separate or not any(_overlap(box, b) for b in boxes):
+                    boxes.append(box)
+                    break
+        classes = rng.choice(len(self.spec.classes), size=len(boxes), replace=len(boxes) > len(self.spec.classes))
+        return [(int(c) + 1, self.options.phrase, b) for c, b in zip(classes, boxes)]
+
+    def plan(self, index: int) -> SamplePlan:
+        if not 0 <= index < self.spec.num_images:
+            raise IndexError(f"sample index {index} outside 0..{self.spec.num_images - 1}")
+        prompt, mentions = "", []
+        for k, (cid, phrase, _) in enumerate(self.objects(index)):
+            if k:
+                prompt += self.options.joiner
+            cls = self.spec.classes[cid - 1]
+            word = cls.prompt_words[0]
+            before, after = phrase.split("{class}", 1)
+            start = len(prompt) + len(before)
+            mentions.append(ClassMention(cls.name, cid, ((start, start + len(word)),)))
+            prompt += before + word + after
+        return SamplePlan(index, sample_seed(self.spec.seed, index), prompt, self.spec.prompts.negative, tuple(mentions))
+
+    def _targets(self, plans: list[SamplePlan]) -> list[list[ObjectTarget]]:
+        enc = tokenize(self.model.tokenizer, [p.prompt for p in plans])
+        out = []
+        for p, row in zip(plans, enc["offset_mapping"].tolist()):
+            groups = token_groups([tuple(o) for o in row], p.mentions)
+            out.append([ObjectTarget(tuple(g), box) for g, (_, _, box) in zip(groups, self.objects(p.index)) if g])
+        return out
+
+    def batch_inputs(self, plans: list[SamplePlan]) -> list[BatchInputs]:
+        targets = self._targets(plans)
+        guidance = self.guidance
+
+        def run(model, prompts, seeds, gen, negative_prompt="", capture=None, on_step=None, **_unused):
+            return layout_images(model, prompts, seeds, gen, targets, guidance, negative_prompt, capture, on_step)
+
+        return [BatchInputs(list(range(len(plans))), runner=run)]
+
+    def _pixel_boxes(self, index: int) -> list[tuple[int, int, int, int, int]]:
+        """(category id, x0, y0, x1, y1) in pixels (x1, y1 exclusive) of the asked boxes."""
+        gen = self.spec.generation
+        out = []
+        for cid, _, (x0, y0, x1, y1) in self.objects(index):
+            px0, py0 = int(round(x0 * gen.width)), int(round(y0 * gen.height))
+            px1, py1 = max(px0 + 1, int(round(x1 * gen.width))), max(py0 + 1, int(round(y1 * gen.height)))
+            out.append((cid, px0, py0, px1, py1))
+        return out
+
+    def given_labels(self, plan: SamplePlan) -> LabelMaps | None:
+        if not self.labels_from_inputs:
+            return None
+        gen = self.spec.generation
+        semantic = np.zeros((gen.height, gen.width), np.uint8)
+        instances = np.zeros((gen.height, gen.width), np.uint16)
+        for k, (cid, x0, y0, x1, y1) in enumerate(self._pixel_boxes(plan.index), start=1):
+            semantic[y0:y1, x0:x1] = cid  # later objects on top, as drawn in the prompt's order
+            instances[y0:y1, x0:x1] = k
+        return LabelMaps(semantic, instances)
+
+    def parameters(self, plan: SamplePlan) -> dict[str, Any]:
+        names = {i: n for n, i in self.spec.category_ids.items()}
+        return {
+            "layout": {
+                "objects": [
+                    {"class": names[cid], "box": [x0, y0, x1 - x0, y1 - y0]}
+                    for cid, x0, y0, x1, y1 in self._pixel_boxes(plan.index)
+                ],
+                "labels": "layout (masks are the asked boxes)" if self.labels_from_inputs else "attention",
+                "scale": self.guidance.scale,
+                "weights": self.guidance.weights,
+                "step_window": list(self.guidance.step_window),
+                "resolutions": None if self.guidance.resolutions is None else list(self.guidance.resolutions),
+            }
+        }
+
+
+def _square(centroid: tuple[float, float], side: float) -> tuple[float, float, float, float]:
+    cx, cy = centroid
+    h = side / 2
+    return max(0.0, cx - h), max(0.0, cy - h), min(1.0, cx + h), min(1.0, cy + h)
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
