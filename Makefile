@@ -48,10 +48,10 @@ bench: setup
 
 ## Label quality against ground truth on the shapes world (JSON; grids under bench/out/).
 bench-quality: setup
-	$(BIN)/python bench/quality.py --model builtin:shapes-v1 --out bench/out
+	$(BIN)/python bench/quality.py --model builtin:shapes-v2 --out bench/out
 	$(BIN)/python bench/adaptor.py --quick
 
-## Retrain the shipped detection adaptor against the current builtin:shapes-v1 weights.
+## Retrain the shipped detection adaptor against the current builtin:shapes-v2 weights.
 shapes-adaptor: setup
 	$(BIN)/python -m worker.adaptor.ship_shapes
 

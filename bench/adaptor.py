@@ -1,6 +1,6 @@
 """Detection-adaptor benchmark on the shapes world: adaptor boxes vs attention-derived boxes.
 
-    python bench/adaptor.py [--model builtin:shapes-v1] [--adaptor builtin:shapes-v1-adaptor] [--quick]
+    python bench/adaptor.py [--model builtin:shapes-v2] [--adaptor builtin:shapes-v2-adaptor] [--quick]
 
 Prints one JSON object (also written to --out/adaptor.json):
   real       held-out *real* renders (a stream no training used): each image noised to the
@@ -143,8 +143,8 @@ def run(model_id: str, adaptor_ref: str, n_real: int, n_gen: int, strength: floa
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin:shapes-v1")
-    p.add_argument("--adaptor", default="builtin:shapes-v1-adaptor")
+    p.add_argument("--model", default="builtin:shapes-v2")
+    p.add_argument("--adaptor", default="builtin:shapes-v2-adaptor")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--n-real", type=int, default=200)
     p.add_argument("--n-gen", type=int, default=100)

@@ -235,7 +235,7 @@ def main() -> None:
     import torch
 
     p = argparse.ArgumentParser()
-    p.add_argument("--model", default=None, help="default: the embedded default model (builtin:shapes-v1 if shipped)")
+    p.add_argument("--model", default=None, help="default: the embedded default model (builtin:shapes-v2 if shipped)")
     p.add_argument("--rounds", type=int, default=7, help="timed rounds (plus one warm-up)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=None, help="default: the model's recommended steps")

@@ -1,6 +1,6 @@
 """Label-quality benchmark of a shapes model against the shapes world's exact ground truth.
 
-    python bench/quality.py [--model builtin:shapes-v1] [--out bench/out] [--quick]
+    python bench/quality.py [--model builtin:shapes-v2] [--out bench/out] [--quick]
 
 Prints one JSON object:
   attention_miou_real  held-out *real* renders: noise to timestep --t, one UNet pass with the
@@ -600,7 +600,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="builtin:shapes-v1")
+    p.add_argument("--model", default="builtin:shapes-v2")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     p.add_argument("--quick", action="store_true", help="small sizes (a test's floor check), not the reported numbers")
     p.add_argument("--n-real", type=int, default=200)

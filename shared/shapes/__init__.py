@@ -1,6 +1,6 @@
 """The shapes world: a procedurally rendered scene family with exact ground truth.
 
-Used to train and measure the builtin `shapes-v1` model. numpy/PIL only (no torch).
+Used to train and measure the builtin `shapes-v1` and `shapes-v2` models. numpy/PIL only (no torch).
 """
 from shared.shapes.render import Scene, ShapeObject, render_batch, render_scene
 from shared.shapes.world import (

@@ -1,1 +1,1 @@
-"""Training and packaging of the builtin `shapes-v1` model (pixel-space text-to-image)."""
+"""Training and packaging of the builtin shapes models (`shapes-v1`, `shapes-v2`) (pixel-space text-to-image)."""
