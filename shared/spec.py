@@ -365,11 +365,25 @@ class JobSpec(StrictModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
     mask2image: Mask2ImageSpec | None = Field(default=None, description="source masks (method mask2image)")
+    concepts: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="learned concepts (`dsgen concepts learn` folders; over the API 'upload:<id>' of a zipped one) "
+        "whose tokens the prompts may use, e.g. classes: [{name: part, words: ['<my-part>']}]",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
     def _model_shorthand(cls, v: Any) -> Any:
         return {"id": v} if isinstance(v, str) else v
+
+    @field_validator("concepts")
+    @classmethod
+    def _concepts(cls, v: list[str]) -> list[str]:
+        if any(not c.strip() for c in v):
+            raise ValueError("concepts: give concept folders (made by `dsgen concepts learn`) or 'upload:<id>'")
+        if len(set(v)) != len(v):
+            raise ValueError("concepts: list each concept once")
+        return v
 
     @field_validator("method")
     @classmethod
@@ -486,6 +500,10 @@ def load_spec(path: str | Path) -> JobSpec:
             update["resample"] = m2i.resample.model_copy(update={"segmenter": str((p.parent / m2i.resample.segmenter).resolve())})
         if update:
             spec = spec.model_copy(update={"mask2image": m2i.model_copy(update=update)})
+    if spec.concepts:
+        fixed = [c if c.startswith("upload:") or Path(c).is_absolute() or not (p.parent / c).exists()
+                 else str((p.parent / c).resolve()) for c in spec.concepts]
+        spec = spec.model_copy(update={"concepts": fixed})
     seg = spec.labels.filter.segmenter
     if seg and not Path(seg).is_absolute() and (p.parent / seg).exists():
         filt = spec.labels.filter.model_copy(update={"segmenter": str((p.parent / seg).resolve())})
