@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-METHODS_AVAILABLE = ("text2image", "image2image", "mask2image")
-METHODS_PLANNED = ("augment", "layout")
+METHODS_AVAILABLE = ("text2image", "image2image", "mask2image", "augment")
+METHODS_PLANNED = ("layout",)
 SOURCE_FORMATS = ("auto", "masks", "coco", "voc", "dsgen")
 UPLOAD_ID = r"^[0-9a-f]{32}$"
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")
@@ -320,6 +320,40 @@ class Mask2ImageSpec(StrictModel):
         return self
 
 
+class AugmentSpec(StrictModel):
+    """method augment (DA-Fusion): M variants of each real source image, re-drawn at a strength from a set."""
+
+    source: SourceSpec
+    variants: int = Field(default=10, ge=1, le=1000, description="M: variants per source image")
+    strengths: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+        description="strengths a variant is drawn at, each equally likely (from the job seed and the index)",
+    )
+    mode: Literal["sdedit", "inpaint_inside", "inpaint_outside"] = Field(
+        default="sdedit",
+        description="sdedit: re-draw the whole image; inpaint_inside: only inside the objects' masks; "
+        "inpaint_outside: only the background (latents outside the region are the source's, noised, at every step)",
+    )
+    grow: int = Field(default=0, ge=0, le=256, description="inpaint: grow the objects' masks by this many pixels")
+    prompt: Literal["classes", "template"] = Field(
+        default="template", description="classes: the class words present; template: `template` with {classes}"
+    )
+    template: str = Field(default="a photo of a {classes}", description="{classes}: the words of the classes present")
+    keep_labels_below: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="sdedit: at strength <= this the source's labels are carried over (geometry kept); above it "
+        "they are re-derived from attention. Inpaint modes always carry them.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentSpec":
+        if not self.strengths or any(not 0.0 < s <= 1.0 for s in self.strengths):
+            raise ValueError("strengths: give strengths in (0, 1], e.g. [0.25, 0.5, 0.75, 1.0]")
+        if self.prompt == "template" and "{classes}" not in self.template:
+            raise ValueError("template: needs a {classes} slot")
+        return self
+
+
 class ExportSpec(StrictModel):
     formats: list[Literal[EXPORT_FORMATS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(EXPORT_FORMATS)
@@ -354,7 +388,7 @@ class JobSpec(StrictModel):
     name: str = Field(default="dataset", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
     model: ModelRef
     method: str = Field(
-        default="text2image", description="text2image, image2image, mask2image (augment, layout: planned)"
+        default="text2image", description="text2image, image2image, mask2image, augment (layout: planned)"
     )
     classes: list[ClassSpec] = Field(min_length=1, max_length=1000)
     prompts: PromptSpec = Field(default_factory=PromptSpec)
@@ -365,6 +399,7 @@ class JobSpec(StrictModel):
     export: ExportSpec = Field(default_factory=ExportSpec)
     image2image: Image2ImageSpec | None = Field(default=None, description="source images (method image2image)")
     mask2image: Mask2ImageSpec | None = Field(default=None, description="source masks (method mask2image)")
+    augment: AugmentSpec | None = Field(default=None, description="real images to augment (method augment)")
     concepts: list[str] = Field(
         default_factory=list, max_length=32,
         description="learned concepts (`dsgen concepts learn` folders; over the API 'upload:<id>' of a zipped one) "
@@ -416,6 +451,10 @@ class JobSpec(StrictModel):
             raise ValueError("mask2image: method 'mask2image' needs mask2image.source (a folder or an uploaded archive)")
         if self.method != "mask2image" and self.mask2image is not None:
             raise ValueError(f"mask2image: only used with method 'mask2image' (method is {self.method!r})")
+        if self.method == "augment" and self.augment is None:
+            raise ValueError("augment: method 'augment' needs augment.source (a folder or an uploaded archive)")
+        if self.method != "augment" and self.augment is not None:
+            raise ValueError(f"augment: only used with method 'augment' (method is {self.method!r})")
         return self
 
     @property
@@ -504,6 +543,10 @@ def load_spec(path: str | Path) -> JobSpec:
         fixed = [c if c.startswith("upload:") or Path(c).is_absolute() or not (p.parent / c).exists()
                  else str((p.parent / c).resolve()) for c in spec.concepts]
         spec = spec.model_copy(update={"concepts": fixed})
+    aug = spec.augment
+    if aug is not None and aug.source.path and not Path(aug.source.path).is_absolute():
+        src = aug.source.model_copy(update={"path": str((p.parent / aug.source.path).resolve())})
+        spec = spec.model_copy(update={"augment": aug.model_copy(update={"source": src})})
     seg = spec.labels.filter.segmenter
     if seg and not Path(seg).is_absolute() and (p.parent / seg).exists():
         filt = spec.labels.filter.model_copy(update={"segmenter": str((p.parent / seg).resolve())})

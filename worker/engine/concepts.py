@@ -125,7 +125,7 @@ def add_concept_tokens(model, rows: dict[str, Sequence[torch.Tensor]]) -> list[l
                                "(two concepts cannot share a token)")
         tokenizer.add_tokens(list(rows))
         ids = tokenizer.convert_tokens_to_ids(list(rows))
-        encoder.resize_token_embeddings(len(tokenizer))
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below
         weight = encoder.get_input_embeddings().weight
         with torch.no_grad():
             for token, i in zip(rows, ids):

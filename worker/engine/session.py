@@ -237,7 +237,7 @@ class EngineSession:
         if not self.labels_enabled:
             files = SampleFiles(semantic=None, instances=None)
             return GeneratedSample(SampleRecord(files=files, **record_kwargs), image)
-        if self.method.labels_from_inputs:
+        if self.method.labels_from_inputs or self.method.given_labels(plan) is not None:  # augment: per sample
             return self._given_labels(plan, image, record_kwargs)
         if not self.attention_enabled:  # boxes from the adaptor only
             annotations, quality = self.adaptor.annotate(out.detections[j], attention=None)

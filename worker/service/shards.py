@@ -99,6 +99,7 @@ def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
     from shared.sources import spec_sources
 
     uses_uploads = any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
+    uses_uploads = uses_uploads or any(c.startswith("upload:") for c in spec.concepts)
     return ctx.engine_factory(spec, uploads=ctx.uploads()) if uses_uploads else ctx.engine_factory(spec)
 
 

@@ -65,4 +65,8 @@ def method_for(session) -> Method:
         from worker.engine.methods.mask2image import Mask2Image
 
         return Mask2Image(session)
+    if name == "augment":
+        from worker.engine.methods.augment import Augment
+
+        return Augment(session)
     raise ValueError(f"no method module for {name!r}")
