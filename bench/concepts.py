@@ -102,11 +102,11 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
     init = ["blue", "star"]
     concept_dir = folder / "concept"
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
                                                     seed=seed), concept_dir, resume=False,
                           progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
-    learn_s = time.time() - t0
+    learn_s, learn_cpu = time.time() - t0, time.process_time() - c0
     log(f"learned in {learn_s:.0f}s")
 
     jw = judge_world(world)
@@ -139,7 +139,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             "init_words": init, "prompt": phrase, "rate": r, "colour_rate": rc, "shape_rate": rs,
             "baseline_rate": b, "baseline_colour_rate": bc, "baseline_shape_rate": bs, "n_generated": n_eval,
             "learn_images": n_learn, "learn_steps": state.step, "learn_lr": lr, "learn_batch": batch,
-            "learn_seconds": round(learn_s, 1), "final_loss": round(float(np.mean(state.losses[-50:])), 5),
+            "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1), "final_loss": round(float(np.mean(state.losses[-50:])), 5),
             "judge": {"real_concept_found": round(judge_acc, 4), "train_scenes": n_judge, "epochs": judge_epochs},
             "generation": {"steps": gen_steps, "guidance": guidance, "scheduler": "ddim"},
             "threads": torch.get_num_threads(),

@@ -72,10 +72,43 @@ class ClassSpec(StrictModel):
         return list(self.words) if self.words else [self.name]
 
 
+class LLMPromptSpec(StrictModel):
+    """prompts.source llm: prompts written by a language model once per job (Dataset Diffusion's caption stage)."""
+
+    backend: Literal["endpoint", "local"] = Field(
+        default="endpoint",
+        description="endpoint: the OpenAI-compatible chat endpoint this server is configured with (DSGEN_LLM_URL; "
+        "vLLM, llama.cpp's server, Ollama); local: a transformers causal-LM folder (CLI only)",
+    )
+    model: str | None = Field(default=None, max_length=500,
+                              description="endpoint: the served model's name (default DSGEN_LLM_MODEL); local: the folder")
+    count: int = Field(default=20, ge=1, le=10_000, description="how many prompts to write (sample i uses prompt i mod count)")
+    instruction: str = Field(
+        default="Write one short caption of a photo that shows a {classes}. Answer with the caption only.",
+        max_length=2000, description="the request per prompt; {classes}: the class words that prompt must name",
+    )
+    classes_per_prompt: int = Field(default=1, ge=1, le=8, description="classes each prompt must name")
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=48, ge=4, le=1000)
+    max_attempts: int = Field(default=4, ge=1, le=20, description="tries per prompt to get one that names its classes")
+    generated: list[str] | None = Field(default=None, description="set by dsgen: the prompts written for this job")
+    generated_by: dict[str, Any] | None = Field(default=None, description="set by dsgen: which model wrote them")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LLMPromptSpec":
+        if "{classes}" not in self.instruction:
+            raise ValueError("instruction: needs a {classes} slot (the classes each prompt must name)")
+        if self.backend == "local" and not self.model:
+            raise ValueError("model: backend 'local' needs a causal-LM folder")
+        if self.generated is not None and (not self.generated or any(not p.strip() for p in self.generated)):
+            raise ValueError("generated: non-empty prompts (dsgen writes this field)")
+        return self
+
+
 class PromptSpec(StrictModel):
     """How each sample's prompt is made, deterministically from (job seed, sample index)."""
 
-    source: Literal["templates", "list", "captions_file"] = "templates"
+    source: Literal["templates", "list", "captions_file", "llm"] = "templates"
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {class}"],
         description="templates with {class} (or {class_1}, {class_2}, ...) and other {slots}",
@@ -93,9 +126,14 @@ class PromptSpec(StrictModel):
         "default: on for captions and lists, off for templates",
     )
     negative: str = Field(default="", max_length=1000)
+    llm: LLMPromptSpec | None = Field(default=None, description="source llm: how the prompts are written")
 
     @model_validator(mode="after")
     def _check_source(self) -> "PromptSpec":
+        if self.source == "llm" and self.llm is None:
+            raise ValueError("llm: source 'llm' needs prompts.llm (e.g. {count: 20})")
+        if self.source != "llm" and self.llm is not None:
+            raise ValueError("llm: only used with source 'llm'")
         if self.source == "templates":
             if not self.templates:
                 raise ValueError("templates: give at least one template")
