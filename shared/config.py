@@ -89,6 +89,13 @@ class Settings(BaseSettings):
     )
     api_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 503 from the limiter")
 
+    # --- prompts.source llm: the one language model this server's jobs may use -----------
+    llm_url: str | None = Field(default=None, description="OpenAI-compatible base URL (…/v1) for prompts.source llm")
+    llm_model: str | None = Field(default=None, description="the served model's name (when a spec names none)")
+    llm_api_key: str | None = Field(default=None, description="bearer token for the endpoint, if it needs one")
+    llm_timeout_s: float = Field(default=60.0, gt=0, description="per request")
+    llm_max_prompts: int = Field(default=200, ge=1, description="most prompts one job may ask the endpoint for")
+
     # --- limits (422 / 429) --------------------------------------------------------------
     max_images_per_job: int = Field(default=100_000, ge=1)
     max_resolution: int = Field(default=1024, ge=8)

@@ -90,6 +90,21 @@ def check_limits(spec: JobSpec, settings: Settings) -> None:
     errors.extend(paths)
     if not paths and (meta := model_meta(spec.model.id)) is not None:
         errors.extend(check_spec_fits_model(spec, meta))
+    llm = spec.prompts.llm
+    if llm is not None:
+        if llm.backend != "endpoint":
+            errors.append(("prompts.llm.backend", "a model folder on the server cannot be used over the API; use backend: "
+                                                  "endpoint (the language model this server is configured with)"))
+        if llm.generated is not None or llm.generated_by is not None:
+            errors.append(("prompts.llm.generated", "written by the server; send your own prompts with source: list"))
+        if llm.count > settings.llm_max_prompts:
+            errors.append(("prompts.llm.count", f"at most {settings.llm_max_prompts} prompts per job on this server"))
+        if not settings.llm_url:
+            errors.append(("prompts.source", "this server has no language model configured; use templates or list"))
+    for c in spec.concepts:
+        if not c.startswith("upload:"):
+            errors.append(("concepts", "over the API a concept is an uploaded one: 'upload:<id>' (POST /v1/sources)"))
+            break
     if errors:
         raise SpecInvalid(errors)
 
@@ -181,6 +196,7 @@ def submit_job(
 
         check_name(dataset, "dataset")
     dispatcher.ping()  # broker down: 503 before anything is written
+    stored = _with_llm_prompts(spec, settings)  # written once, stored with the job: every shard reads the same
     s = uow.session
     repo.lock_tenant(s, tenant_id)
     digest = spec_hash(spec)
@@ -200,7 +216,7 @@ def submit_job(
     size = max(batch, math.ceil(settings.shard_size / batch) * batch)
     n = spec.num_images
     dataset_id = repo.get_or_create_dataset(s, tenant_id, dataset).id if dataset is not None else None
-    job = Job(id=uuid.uuid4(), tenant_id=tenant_id, name=spec.name, spec=spec.model_dump(mode="json"),
+    job = Job(id=uuid.uuid4(), tenant_id=tenant_id, name=spec.name, spec=stored.model_dump(mode="json"),
               spec_hash=digest, status="queued", num_images=n, shard_size=size,
               num_shards=math.ceil(n / size), idempotency_key=idempotency_key,
               cancel_requested=False, finalize_attempts=0, dataset_id=dataset_id)
@@ -211,6 +227,19 @@ def submit_job(
     repo.insert_shards(s, job.id, n, size, S_QUEUED, utcnow())
     send_shards_after_commit(uow, dispatcher, job.id, list(range(job.num_shards)), mark=False)
     return job_view(uow, job), True
+
+
+def _with_llm_prompts(spec: JobSpec, settings: Settings) -> JobSpec:
+    """prompts.source llm: the spec with the prompts the server's endpoint wrote (422 if it cannot)."""
+    if spec.prompts.source != "llm":
+        return spec
+    from shared.llm_prompts import endpoint_writer, resolve_llm_prompts
+    from shared.spec import SpecError
+
+    try:
+        return resolve_llm_prompts(spec, endpoint_writer(settings, spec.prompts.llm), settings.max_prompt_length)
+    except SpecError as err:
+        raise SpecInvalid([(err.field or "prompts.llm", str(err).split(": ", 1)[-1])]) from None
 
 
 def get_job(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobView:

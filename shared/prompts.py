@@ -146,5 +146,11 @@ def plan_sample(spec: JobSpec, index: int) -> SamplePlan:
         templates = spec.prompts.templates
         template = templates[int(rng.integers(len(templates)))]
         return _fill_template(spec, template, rng, index)
-    prompts = spec.prompts.prompts if source == "list" else _read_captions(spec.prompts.captions_file or "")
+    if source == "llm":
+        prompts = spec.prompts.llm.generated
+        if not prompts:
+            raise SpecError("prompts.llm: the prompts are written once when the job starts (dsgen run, or the service); "
+                            "resolve them with shared.llm_prompts.resolve_llm_prompts first", field="prompts.llm")
+    else:
+        prompts = spec.prompts.prompts if source == "list" else _read_captions(spec.prompts.captions_file or "")
     return _plan_free_text(spec, prompts[index % len(prompts)], index)

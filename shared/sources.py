@@ -275,6 +275,8 @@ def spec_sources(spec) -> list[tuple[str, Any]]:
         out.append(("mask2image.source", spec.mask2image.source))
     if getattr(spec, "edit", None) is not None:
         out.append(("edit.source", spec.edit.source))
+    if getattr(spec, "augment", None) is not None:
+        out.append(("augment.source", spec.augment.source))
     return out
 
 
@@ -308,13 +310,15 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
         errors.append(("mask2image.controlnet", "a ControlNet folder on the server cannot be named over the API yet; "
                                                 "use backend: rectified"))
     refs = [("labels.filter.segmenter", spec.labels.filter.segmenter)]
+    refs += [(f"concepts[{i}]", c) for i, c in enumerate(getattr(spec, "concepts", []))]
     if m2i is not None and m2i.resample is not None:
         refs.append(("mask2image.resample.segmenter", m2i.resample.segmenter))
     for field, ref in refs:
         if not ref:
             continue
         if not ref.startswith(UPLOAD_REF):
-            errors.append((field, "a folder on the server cannot be used over the API; zip the segmenter folder, "
+            errors.append((field, "a folder on the server cannot be used over the API; zip the "
+                                  f"{'concept' if field.startswith('concepts') else 'segmenter'} folder, "
                                   "POST it to /v1/sources and name it as 'upload:<id>'"))
         elif store is not None:
             try:

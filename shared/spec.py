@@ -21,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-METHODS_AVAILABLE = ("text2image", "image2image", "mask2image", "edit", "layout")
-METHODS_PLANNED = ("augment",)
+METHODS_AVAILABLE = ("text2image", "image2image", "mask2image", "edit", "layout", "augment")
+METHODS_PLANNED: tuple[str, ...] = ()
 SOURCE_FORMATS = ("auto", "masks", "coco", "voc", "dsgen")
 UPLOAD_ID = r"^[0-9a-f]{32}$"
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks", "webdataset")
@@ -108,10 +108,43 @@ class ClassSpec(StrictModel):
         return list(self.words) if self.words else [self.name]
 
 
+class LLMPromptSpec(StrictModel):
+    """prompts.source llm: prompts written by a language model once per job (Dataset Diffusion's caption stage)."""
+
+    backend: Literal["endpoint", "local"] = Field(
+        default="endpoint",
+        description="endpoint: the OpenAI-compatible chat endpoint this server is configured with (DSGEN_LLM_URL; "
+        "vLLM, llama.cpp's server, Ollama); local: a transformers causal-LM folder (CLI only)",
+    )
+    model: str | None = Field(default=None, max_length=500,
+                              description="endpoint: the served model's name (default DSGEN_LLM_MODEL); local: the folder")
+    count: int = Field(default=20, ge=1, le=10_000, description="how many prompts to write (sample i uses prompt i mod count)")
+    instruction: str = Field(
+        default="Write one short caption of a photo that shows a {classes}. Answer with the caption only.",
+        max_length=2000, description="the request per prompt; {classes}: the class words that prompt must name",
+    )
+    classes_per_prompt: int = Field(default=1, ge=1, le=8, description="classes each prompt must name")
+    temperature: float = Field(default=0.8, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=48, ge=4, le=1000)
+    max_attempts: int = Field(default=4, ge=1, le=20, description="tries per prompt to get one that names its classes")
+    generated: list[str] | None = Field(default=None, description="set by dsgen: the prompts written for this job")
+    generated_by: dict[str, Any] | None = Field(default=None, description="set by dsgen: which model wrote them")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LLMPromptSpec":
+        if "{classes}" not in self.instruction:
+            raise ValueError("instruction: needs a {classes} slot (the classes each prompt must name)")
+        if self.backend == "local" and not self.model:
+            raise ValueError("model: backend 'local' needs a causal-LM folder")
+        if self.generated is not None and (not self.generated or any(not p.strip() for p in self.generated)):
+            raise ValueError("generated: non-empty prompts (dsgen writes this field)")
+        return self
+
+
 class PromptSpec(StrictModel):
     """How each sample's prompt is made, deterministically from (job seed, sample index)."""
 
-    source: Literal["templates", "list", "captions_file"] = "templates"
+    source: Literal["templates", "list", "captions_file", "llm"] = "templates"
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {class}"],
         description="templates with {class} (or {class_1}, {class_2}, ...) and other {slots}",
@@ -130,9 +163,14 @@ class PromptSpec(StrictModel):
         "default: on for captions and lists, off for templates",
     )
     negative: str = Field(default="", max_length=1000)
+    llm: LLMPromptSpec | None = Field(default=None, description="source llm: how the prompts are written")
 
     @model_validator(mode="after")
     def _check_source(self) -> "PromptSpec":
+        if self.source == "llm" and self.llm is None:
+            raise ValueError("llm: source 'llm' needs prompts.llm (e.g. {count: 20})")
+        if self.source != "llm" and self.llm is not None:
+            raise ValueError("llm: only used with source 'llm'")
         if self.source == "templates":
             if not self.templates:
                 raise ValueError("templates: give at least one template")
@@ -484,6 +522,37 @@ class LayoutSpec(StrictModel):
             raise ValueError("step_window: need 0 <= start < end <= 1")
         if "{class}" not in self.phrase:
             raise ValueError("phrase: needs a {class} slot")
+class AugmentSpec(StrictModel):
+    """method augment (DA-Fusion): M variants of each real source image, re-drawn at a strength from a set."""
+
+    source: SourceSpec
+    variants: int = Field(default=10, ge=1, le=1000, description="M: variants per source image")
+    strengths: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5, 0.75, 1.0],
+        description="strengths a variant is drawn at, each equally likely (from the job seed and the index)",
+    )
+    mode: Literal["sdedit", "inpaint_inside", "inpaint_outside"] = Field(
+        default="sdedit",
+        description="sdedit: re-draw the whole image; inpaint_inside: only inside the objects' masks; "
+        "inpaint_outside: only the background (latents outside the region are the source's, noised, at every step)",
+    )
+    grow: int = Field(default=0, ge=0, le=256, description="inpaint: grow the objects' masks by this many pixels")
+    prompt: Literal["classes", "template"] = Field(
+        default="template", description="classes: the class words present; template: `template` with {classes}"
+    )
+    template: str = Field(default="a photo of a {classes}", description="{classes}: the words of the classes present")
+    keep_labels_below: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="sdedit: at strength <= this the source's labels are carried over (geometry kept); above it "
+        "they are re-derived from attention. Inpaint modes always carry them.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "AugmentSpec":
+        if not self.strengths or any(not 0.0 < s <= 1.0 for s in self.strengths):
+            raise ValueError("strengths: give strengths in (0, 1], e.g. [0.25, 0.5, 0.75, 1.0]")
+        if self.prompt == "template" and "{classes}" not in self.template:
+            raise ValueError("template: needs a {classes} slot")
         return self
 
 
@@ -521,7 +590,7 @@ class JobSpec(StrictModel):
     name: str = Field(default="dataset", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
     model: ModelRef
     method: str = Field(
-        default="text2image", description="text2image, image2image, mask2image, edit, layout (augment: planned)"
+        default="text2image", description="text2image, image2image, mask2image, edit, layout, augment"
     )
     classes: list[ClassSpec] = Field(min_length=1, max_length=1000)
     prompts: PromptSpec = Field(default_factory=PromptSpec)
@@ -540,6 +609,12 @@ class JobSpec(StrictModel):
     def _storable(cls, data: Any) -> Any:
         check_plain_data(data)
         return data
+    augment: AugmentSpec | None = Field(default=None, description="real images to augment (method augment)")
+    concepts: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="learned concepts (`dsgen concepts learn` folders; over the API 'upload:<id>' of a zipped one) "
+        "whose tokens the prompts may use, e.g. classes: [{name: part, words: ['<my-part>']}]",
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -551,6 +626,14 @@ class JobSpec(StrictModel):
     def _class_shorthand(cls, v: Any) -> Any:
         # `classes: [cat, dog]` is the same as `classes: [{name: cat}, {name: dog}]`
         return [{"name": c} if isinstance(c, str) else c for c in v] if isinstance(v, list) else v
+    @field_validator("concepts")
+    @classmethod
+    def _concepts(cls, v: list[str]) -> list[str]:
+        if any(not c.strip() for c in v):
+            raise ValueError("concepts: give concept folders (made by `dsgen concepts learn`) or 'upload:<id>'")
+        if len(set(v)) != len(v):
+            raise ValueError("concepts: list each concept once")
+        return v
 
     @field_validator("method")
     @classmethod
@@ -593,6 +676,10 @@ class JobSpec(StrictModel):
             for o in self.layout.objects:
                 if o.class_name not in known:
                     raise ValueError(f"layout: object class {o.class_name!r} is not one of the job's classes {sorted(known)}")
+        if self.method == "augment" and self.augment is None:
+            raise ValueError("augment: method 'augment' needs augment.source (a folder or an uploaded archive)")
+        if self.method != "augment" and self.augment is not None:
+            raise ValueError(f"augment: only used with method 'augment' (method is {self.method!r})")
         return self
 
     @property
@@ -788,6 +875,14 @@ def load_spec(path: str | Path) -> JobSpec:
     if spec.edit is not None and spec.edit.source.path and not Path(spec.edit.source.path).is_absolute():
         src = spec.edit.source.model_copy(update={"path": str((p.parent / spec.edit.source.path).resolve())})
         spec = spec.model_copy(update={"edit": spec.edit.model_copy(update={"source": src})})
+    if spec.concepts:
+        fixed = [c if c.startswith("upload:") or Path(c).is_absolute() or not (p.parent / c).exists()
+                 else str((p.parent / c).resolve()) for c in spec.concepts]
+        spec = spec.model_copy(update={"concepts": fixed})
+    aug = spec.augment
+    if aug is not None and aug.source.path and not Path(aug.source.path).is_absolute():
+        src = aug.source.model_copy(update={"path": str((p.parent / aug.source.path).resolve())})
+        spec = spec.model_copy(update={"augment": aug.model_copy(update={"source": src})})
     seg = spec.labels.filter.segmenter
     if seg and not Path(seg).is_absolute() and (p.parent / seg).exists():
         filt = spec.labels.filter.model_copy(update={"segmenter": str((p.parent / seg).resolve())})

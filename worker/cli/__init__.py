@@ -39,7 +39,7 @@ def cli() -> None:
 def _register() -> None:
     from worker.cli import run as _run  # noqa: F401  (registers commands on import)
 
-    for optional in ("shapes", "service", "adaptor", "segmenter"):
+    for optional in ("shapes", "service", "adaptor", "segmenter", "concepts"):
         try:
             __import__(f"worker.cli.{optional}")
         except ModuleNotFoundError as err:

@@ -65,6 +65,8 @@ class InitImages:
 
     images: torch.Tensor
     strength: float  # fraction of the schedule re-run: 1.0 = from pure noise
+    # inpainting: [B, 1, H, W], 1 = keep the source there (`worker.engine.inpaint`); None = re-draw all
+    keep: torch.Tensor | None = None
 
     def start_step(self, steps: int) -> int:
         """Index of the first denoising step run (at least one step is always run)."""
@@ -269,6 +271,11 @@ def generate(
     scheduler = make_scheduler(model, gen.scheduler)
     latents, timesteps = prepare_latents(model, scheduler, seeds, gen, init)
     latent_hw = latent_size(model, gen)
+    blend = None
+    if init is not None and init.keep is not None:
+        from worker.engine.inpaint import masked_blend
+
+        blend = masked_blend(model, scheduler, init, seeds, gen, timesteps)
     # Stochastic schedulers (euler_a, ddpm) also draw noise at each step: seeded from the
     # batch's first sample, so a re-run of the same aligned batch is identical.
     step_generator = torch.Generator().manual_seed(seeds[0])
@@ -283,7 +290,8 @@ def generate(
     controlling = control_attention(model.unet, chain, latent_hw, prompt.guided) if chain else nullcontext()
     with controlling, hooking as feats:
         stepped = [*chain, feats] if feats is not None else chain
-        latents = denoise(model, scheduler, latents, timesteps, prompt, gen, step_generator, stepped, controlnet, on_step)
+        latents = denoise(model, scheduler, latents, timesteps, prompt, gen, step_generator, stepped, controlnet, on_step,
+                          after_step=blend)
     levels = feats.levels() if feats is not None else None
     return GenerationOutput(decode(model, latents), store, prompt.encoded, latent_hw, levels)
 

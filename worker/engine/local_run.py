@@ -136,6 +136,27 @@ def completed_indexes(spec: JobSpec, out: Path) -> dict[int, SampleRecord]:
     return done
 
 
+def with_llm_prompts(spec: JobSpec, out: Path, overwrite: bool) -> JobSpec:
+    """prompts.source llm: the prompts stored in `out` by an earlier run of this spec (a re-run
+    reads the same ones), else freshly written; they are saved with the spec (spec.json)."""
+    if spec.prompts.source != "llm" or spec.prompts.llm.generated:
+        return spec
+    from shared.llm_prompts import resolve_llm_prompts, without_generated
+
+    stored_file = out / layout.SPEC_FILE
+    if not overwrite and stored_file.is_file():
+        try:
+            stored = JobSpec.model_validate_json(stored_file.read_text())
+        except ValueError:
+            stored = None
+        if stored is not None and stored.prompts.llm and stored.prompts.llm.generated and \
+                canonical_spec_json(without_generated(stored)) == canonical_spec_json(spec):
+            return stored
+    from worker.engine.llm_local import writer_for
+
+    return resolve_llm_prompts(spec, writer_for(spec))
+
+
 def run_to_folder(
     spec: JobSpec,
     out: Path,
@@ -154,6 +175,7 @@ def run_to_folder(
     from shared.export import write_exports
 
     out = Path(out).resolve()
+    spec = with_llm_prompts(spec, out, overwrite)
     resume = check_folder(spec, out, overwrite)
     fresh = not resume
     records = completed_indexes(spec, out) if resume else {}

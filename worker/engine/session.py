@@ -91,10 +91,18 @@ class EngineSession:
     adaptor: object | None = field(default=None, repr=False)  # worker.adaptor.labeler.AdaptorLabeler
     # upload id -> local folder of the extracted source archive (the service's workers set it)
     uploads: Callable[[str], Path] | None = field(default=None, repr=False)
+    concepts: list[str] = field(default_factory=list, repr=False)  # local folders of spec.concepts
 
     def __post_init__(self) -> None:
         if self.model is None:
             self.model = load_model(self.spec.model)
+        if self.spec.concepts:  # a copy of the model whose tokenizer knows the concepts' tokens
+            from worker.engine.concepts import with_concepts
+
+            fields = [f"concepts[{i}]" for i in range(len(self.spec.concepts))]
+            folders = [self.resolve_folder(c, f) for c, f in zip(self.spec.concepts, fields)]
+            self.concepts = folders
+            self.model = with_concepts(self.model, folders, fields)
         if self.spec.method == "mask2image" and self.spec.labels.boxes != "attention":
             raise SpecError("labels.boxes: mask2image's labels are its input masks; leave labels.boxes at 'attention'",
                             field="labels.boxes")
@@ -142,10 +150,15 @@ class EngineSession:
 
     def method_parameters(self) -> dict:
         """What a sample records of how it was made (beside model, seed and prompt)."""
-        return {
+        out = {
             "generation": self.spec.generation.model_dump(mode="json"),
             "labels": self.labels.model_dump(mode="json"),
         }
+        if self.spec.concepts:
+            from worker.engine.concepts import concept_lineage
+
+            out["concepts"] = concept_lineage(self.concepts)
+        return out
 
     def capture_config(self):
         """What attention to capture for this job's labels (None when attention labels are off)."""
@@ -227,7 +240,7 @@ class EngineSession:
         if not self.labels_enabled:
             files = SampleFiles(semantic=None, instances=None)
             return GeneratedSample(SampleRecord(files=files, **record_kwargs), image)
-        if self.method.labels_from_inputs:
+        if self.method.labels_from_inputs or self.method.given_labels(plan) is not None:  # augment: per sample
             return self._given_labels(plan, image, record_kwargs)
         if not self.attention_enabled:  # boxes from the adaptor only
             annotations, quality = self.adaptor.annotate(out.detections[j], attention=None)

@@ -194,6 +194,7 @@ def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
     uses_uploads = (any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
                     or (spec.image2image is not None and spec.image2image.upload is not None)
                     or (spec.mask2image is not None and "upload:" in str(spec.mask2image.resample and spec.mask2image.resample.segmenter)))
+    uses_uploads = uses_uploads or any(c.startswith("upload:") for c in spec.concepts)
     return ctx.engine_factory(spec, uploads=ctx.uploads()) if uses_uploads else ctx.engine_factory(spec)
 
 

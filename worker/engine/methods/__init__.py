@@ -76,4 +76,8 @@ def method_for(session) -> Method:
         from worker.engine.methods.layout import Layout
 
         return Layout(session)
+    if name == "augment":
+        from worker.engine.methods.augment import Augment
+
+        return Augment(session)
     raise ValueError(f"no method module for {name!r}")

@@ -1,0 +1,178 @@
+"""Few-shot concepts on the shapes world: textual inversion of concepts the model never saw.
+
+    python bench/concepts.py --model /work/runs/shapes-v2-preview [--out bench/out] [--quick]
+
+The shapes-v2 world holds out a colour ("cyan") and a shape ("cross"): drawable, never in a
+training caption nor in the vocabulary. From <= 16 real renders of cyan crosses, `dsgen`'s
+textual inversion learns "<cyan>" and "<cross>" (initialised from "blue" and "star"); then the
+model generates "a <cyan> <cross>" through an EngineSession with the concept loaded, and a
+judge trained on *real* renders only (every drawable colour x shape pair, held-out ones
+included; bench/quality.py's PairJudge) says which objects each image holds.
+
+Prints one JSON object (and writes it to <out>/concepts.json):
+  concepts.rate            share of generated images in which the judge finds a cyan cross
+  concepts.baseline_rate   the same for the untrained model: the tokens at their init words
+                           (= "a blue star"), i.e. what the model drew before learning
+  concepts.colour_rate / shape_rate   cyan anything / anything cross
+  concepts.learn_seconds   wall time of the learning on this CPU, steps, images
+  concepts.judge           the judge's pair accuracy on held-out real renders of the concept
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import quality as q  # noqa: E402  (bench/quality.py: the judge and the scene streams)
+from shared.shapes import render_scene  # noqa: E402
+from shared.shapes.dataset import scene_seed  # noqa: E402
+from shared.shapes.world import World, get_world  # noqa: E402
+
+CONCEPT_STREAM, JUDGE_STREAM, JUDGE_TEST_STREAM = 920_001, 920_002, 920_003
+
+
+def judge_world(world: World) -> World:
+    """Every drawable colour and shape as a 'training' concept: what the judge can name."""
+    return World(name=f"{world.name}-judge", colours=world.drawable_colours, shapes=world.drawable_shapes,
+                 background=world.background, count_weights=world.count_weights, size_frac=world.size_frac)
+
+
+def judge_scenes(world: World, stream: int, n: int, held: tuple[str, str]):
+    """Real renders: half the world's own scenes, half with the held-out colour/shape forced in."""
+    rng = np.random.default_rng(stream)
+    out = []
+    for i in range(n):
+        seed = scene_seed(stream, i)
+        if i % 2 == 0:
+            out.append(render_scene(seed, 32, world=world))
+            continue
+        k = int(rng.integers(1, 3))
+        objs = []
+        for j in range(k):
+            colour = held[0] if (j == 0 and rng.random() < 0.7) else str(rng.choice(world.drawable_colours))
+            shape = held[1] if (j == 0 and rng.random() < 0.7) else str(rng.choice(world.drawable_shapes))
+            objs.append((colour, shape))
+        out.append(render_scene(seed, 32, world=world, objects=objs))
+    return out
+
+
+def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str], n: int, steps: int, guidance: float,
+             seed: int) -> list[np.ndarray]:
+    from shared.spec import parse_spec
+    from worker.engine.session import EngineSession
+
+    spec = parse_spec({
+        "name": "bench-concepts", "model": model_id, "seed": seed,
+        "classes": [{"name": c.strip("<>"), "words": [c]} for c in classes],
+        "prompts": {"source": "list", "prompts": [prompt], "append_class_names": False},
+        "num_images": n, "concepts": [str(concept)] if concept else [],
+        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance, "scheduler": "ddim",
+                       "batch_size": 16},
+        "labels": {"mode": "none"}, "export": {"formats": []},
+    })
+    session = EngineSession(spec)
+    return [np.asarray(s.image) for s in session.generate(range(n))]
+
+
+def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
+        judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print) -> dict:
+    from worker.engine.concept_training import LearnConfig, learn_concept
+    from worker.engine.models import load_model
+
+    torch.manual_seed(seed)
+    model = load_model(model_id)
+    world = get_world(model.extras.get("world"))
+    held = (world.held_out_colours[0], world.held_out_shapes[0])
+    folder = out / "concepts-bench"
+    images_dir = folder / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_learn):
+        p = images_dir / f"{i:02d}.png"
+        render_scene(scene_seed(CONCEPT_STREAM, i), 32, world=world, objects=[held]).to_pil().save(p)
+        paths.append(p)
+    tokens = [f"<{held[0]}>", f"<{held[1]}>"]
+    init = ["blue", "star"]
+    concept_dir = folder / "concept"
+    t0, c0 = time.time(), time.process_time()
+    state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
+                                                    seed=seed), concept_dir, resume=False,
+                          progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
+    learn_s, learn_cpu = time.time() - t0, time.process_time() - c0
+    log(f"learned in {learn_s:.0f}s")
+
+    jw = judge_world(world)
+    q.use_world(jw)
+    t1 = time.time()
+    judge = q.PairJudge(judge_scenes(world, JUDGE_STREAM, n_judge, held), judge_epochs, seed)
+    test = [render_scene(scene_seed(JUDGE_TEST_STREAM, i), 32, world=world, objects=[held]) for i in range(100)]
+    pair = q.pair_index(*held)
+    judge_acc = float(judge.presence([s.image for s in test])[:, pair].mean())
+    log(f"judge trained in {time.time() - t1:.0f}s; finds {held} in {judge_acc:.2f} of real renders")
+
+    def rates(images):
+        pres = judge.presence(images)
+        colour = [q.pair_index(held[0], s) for s in jw.shapes]
+        shape = [q.pair_index(c, held[1]) for c in jw.colours]
+        return (round(float(pres[:, pair].mean()), 4), round(float(pres[:, colour].amax(1).mean()), 4),
+                round(float(pres[:, shape].amax(1).mean()), 4))
+
+    phrase = f"a {tokens[0]} {tokens[1]}"
+    learned = generate(model_id, concept_dir, phrase, tokens, n_eval, gen_steps, guidance, seed)
+    # the untrained model: the same tokens at their init words (what the concept started from)
+    baseline = generate(model_id, None, f"a {init[0]} {init[1]}", init, n_eval, gen_steps, guidance, seed)
+    r, rc, rs = rates(learned)
+    b, bc, bs = rates(baseline)
+    q.save_grid([learned[:16], baseline[:16], [s.image for s in test[:16]]], out / "concepts_grid.png",
+                labels=[phrase, f"a {init[0]} {init[1]} (untrained)", "real"])
+    return {
+        "concepts": {
+            "model": model_id, "model_revision": model.info.revision, "concept": list(held), "tokens": tokens,
+            "init_words": init, "prompt": phrase, "rate": r, "colour_rate": rc, "shape_rate": rs,
+            "baseline_rate": b, "baseline_colour_rate": bc, "baseline_shape_rate": bs, "n_generated": n_eval,
+            "learn_images": n_learn, "learn_steps": state.step, "learn_lr": lr, "learn_batch": batch,
+            "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1), "final_loss": round(float(np.mean(state.losses[-50:])), 5),
+            "judge": {"real_concept_found": round(judge_acc, 4), "train_scenes": n_judge, "epochs": judge_epochs},
+            "generation": {"steps": gen_steps, "guidance": guidance, "scheduler": "ddim"},
+            "threads": torch.get_num_threads(),
+        }
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="builtin:shapes-v2")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run), not the reported numbers")
+    p.add_argument("--images", type=int, default=16)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--n-judge", type=int, default=2000)
+    p.add_argument("--judge-epochs", type=int, default=8)
+    p.add_argument("--gen-steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.quick:
+        a.steps, a.n_eval, a.n_judge, a.judge_epochs = 10, 16, 200, 1
+    a.out.mkdir(parents=True, exist_ok=True)
+    result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
+                 a.guidance, log=lambda m: print(m, file=sys.stderr, flush=True))
+    (a.out / "concepts.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Learned concepts: textual inversion on CLIP (SD 1.x, SDXL's two encoders) and word-level
+tokenizers; files diffusers' load_textual_inversion reads; loading in a spec; refusals."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.spec import SpecError, parse_spec
+from worker.engine.concept_training import LearnConfig, learn_concept
+from worker.engine.concepts import ConceptError, read_concept, with_concepts
+from worker.engine.models import load_model
+from worker.engine.session import EngineSession
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_pipelines import save_sdxl  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _images(folder: Path, n: int = 3, side: int = 32) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        a = np.zeros((side, side, 3), np.uint8)
+        a[8:24, 8 + i:24 + i] = (20, 205, 215)
+        p = folder / f"{i}.png"
+        Image.fromarray(a).save(p)
+        out.append(p)
+    return out
+
+
+def _learn(model, tmp_path, tokens=("<thing>",), init=("the",), steps=3, **kw):
+    cfg = LearnConfig(tokens=list(tokens), init_words=list(init), steps=steps, batch_size=2, lr=1e-2, checkpoint_every=2, **kw)
+    out = tmp_path / "concept"
+    state = learn_concept(model, _images(tmp_path / "imgs"), cfg, out)
+    return out, state
+
+
+def _spec(model_id: str, concept: Path, word: str, **extra):
+    return parse_spec({
+        "model": model_id, "classes": [{"name": "thing", "words": [word]}], "num_images": 2, "seed": 1,
+        "prompts": {"templates": ["a {class}"]}, "concepts": [str(concept)],
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2}, **extra,
+    })
+
+
+def test_clip_concept_trains_only_its_row_and_diffusers_loads_it(tmp_path):
+    model = load_model("builtin:tiny-random")
+    before = model.text_encoder.get_input_embeddings().weight.detach().clone()
+    out, state = _learn(model, tmp_path)
+    assert state.step == 3 and len(state.losses) == 3
+    # the cached base model is untouched: no new token, same rows
+    assert "<thing>" not in model.tokenizer.get_vocab()
+    assert torch.equal(model.text_encoder.get_input_embeddings().weight, before)
+
+    concept = read_concept(out)
+    assert concept.tokens == ("<thing>",) and concept.base_revision == model.info.revision
+    learned = with_concepts(model, [out])
+    weight = learned.text_encoder.get_input_embeddings().weight
+    assert weight.shape[0] == before.shape[0] + 1
+    assert torch.equal(weight[: before.shape[0]], before)  # every old row frozen
+    tid = learned.tokenizer.convert_tokens_to_ids("<thing>")
+    init = before[torch.tensor(model.tokenizer("the", add_special_tokens=False)["input_ids"])].mean(0)
+    assert not torch.allclose(weight[tid], init)  # the new row did train
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model.path, safety_checker=None, requires_safety_checker=False)
+    pipe.load_textual_inversion(str(out / concept.files["<thing>"]))
+    did = pipe.tokenizer.convert_tokens_to_ids("<thing>")
+    assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[did], weight[tid])
+
+
+def test_learning_resumes_from_its_checkpoint(tmp_path):
+    model = load_model("builtin:tiny-random")
+    out, _ = _learn(model, tmp_path, steps=2)
+    rows_at_2 = read_concept(out).embeddings()["<thing>"][0]
+    cfg = LearnConfig(tokens=["<thing>"], init_words=["the"], steps=2, batch_size=2, lr=1e-2, checkpoint_every=2)
+    state = learn_concept(model, sorted((tmp_path / "imgs").glob("*.png")), cfg, out)  # already done: nothing to run
+    assert state.step == 2 and torch.equal(read_concept(out).embeddings()["<thing>"][0], rows_at_2)
+    # different settings against that checkpoint: refused, nothing overwritten
+    with pytest.raises(ConceptError, match="different run"):
+        learn_concept(model, sorted((tmp_path / "imgs").glob("*.png")), LearnConfig(["<thing>"], ["the"], steps=4), out)
+
+
+def test_word_level_tokenizer_gets_the_token_and_it_round_trips(tmp_path):
+    model = load_model("builtin:shapes-v1")
+    vocab_size = len(model.tokenizer)
+    out, _ = _learn(model, tmp_path, tokens=("<cyan>", "<cross>"), init=("blue", "star"))
+    learned = with_concepts(model, [out])
+    assert len(learned.tokenizer) == vocab_size + 2 and len(model.tokenizer) == vocab_size
+    enc = learned.tokenizer("a <cyan> <cross> and a red circle", return_offsets_mapping=True)
+    ids = enc["input_ids"]
+    assert learned.tokenizer.convert_ids_to_tokens(ids)[1:4] == ["a", "<cyan>", "<cross>"]
+    assert enc["offset_mapping"][2] == (2, 8)  # the token's characters: labels can find it
+    learned.tokenizer.save_pretrained(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok", use_fast=True)
+    assert again("a <cyan> <cross> and a red circle")["input_ids"] == ids
+    # the session uses it: prompts with the tokens are known words, and the record says which concept
+    spec = _spec("builtin:shapes-v1", out, "<cross>",
+                 prompts={"templates": ["a <cyan> {class}"]}, labels={"mode": "refined", "cross_resolutions": [16, 32]})
+    session = EngineSession(spec)
+    samples = list(session.generate(range(2)))
+    assert samples[0].record.prompt == "a <cyan> <cross>"
+    assert samples[0].record.parameters["concepts"][0]["tokens"] == ["<cyan>", "<cross>"]
+    assert samples[0].record.classes == ["thing"]
+
+
+def test_sdxl_concept_has_both_encoders_rows(tmp_path):
+    path = save_sdxl(tmp_path / "sdxl")
+    model = load_model(str(path))
+    out, _ = _learn(model, tmp_path, init=("a",))
+    from safetensors.torch import load_file
+
+    state = load_file(str(out / "thing.safetensors"))
+    assert set(state) == {"clip_l", "clip_g"}
+    assert state["clip_l"].shape == (1, 16) and state["clip_g"].shape == (1, 16)
+    learned = with_concepts(model, [out])
+    for tok, enc, key in ((learned.tokenizer, learned.text_encoder, "clip_l"), (learned.tokenizer_2, learned.text_encoder_2, "clip_g")):
+        row = enc.get_input_embeddings().weight[tok.convert_tokens_to_ids("<thing>")]
+        assert torch.equal(row, state[key][0])
+    samples = list(EngineSession(_spec(str(path), out, "<thing>")).generate(range(2)))
+    assert samples[0].record.prompt == "a <thing>"
+
+
+def test_a_concept_of_another_model_is_refused_naming_both(tmp_path):
+    out, _ = _learn(load_model("builtin:shapes-v1"), tmp_path, tokens=("<cyan>",), init=("blue",), steps=1)
+    with pytest.raises(SpecError) as err:
+        EngineSession(_spec("builtin:tiny-random", out, "<cyan>"))
+    msg = str(err.value)
+    assert err.value.field == "concepts[0]" and "builtin:shapes-v1" in msg and "builtin:tiny-random" in msg
+
+
+def test_a_missing_concept_names_the_field_and_the_fix(tmp_path):
+    with pytest.raises(SpecError) as err:
+        EngineSession(_spec("builtin:tiny-random", tmp_path / "nope", "<x>"))
+    assert err.value.field == "concepts[0]" and "dsgen concepts learn" in str(err.value)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "concept.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(SpecError, match="concepts\\[0\\]"):
+        EngineSession(_spec("builtin:tiny-random", tmp_path / "bad", "<x>"))
+
+
+def test_init_word_the_model_does_not_know_is_refused(tmp_path):
+    with pytest.raises(ConceptError, match="--init-word: 'photo' is not a word"):
+        _learn(load_model("builtin:shapes-v1"), tmp_path, tokens=("<cyan>",), init=("photo",), steps=1)

@@ -1,0 +1,111 @@
+"""`dsgen concepts learn`: textual inversion of new tokens from a few images (DA-Fusion)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from worker.cli import UserError, cli
+from worker.engine.sources import IMAGE_SUFFIXES
+
+
+@cli.group()
+def concepts() -> None:
+    """Learned concepts: new prompt tokens for objects the model cannot draw (spec `concepts:`)."""
+
+
+def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None, limit: int) -> list[Path]:
+    if (images is None) == (source is None):
+        raise UserError("--images / --source: give exactly one (a folder of images, or a labelled dataset + --class)")
+    if images is not None:
+        found = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserError(f"--images: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images}")
+        return found[:limit]
+    if not cls:
+        raise UserError("--class: with --source, name the class whose images teach the concept")
+    import numpy as np
+
+    from shared.spec import SourceSpec, SpecError
+    from worker.engine.mask_sources import load_mask_sources, source_class_names
+
+    try:
+        names = source_class_names(source, fmt)
+        if cls not in names:
+            raise UserError(f"--class: {cls!r} is not a class of {source}; its classes: {', '.join(names)}")
+        found = load_mask_sources(SourceSpec(path=str(source), format=fmt), tuple(names), source)
+    except SpecError as err:
+        raise UserError(str(err).replace("mask2image.source", "--source")) from None
+    cid = names.index(cls) + 1
+    picked = [s.image for s in found if s.image is not None and (s.load().semantic == cid).any()]
+    if not picked:
+        raise UserError(f"--source: no image of {source} shows a {cls!r}")
+    return picked[:limit]
+
+
+@concepts.command("learn")
+@click.option("--model", "model_id", required=True, help="the base model (builtin:<name> or a diffusers folder)")
+@click.option("--images", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="a folder of images of the concept")
+@click.option("--source", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="or a labelled dataset (dsgen/COCO/VOC/masks folder): its images showing --class")
+@click.option("--format", "fmt", default="auto", show_default=True, type=click.Choice(["auto", "masks", "coco", "voc", "dsgen"]))
+@click.option("--class", "cls", default=None, help="with --source: the class")
+@click.option("--token", "tokens", multiple=True, required=True, help='the new token, e.g. "<my-part>" (repeatable)')
+@click.option("--init-word", "init_words", multiple=True, help="a related word each token starts from (default: 'the'"
+              " if the model knows it, else its first word)")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="concept folder")
+@click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=5e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-images", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--template", "templates", multiple=True, help='prompt template with {} for the tokens, e.g. "a photo of a {}"')
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--resume/--restart", default=True, show_default=True, help="continue from --out's checkpoint")
+@click.option("--threads", default=None, type=int, help="torch CPU threads")
+def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps, lr, batch_size, max_images, templates,
+              seed, resume, threads) -> None:
+    """Learn TOKEN(s) from a few images; only their embeddings train (UNet and text encoder frozen)."""
+    import torch
+
+    from shared.spec import SpecError
+    from worker.engine.concept_training import LearnConfig, learn_concept
+    from worker.engine.concepts import CONCEPT_FILE, check_token
+    from worker.engine.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        for t in tokens:
+            check_token(t)
+    except SpecError as err:
+        raise UserError(str(err)) from None
+    if len(set(tokens)) != len(tokens):
+        raise UserError("--token: each token once")
+    if init_words and len(init_words) != len(tokens):
+        raise UserError(f"--init-word: give one per --token ({len(tokens)}), or none")
+    if (out / CONCEPT_FILE).is_file() and not resume:
+        raise UserError(f"--out: {out} already holds a learned concept; pick another folder")
+    paths = _images(images, source, fmt, cls, max_images)
+    try:
+        model = load_model(model_id)
+        if not init_words:
+            vocab = model.tokenizer.get_vocab()
+            word = "the" if "the" in vocab else next(w for w in vocab if w not in model.tokenizer.all_special_tokens)
+            init_words = (word,) * len(tokens)
+        cfg = LearnConfig(tokens=list(tokens), init_words=list(init_words), steps=steps, lr=lr, batch_size=batch_size,
+                          seed=seed, templates=list(templates) or None)
+        click.echo(f"learning {' '.join(tokens)} from {len(paths)} images on {model.info.id} ({model.info.revision}), "
+                   f"{steps} steps")
+        with click.progressbar(length=steps, label="textual inversion", show_pos=True) as bar:
+            last = [0]
+
+            def progress(step: int, total: int, loss: float) -> None:
+                bar.label = f"textual inversion (loss {loss:.4f})"
+                bar.update(step - last[0])
+                last[0] = step
+
+            state = learn_concept(model, paths, cfg, out, progress=progress, resume=resume)
+    except SpecError as err:
+        raise UserError(str(err)) from None
+    click.echo(f"wrote {out} ({' '.join(tokens)}, {state.step} steps); use it with `concepts: [{out}]` in a spec")

@@ -1,0 +1,233 @@
+"""Textual inversion: learn the embedding rows of new tokens from a few images (DA-Fusion's
+`fine_tune.py`, after the diffusers textual-inversion example).
+
+Only the new rows train: the whole input-embedding matrix gets gradients, a hook zeroes every
+other row's gradient, and Adam (no weight decay) leaves zero-gradient rows exactly where they
+are. Loss: the model's own denoising objective (epsilon or v, from its scheduler config) on
+the images noised at uniform timesteps, with prompts from templates that name the tokens.
+
+Resumable: every `checkpoint_every` steps the rows, the optimiser and the step go to
+`<out>/checkpoint.pt`; a run with the same arguments continues from there. The final folder is
+written by `save_concept` (`worker.engine.concepts` reads it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from worker.engine.concepts import CONCEPT_FILE, FORMAT, ConceptError, add_concept_tokens, check_token, private_copy, \
+    token_file, word_embedding
+from worker.engine.generate import encode_images
+from worker.engine.text import _encode_one, tokenize
+
+CHECKPOINT = "checkpoint.pt"
+# DA-Fusion / the TI example use the imagenet "small" templates; these are a few of them.
+PHOTO_TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+                   "a close-up photo of a {}", "a bright photo of a {}", "a good photo of a {}", "a photo of one {}")
+FALLBACK_TEMPLATES = ("a {}", "{}")
+
+
+@dataclass
+class LearnConfig:
+    tokens: list[str]
+    init_words: list[str]
+    steps: int = 1000
+    lr: float = 5e-4
+    batch_size: int = 8
+    seed: int = 0
+    resolution: int | None = None  # default: the model's default generation size
+    checkpoint_every: int = 100
+    templates: list[str] | None = None  # with "{}" for the tokens; default: what the tokenizer can spell
+    flips: bool = True
+
+
+@dataclass
+class LearnState:
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _load_images(paths: Sequence[Path], side: int) -> torch.Tensor:
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (side, side):
+                im = im.resize((side, side), Image.BICUBIC)
+            out.append(torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0)
+    return torch.stack(out)
+
+
+def usable_templates(tokenizer, phrase: str, wanted: Sequence[str] | None) -> list[str]:
+    """Templates whose words this tokenizer knows (a word-level vocabulary may lack 'photo')."""
+    candidates = list(wanted) if wanted else list(PHOTO_TEMPLATES) + list(FALLBACK_TEMPLATES)
+    good = []
+    for t in candidates:
+        if "{}" not in t:
+            raise ConceptError(f"--template: {t!r} needs a {{}} where the tokens go", field="--template")
+        try:
+            tokenize(tokenizer, [t.format(phrase)])
+        except ConceptError:
+            raise
+        except Exception:  # noqa: BLE001 - an unknown word: not a template for this model
+            continue
+        good.append(t)
+    if wanted and len(good) < len(candidates):
+        raise ConceptError("--template: some templates use words this model does not know", field="--template")
+    if not wanted:  # photo templates if the model can read them, else the bare fallbacks
+        photo = [t for t in good if t in PHOTO_TEMPLATES]
+        good = photo or [t for t in good if t in FALLBACK_TEMPLATES][:1]
+    return good
+
+
+def _encode_with_grad(model, prompts: list[str]):
+    """Text states as `worker.engine.text.encode_prompts` makes them, with gradients."""
+    enc = tokenize(model.tokenizer, prompts)
+    mask = enc["attention_mask"] if model.extras.get("text_attention_mask") else None
+    if model.text_encoder_2 is None:
+        states, _ = _encode_one(model.text_encoder, enc["input_ids"], mask, model.device, penultimate=False)
+        return states, mask, None
+    enc2 = tokenize(model.tokenizer_2, prompts)
+    s1, _ = _encode_one(model.text_encoder, enc["input_ids"], None, model.device, penultimate=True)
+    s2, pooled = _encode_one(model.text_encoder_2, enc2["input_ids"], None, model.device, penultimate=True)
+    return torch.cat([s1, s2], dim=-1), None, pooled
+
+
+def learn_concept(
+    base_model,
+    images: Sequence[Path],
+    cfg: LearnConfig,
+    out: Path,
+    progress: Callable[[int, int, float], None] | None = None,
+    resume: bool = True,
+) -> LearnState:
+    """Train the tokens' rows on `images`; write the concept folder to `out`."""
+    from diffusers import DDPMScheduler
+
+    if not images:
+        raise ConceptError("--images: no images to learn from", field="--images")
+    if len(cfg.tokens) != len(cfg.init_words):
+        raise ConceptError("--init-word: give one init word per --token", field="--init-word")
+    for t in cfg.tokens:
+        check_token(t)
+    model = private_copy(base_model)
+    pairs = [(model.tokenizer, model.text_encoder)] + ([(model.tokenizer_2, model.text_encoder_2)] if model.text_encoder_2 is not None else [])
+    init = {t: [word_embedding(tok, enc, w) for tok, enc in pairs] for t, w in zip(cfg.tokens, cfg.init_words)}
+    ids = add_concept_tokens(model, init)
+    phrase = " ".join(cfg.tokens)
+    templates = usable_templates(model.tokenizer, phrase, cfg.templates)
+    gen_defaults = model.extras.get("default_generation", {})
+    side = cfg.resolution or int(gen_defaults.get("width", 512))
+    x_all = _load_images(images, side)
+
+    torch.manual_seed(cfg.seed)
+    weights, masks = [], []
+    for (_, enc), new_ids in zip(pairs, ids):
+        w = enc.get_input_embeddings().weight
+        w.requires_grad_(True)
+        keep = torch.ones(w.shape[0], 1, dtype=w.dtype, device=w.device)
+        keep[new_ids] = 0
+        trainable = 1 - keep
+        w.register_hook(lambda g, m=trainable: g * m)
+        weights.append(w)
+        masks.append(keep.bool().squeeze(1))
+    originals = [w.detach()[m].clone() for w, m in zip(weights, masks)]
+    opt = torch.optim.Adam(weights, lr=cfg.lr * 1.0, weight_decay=0.0)
+    state = LearnState()
+    ckpt_path = out / CHECKPOINT
+    out.mkdir(parents=True, exist_ok=True)
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt["config"] != asdict(cfg) or ckpt["images"] != [str(p) for p in images]:
+            raise ConceptError(f"--out: {out} holds a checkpoint of a different run (other tokens, images or settings); "
+                               "use another --out or delete it", field="--out")
+        with torch.no_grad():
+            for w, new_ids, rows in zip(weights, ids, ckpt["rows"]):
+                w[new_ids] = rows.to(w.dtype)
+        opt.load_state_dict(ckpt["optimizer"])
+        state = LearnState(ckpt["step"], ckpt["losses"])
+
+    scheduler = DDPMScheduler.from_config(model.scheduler.config)
+    prediction = scheduler.config.prediction_type
+    n_train = scheduler.config.num_train_timesteps
+    unet = model.unet
+    unet.requires_grad_(False)
+    x0_all = encode_images(model, x_all).float()
+    added = None
+    while state.step < cfg.steps:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
+        idx = torch.randint(len(x0_all), (cfg.batch_size,), generator=g)
+        x0 = x0_all[idx]
+        if cfg.flips:
+            flip = torch.rand(cfg.batch_size, generator=g) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(n_train, (cfg.batch_size,), generator=g)
+        prompts = [templates[int(k)].format(phrase) for k in torch.randint(len(templates), (cfg.batch_size,), generator=g)]
+        noisy = scheduler.add_noise(x0, noise, t)
+        target = noise if prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
+        states, mask, pooled = _encode_with_grad(model, prompts)
+        if pooled is not None:
+            h, w_ = x0.shape[-2:]
+            scale = model.vae_scale
+            time_ids = torch.tensor([[h * scale, w_ * scale, 0, 0, h * scale, w_ * scale]], dtype=pooled.dtype).repeat(len(prompts), 1)
+            added = {"text_embeds": pooled, "time_ids": time_ids}
+        pred = unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=states,
+                    encoder_attention_mask=None if mask is None else mask.to(model.device), added_cond_kwargs=added).sample
+        loss = F.mse_loss(pred.float(), target.to(pred.device).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # belt and braces: the frozen rows are exactly the originals
+            for w, m, orig in zip(weights, masks, originals):
+                w[m] = orig
+        state.step += 1
+        state.losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(state.step, cfg.steps, float(np.mean(state.losses[-20:])))
+        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+            tmp = ckpt_path.with_suffix(".tmp")
+            torch.save({"config": asdict(cfg), "images": [str(p) for p in images], "step": state.step,
+                        "losses": state.losses, "optimizer": opt.state_dict(),
+                        "rows": [w.detach()[i].clone() for w, i in zip(weights, ids)]}, tmp)
+            os.replace(tmp, ckpt_path)
+    for w in weights:
+        w.requires_grad_(False)
+    rows = {t: [w.detach()[i[k]].clone() for w, i in zip(weights, ids)] for k, t in enumerate(cfg.tokens)}
+    save_concept(out, rows, base_model.info, cfg, templates, len(images), state)
+    return state
+
+
+def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: LearnConfig, templates: list[str],
+                 n_images: int, state: LearnState) -> Path:
+    from safetensors.torch import save_file
+
+    files = {}
+    for token, embs in rows.items():
+        if len(embs) == 2:
+            tensors = {"clip_l": embs[0].reshape(1, -1).contiguous(), "clip_g": embs[1].reshape(1, -1).contiguous()}
+        else:
+            tensors = {token: embs[0].contiguous()}
+        save_file(tensors, str(out / token_file(token)))
+        files[token] = token_file(token)
+    meta = {
+        "format": FORMAT,
+        "version": 1,
+        "tokens": list(rows),
+        "files": files,
+        "init_words": cfg.init_words,
+        "base_model": {"id": info.id, "revision": info.revision},
+        "training": {"steps": state.step, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
+                     "images": n_images, "templates": templates,
+                     "final_loss": round(float(np.mean(state.losses[-50:])), 5) if state.losses else None},
+    }
+    (out / CONCEPT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+    return out

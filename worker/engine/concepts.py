@@ -1,0 +1,197 @@
+"""Learned concepts (textual inversion): new prompt tokens whose embeddings were learned from a
+few real images, the UNet and text encoder(s) frozen.
+
+A concept folder holds
+- one `<name>.safetensors` per token, in the layout diffusers' `load_textual_inversion` reads:
+  `{token: [D]}` for one-encoder models (SD 1.x/2.x, the builtin shapes models), and
+  `{"clip_l": [1, D1], "clip_g": [1, D2]}` for SDXL (both encoders, as SDXL embeddings ship);
+- `concept.json`: the tokens, the files, and the base model's id and revision it was learned on
+  (a concept is refused on any other model: its embedding means nothing elsewhere).
+
+`with_concepts(model, folders)` returns a copy of the model whose tokenizer(s) know the tokens
+and whose text encoder(s) have the learned rows; the cached base model is never changed.
+The same `add_concept_tokens` serves training (rows initialised from a related word) and
+loading (rows from the file), for CLIP BPE and word-level tokenizers alike.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from shared.spec import SpecError
+
+CONCEPT_FILE = "concept.json"
+FORMAT = "dsgen-concept"
+TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9][A-Za-z0-9_\-]{0,40}>$")
+SDXL_KEYS = ("clip_l", "clip_g")
+
+
+class ConceptError(SpecError):
+    def __init__(self, message: str, field: str = "concepts"):
+        super().__init__(message, field=field)
+
+
+@dataclass(frozen=True)
+class Concept:
+    folder: Path
+    tokens: tuple[str, ...]
+    files: dict[str, str]  # token -> file name
+    base_id: str
+    base_revision: str
+    meta: dict[str, Any]
+
+    def embeddings(self) -> dict[str, list[torch.Tensor]]:
+        """token -> one [D] row per text encoder (in encoder order)."""
+        from safetensors.torch import load_file
+
+        out = {}
+        for token in self.tokens:
+            state = load_file(str(self.folder / self.files[token]))
+            if set(state) == set(SDXL_KEYS):
+                out[token] = [state["clip_l"].reshape(-1), state["clip_g"].reshape(-1)]
+            elif len(state) == 1:
+                out[token] = [next(iter(state.values())).reshape(-1)]
+            else:
+                raise ConceptError(f"concepts: {self.folder / self.files[token]} is not a textual-inversion embedding")
+        return out
+
+
+def check_token(token: str, field: str = "--token") -> str:
+    if not TOKEN_PATTERN.match(token):
+        raise ConceptError(f"{field}: {token!r} is not a concept token; write it as <name> (letters, digits, '-', '_'), "
+                           "e.g. <my-part>", field=field)
+    return token
+
+
+def token_file(token: str) -> str:
+    return token.strip("<>") + ".safetensors"
+
+
+def read_concept(folder: str | Path, field: str = "concepts") -> Concept:
+    folder = Path(folder)
+    meta_path = folder / CONCEPT_FILE
+    if not meta_path.is_file():
+        raise ConceptError(f"{field}: {folder} is not a concept folder (no {CONCEPT_FILE}); make one with "
+                           "`dsgen concepts learn`", field=field)
+    try:
+        meta = json.loads(meta_path.read_text())
+        tokens = tuple(meta["tokens"])
+        files = {t: meta["files"][t] for t in tokens}
+        base = meta["base_model"]
+    except (ValueError, KeyError, TypeError):
+        raise ConceptError(f"{field}: {meta_path} is not a {FORMAT} file (tokens, files, base_model)", field=field) from None
+    if meta.get("format") != FORMAT:
+        raise ConceptError(f"{field}: {meta_path} is not a {FORMAT} file", field=field)
+    for t in tokens:
+        check_token(t, field)
+        if not (folder / files[t]).is_file() or "/" in files[t] or "\\" in files[t]:
+            raise ConceptError(f"{field}: {folder} lacks {files[t]} (the embedding of {t})", field=field)
+    return Concept(folder, tokens, files, str(base["id"]), str(base["revision"]), meta)
+
+
+def _pairs(model) -> list[tuple[Any, Any]]:
+    pairs = [(model.tokenizer, model.text_encoder)]
+    if model.text_encoder_2 is not None:
+        pairs.append((model.tokenizer_2, model.text_encoder_2))
+    return pairs
+
+
+def word_embedding(tokenizer, text_encoder, word: str) -> torch.Tensor:
+    """The input embedding of `word` (mean of its tokens when it is several)."""
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    if not ids or (unk is not None and unk in ids and unk not in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)):
+        vocab = sorted(w for w in tokenizer.get_vocab() if w not in tokenizer.all_special_tokens)
+        raise ConceptError(f"--init-word: {word!r} is not a word of this model; known words: {' '.join(vocab[:200])}",
+                           field="--init-word")
+    weight = text_encoder.get_input_embeddings().weight
+    return weight[torch.tensor(ids)].mean(0).detach().clone()
+
+
+def add_concept_tokens(model, rows: dict[str, Sequence[torch.Tensor]]) -> list[list[int]]:
+    """Add the tokens to the model's tokenizer(s) (in place), grow the text encoder(s)' input
+    embeddings and set the rows. Returns, per encoder, the new tokens' ids (in `rows` order)."""
+    ids_per_encoder = []
+    for e, (tokenizer, encoder) in enumerate(_pairs(model)):
+        known = [t for t in rows if t in tokenizer.get_vocab()]
+        if known:
+            raise ConceptError(f"concepts: token {known[0]} is already a word of this model; pick another name "
+                               "(two concepts cannot share a token)")
+        tokenizer.add_tokens(list(rows))
+        ids = tokenizer.convert_tokens_to_ids(list(rows))
+        encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below
+        weight = encoder.get_input_embeddings().weight
+        with torch.no_grad():
+            for token, i in zip(rows, ids):
+                weight[i] = rows[token][e].to(weight.dtype, copy=True).to(weight.device)
+        ids_per_encoder.append(list(ids))
+    return ids_per_encoder
+
+
+def private_copy(model):
+    """A copy of the model whose tokenizers and text encoders may change (UNet/VAE shared)."""
+    update = {"tokenizer": copy.deepcopy(model.tokenizer), "text_encoder": copy.deepcopy(model.text_encoder)}
+    if model.text_encoder_2 is not None:
+        update |= {"tokenizer_2": copy.deepcopy(model.tokenizer_2), "text_encoder_2": copy.deepcopy(model.text_encoder_2)}
+    return replace(model, **update)
+
+
+def check_base(concept: Concept, model, field: str) -> None:
+    if concept.base_revision != model.info.revision:
+        raise ConceptError(
+            f"{field}: concept {', '.join(concept.tokens)} was learned on {concept.base_id} (revision "
+            f"{concept.base_revision}), not on this job's model {model.info.id} (revision {model.info.revision}); "
+            f"use model {concept.base_id!r} or learn the concept again with `dsgen concepts learn --model {model.info.id}`",
+            field=field,
+        )
+
+
+_applied: dict[tuple, Any] = {}
+
+
+def with_concepts(model, folders: Sequence[str | Path], fields: Sequence[str] | None = None):
+    """The model with the concepts' tokens loaded (a cached copy per model + concept set)."""
+    if not folders:
+        return model
+    fields = list(fields) if fields is not None else [f"concepts[{i}]" for i in range(len(folders))]
+    concepts = [read_concept(f, field) for f, field in zip(folders, fields)]
+    for c, field in zip(concepts, fields):
+        check_base(c, model, field)
+    seen: dict[str, str] = {}
+    for c, field in zip(concepts, fields):
+        for t in c.tokens:
+            if t in seen:
+                raise ConceptError(f"{field}: token {t} is also in {seen[t]}; each token may come from one concept", field=field)
+            seen[t] = field
+    key = (id(model), model.info.revision, tuple((str(c.folder), (c.folder / CONCEPT_FILE).stat().st_mtime_ns) for c in concepts))
+    if key not in _applied:
+        rows: dict[str, list[torch.Tensor]] = {}
+        n_enc = len(_pairs(model))
+        for c, field in zip(concepts, fields):
+            for token, emb in c.embeddings().items():
+                dims = [enc.get_input_embeddings().weight.shape[1] for _, enc in _pairs(model)]
+                if len(emb) != n_enc or [e.numel() for e in emb] != dims:
+                    raise ConceptError(f"{field}: {token}'s embedding has sizes {[e.numel() for e in emb]}, this model's "
+                                       f"text encoders take {dims}", field=field)
+                rows[token] = emb
+        copied = private_copy(model)
+        add_concept_tokens(copied, rows)
+        _applied.clear()  # one concept set at a time, like the model cache
+        _applied[key] = copied
+    return _applied[key]
+
+
+def concept_lineage(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """What a sample records of the concepts its model was given."""
+    out = []
+    for f in folders:
+        c = read_concept(f)
+        out.append({"tokens": list(c.tokens), "base_revision": c.base_revision,
+                    "steps": c.meta.get("training", {}).get("steps"), "name": c.meta.get("name")})
+    return out
