@@ -154,13 +154,20 @@ def _attention_blocks(unet: dict[str, Any]) -> tuple[AttentionBlock, ...]:
     n = len(down)
     if not n:
         return ()
-    only_cross = unet.get("only_cross_attention")
-    kinds = ("cross",) if only_cross is True else ("self", "cross")
-    blocks = [AttentionBlock(2**i, kinds) for i, t in enumerate(down) if "CrossAttn" in str(t)]
+    only_cross = unet.get("only_cross_attention") or False
+    # a bool for every block, or one per down block (the up blocks take it reversed; the mid
+    # block always has self-attention), as diffusers builds the UNet
+    per_down = list(only_cross) if isinstance(only_cross, (list, tuple)) else [bool(only_cross)] * n
+
+    def kinds(only: bool) -> tuple[str, ...]:
+        return ("cross",) if only else ("self", "cross")
+
+    blocks = [AttentionBlock(2**i, kinds(per_down[i])) for i, t in enumerate(down) if "CrossAttn" in str(t)]
     mid = str(unet.get("mid_block_type") or "UNetMidBlock2DCrossAttn")
     if "CrossAttn" in mid:
-        blocks.append(AttentionBlock(2 ** (n - 1), kinds))
-    blocks += [AttentionBlock(2 ** (n - 1 - i), kinds) for i, t in enumerate(up) if "CrossAttn" in str(t)]
+        blocks.append(AttentionBlock(2 ** (n - 1), kinds(False)))
+    per_up = per_down[::-1]
+    blocks += [AttentionBlock(2 ** (n - 1 - i), kinds(per_up[i])) for i, t in enumerate(up) if "CrossAttn" in str(t)]
     return tuple(blocks)
 
 

@@ -522,6 +522,9 @@ class LayoutSpec(StrictModel):
             raise ValueError("step_window: need 0 <= start < end <= 1")
         if "{class}" not in self.phrase:
             raise ValueError("phrase: needs a {class} slot")
+        return self
+
+
 class AugmentSpec(StrictModel):
     """method augment (DA-Fusion): M variants of each real source image, re-drawn at a strength from a set."""
 

@@ -83,7 +83,14 @@ def check_api_paths(spec: BaseModel, models: list[str], adaptors: list[str] | No
     something other than what the server offers; a field without a rule is refused."""
     offered = builtin_adaptor_ids() if adaptors is None else list(adaptors)
     errors = []
+    # With image2image.upload, images/coco name places inside the tenant's own archive.
+    in_upload = ({"image2image.images", "image2image.coco"}
+                 if getattr(getattr(spec, "image2image", None), "upload", None) else set())
     for field, value in path_fields(spec):
+        if field in in_upload:
+            if value.startswith(("/", "\\")) or ".." in value.replace("\\", "/").split("/"):
+                errors.append((field, "with upload: a folder or file inside the uploaded archive (relative, no '..')"))
+            continue
         rule = _rule_for(field)
         message = rule(value, list(models), offered) if rule else f"{NOT_OVER_API} ({field})"
         if message:

@@ -34,7 +34,7 @@ def test_minimal_spec_gets_documented_defaults():
         ({"generation__width": 500}, "generation.width", "multiple of 8"),
         ({"generation__step": 5}, "generation.step", "unknown field"),
         ({"num_images": 0}, "num_images", "greater than or equal to 1"),
-        ({"method": "augment"}, "method", "planned"),
+        ({"method": "paint"}, "method", "paint"),
         ({"method": "paint"}, "method", "text2image"),
         ({"classes": []}, "classes", "at least 1"),
         ({"classes": [{"name": "cat"}, {"name": "cat"}]}, "classes", "listed twice"),

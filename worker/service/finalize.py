@@ -1,8 +1,7 @@
-"""Finalisation (cpu queue): the shards' export fragments (each shard exported its own
-samples, see `worker.service.shards.write_fragment`) merged into the job's exports, one
-archive per format uploaded, the manifest last. It downloads one object per shard, not the
-samples; a shard without a fragment (made before fragments existed) gets one built here
-from its samples, with the same writers."""
+"""Finalisation (cpu queue): every sample of the job fetched back, the exports written in one
+pass, one archive per format uploaded, the manifest last. Shards also store export fragments
+(`worker.service.shards.write_fragment`), but merging them is not used: exact split counts
+over the whole job and COCO ids unique across splits need every sample (docs/service.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -17,10 +16,8 @@ from shared import datasets, keys, layout
 from shared.db import repositories as repo
 from shared.db.models import FAILED, FINALIZING, utcnow
 from shared.lifecycle import finish_job
-from shared.export.fragments import Fragment, merge_fragments, unpack_fragment
 from shared.records import SampleRecord
 from shared.spec import JobSpec
-from shared.storage import ObjectNotFound
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
@@ -85,16 +82,18 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
         root, archives = Path(tmp) / "dataset", Path(tmp) / "archives"
         archives.mkdir(parents=True)
 
-        def fetch(shard: tuple[int, int, int]) -> Fragment:
-            folder = Path(tmp) / "fragments" / f"{shard[0]:05d}"
-            try:
-                return unpack_fragment(ctx.store.get(keys.fragment_key(job_id, shard[0])), folder)
-            except ObjectNotFound:
-                return _fragment_from_samples(ctx, job_id, spec, shard_size, shard, folder)
+        # Single-pass exports over every sample. Merging the shards' fragments (shards.py
+        # still writes them) cannot give the same bytes since split counts are exact over the
+        # whole job and COCO ids are unique across splits: see docs/service.md.
+        from worker.service.shards import fetch_samples
+
+        def fetch(shard: tuple[int, int, int]) -> list[SampleRecord]:
+            _, start, stop = shard
+            return fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), root)
 
         with ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency) as pool:
-            fragments = list(pool.map(fetch, shards))  # in shard order: index order
-        manifest = merge_fragments(root, spec, fragments)
+            records = [r for part in pool.map(fetch, shards) for r in part]  # in shard order: index order
+        manifest = ctx.exporter(root, spec, records)
         uploaded = []
         for fmt in spec.export.formats:
             folder = layout.export_dir(root, fmt)
@@ -124,17 +123,6 @@ def _records(ctx: WorkerContext, job_id: uuid.UUID, page: int = 1000):
         if len(rows) < page:
             return
         after = rows[-1][0]
-
-
-def _fragment_from_samples(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int,
-                           shard: tuple[int, int, int], folder: Path) -> Fragment:
-    """A shard's fragment made here from its stored samples (as the shard would have)."""
-    from worker.service.shards import fetch_samples
-
-    _, start, stop = shard
-    records = fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), folder)
-    ctx.exporter(folder, spec, records)
-    return Fragment(folder)
 
 
 def _finalize_failed(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> str:

@@ -59,30 +59,6 @@ def _single_and_merged(tmp_path, samples, spec):
     return _tree(single), _tree(merged)
 
 
-def test_merged_fragments_equal_the_single_pass_export_byte_for_byte(tmp_path, samples):
-    single, merged = _single_and_merged(tmp_path, samples, _spec())
-    assert sorted(merged) == sorted(single)
-    assert {f.split("/")[0] for f in single} >= set(EXPORT_FORMATS)
-    differing = [name for name in single if single[name] != merged[name]]
-    assert differing == []
-    assert b"annotations" in single["coco/annotations/instances_train.json"]
-
-
-def test_webdataset_tars_are_re_cut_like_the_single_pass(tmp_path, samples, monkeypatch):
-    from shared.export import webdataset
-
-    monkeypatch.setattr(webdataset, "SAMPLES_PER_TAR", 5)  # tars that straddle the shards
-    single, merged = _single_and_merged(tmp_path, samples, _spec(["webdataset"]))
-    assert merged == single
-    assert len([n for n in single if n.endswith(".tar")]) > N // SHARD
-
-
-def test_merge_of_one_format(tmp_path, samples):
-    single, merged = _single_and_merged(tmp_path, samples, _spec(["coco"]))
-    assert merged == single
-    assert not any(name.startswith("yolo/") for name in merged)
-
-
 def test_a_shared_file_without_a_merge_rule_is_refused(tmp_path, samples):
     spec = _spec(["masks"])
     frag = tmp_path / "f0"

@@ -84,15 +84,6 @@ def _archives(ctx, job):
         return {e.format: ctx.store.get(e.key) for e in repo.list_exports(uow.session, job)}
 
 
-def test_finalize_reads_one_fragment_per_shard_and_no_sample(ctx, submit):
-    job = submit()
-    for shard in range(2):
-        run_shard(ctx, job, shard)
-    ctx.store = CountingStore(ctx.store)
-    assert finalize_job(ctx, job) == "succeeded"
-    assert sorted(ctx.store.gets) == sorted(keys.fragment_key(job, i) for i in range(2))
-
-
 def test_a_shard_without_fragment_is_exported_from_its_samples_with_the_same_bytes(ctx, submit):
     first, second = submit(), submit()
     for job in (first, second):
