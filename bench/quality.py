@@ -363,7 +363,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
     samples = seg_real = None
     if "fidelity" in parts or "synthetic" in parts:
         samples, seg_real = _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix,
-                                              seg_epochs, cls_epochs, seed, log, started, result)
+                                              seg_epochs, cls_epochs, seed, log, started, result, n_few_real)
     if "mask2image" in parts:
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
@@ -395,7 +395,7 @@ def _attention_part(model, test, t, suffix, out, log, started) -> dict:
 
 
 def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix, seg_epochs, cls_epochs,
-                      seed, log, started, result):
+                      seed, log, started, result, n_few_real: int = 50):
     # 2. generation with dsgen: captions of another real stream (realistic object counts)
     captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
     samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)

@@ -53,7 +53,7 @@ def shards_of(cluster, job_id: str) -> list[Shard]:
 def undisturbed(cluster, api, headers):
     job = submit(api, headers)
     done = wait_for(api, headers, job["id"], cluster=cluster)
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", (done.get("error"), done)
     return done
 
 
@@ -112,7 +112,7 @@ def test_kill_9_mid_shard_still_gives_exactly_the_same_dataset(cluster, api, hea
         done = wait_for(api, headers, job["id"], cluster=cluster)
     finally:
         cluster.start_worker(name + "b", "gpu")  # back to two GPU workers
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", (done.get("error"), done)
     shard = next(s for s in shards_of(cluster, job["id"]) if s.index == victim.index)
     assert shard.attempts == 2 and shard.worker != victim.worker
     with cluster.uow() as uow:

@@ -60,7 +60,7 @@ def test_mask2image_from_an_uploaded_source_with_the_segmenter_filter(cluster, a
     r = api.post("/v1/jobs", json=spec, headers=headers)
     assert r.status_code == 201, r.text
     done = wait_for(api, headers, r.json()["id"], cluster=cluster)
-    assert done["status"] == "succeeded", done
+    assert done["status"] == "succeeded", (done.get("error"), done)
     samples = api.get(f"/v1/jobs/{done['id']}/samples", headers=headers).json()["items"]
     assert len(samples) == 8
     for s in samples:
