@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-10)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-methods test bench bench-quality bench-service bench-fleet bench-gpu serve services browser tiny-random shapes-adaptor clean
+.PHONY: setup demo demo-methods demo-augment test bench bench-quality bench-service bench-fleet bench-gpu serve services browser tiny-random shapes-adaptor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 setup: $(STAMP)
+
+## DA-Fusion on the shapes model: out/methods/augment/ (augmented real renders, labels carried) and
+## out/methods/concept-cyan-cross/ (a concept the model never saw, learned from 16 renders).
+SHAPES_MODEL ?= builtin:shapes-v2
+demo-augment: setup
+	$(BIN)/dsgen shapes render --out out/methods/augment-real --n 8 --seed 7 --overwrite
+	$(BIN)/dsgen run examples/methods/augment.yaml --out out/methods/augment --overwrite
+	PYTHONPATH=. $(BIN)/python examples/methods/concept_images.py out/methods/concept-images 16
+	$(BIN)/dsgen concepts learn --model $(SHAPES_MODEL) --images out/methods/concept-images --token "<cyan>" \
+	  --token "<cross>" --init-word blue --init-word star --steps 400 --lr 5e-3 --batch-size 8 \
+	  --out out/methods/concept-cyan-cross --threads 1
 
 ## Generate the demo dataset (out/demo/) with the builtin model, on this machine.
 demo: setup

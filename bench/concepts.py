@@ -134,6 +134,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     q.save_grid([learned[:16], baseline[:16], [s.image for s in test[:16]]], out / "concepts_grid.png",
                 labels=[phrase, f"a {init[0]} {init[1]} (untrained)", "real"])
     return {
+        "_judge": judge,
         "concepts": {
             "model": model_id, "model_revision": model.info.revision, "concept": list(held), "tokens": tokens,
             "init_words": init, "prompt": phrase, "rate": r, "colour_rate": rc, "shape_rate": rs,
@@ -145,6 +146,59 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             "threads": torch.get_num_threads(),
         }
     }
+
+
+def run_augment(model_id: str, out: Path, judge, n_real: int, variants: int, gen_steps: int, guidance: float,
+                seg_epochs: int, seed: int = 0, log=print) -> dict:
+    """augment on real renders: label validity (carried / re-derived masks vs the judge's reading of
+    the generated image) for inpaint-inside and low-strength SDEdit, and a segmenter trained on
+    real N vs real N + augmented, evaluated on held-out real renders."""
+    from shared.shapes.dataset import write_real_dataset
+    from shared.spec import parse_spec
+    from worker.engine.models import load_model
+    from worker.engine.session import EngineSession
+
+    model = load_model(model_id)
+    world = get_world(model.extras.get("world"))
+    real_dir = out / "augment-bench" / "real"
+    if not (real_dir / "samples").is_dir():
+        write_real_dataset(real_dir, n_real, seed=q.SEG_REAL_STREAM, size=32, formats=["coco"], world=world)
+    shapes = list(world.shapes)
+    result, synthetic = {}, []
+    for name, aug in (("inpaint_inside", {"mode": "inpaint_inside", "strengths": [1.0]}),
+                      ("sdedit_0.25", {"mode": "sdedit", "strengths": [0.25]})):
+        spec = parse_spec({
+            "model": model_id, "method": "augment", "seed": seed, "num_images": n_real * variants,
+            "classes": [{"name": c} for c in shapes],
+            "generation": {"width": 32, "height": 32, "steps": gen_steps, "guidance_scale": guidance, "scheduler": "ddim",
+                           "batch_size": 16},
+            "labels": {"mode": "refined", **model.extras.get("recommended_labels", {})},
+            "augment": {"source": {"path": str(real_dir), "format": "dsgen"}, "variants": variants, "template": "a {classes}",
+                        **aug},
+            "export": {"formats": []},
+        })
+        samples = list(EngineSession(spec).generate(range(spec.num_images)))
+        images = [np.asarray(s.image) for s in samples]
+        truth = judge.semantic(images)
+        iou = q.IoU()
+        for s, t in zip(samples, truth):
+            iou.add(np.where(s.semantic == 255, 0, s.semantic), t)
+        result[name] = {"label_validity_miou": iou.miou(), "per_class": iou.per_class(),
+                        "labels": sorted({s.record.parameters["augment"]["labels"] for s in samples}), "n": len(samples)}
+        log(f"augment {name}: validity {iou.miou()}")
+        if name == "inpaint_inside":
+            synthetic = [(np.asarray(s.image), s.semantic) for s in samples]
+    q.use_world(world)
+    reals = q.real_scenes(q.SEG_REAL_STREAM, n_real)
+    test = q.real_scenes(q.TEST_STREAM, 200)
+    rep = max(1, len(synthetic) // n_real + 1)
+    real_net = q.train_segmenter([s.image for s in reals] * rep, [s.semantic for s in reals] * rep, seg_epochs, seed)
+    mix_net = q.train_segmenter([s.image for s in reals] + [i for i, _ in synthetic],
+                                [s.semantic for s in reals] + [m for _, m in synthetic], seg_epochs, seed)
+    result["segmenter"] = {"real_only_miou": q.evaluate_segmenter(real_net, test).miou(),
+                           "real_plus_augmented_miou": q.evaluate_segmenter(mix_net, test).miou(),
+                           "n_real": n_real, "n_augmented": len(synthetic), "epochs": seg_epochs, "test": len(test)}
+    return {"augment": result}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,14 +216,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gen-steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
+    p.add_argument("--n-real", type=int, default=50)
+    p.add_argument("--variants", type=int, default=2)
+    p.add_argument("--seg-epochs", type=int, default=30)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.quick:
         a.steps, a.n_eval, a.n_judge, a.judge_epochs = 10, 16, 200, 1
     a.out.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if a.quick:
+        a.n_real, a.variants, a.seg_epochs = 4, 1, 1
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
-                 a.guidance, log=lambda m: print(m, file=sys.stderr, flush=True))
+                 a.guidance, log=log)
+    if a.augment:
+        result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
+                                  a.seg_epochs, log=log))
+    result.pop("_judge", None)
     (a.out / "concepts.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

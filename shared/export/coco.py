@@ -73,9 +73,11 @@ def write_coco(
         image_id = record.index + 1
         file_name = f"{stem}.png"
         written.append(files.copy_file(files.image_path(root, record), out_dir / "images" / split / file_name))
-        doc["images"].append(
-            {"id": image_id, "file_name": file_name, "width": record.width, "height": record.height}
-        )
+        image = {"id": image_id, "file_name": file_name, "width": record.width, "height": record.height}
+        if "mix" in record.parameters or "augment" in record.parameters:  # lineage of augmented / mixed sets
+            mix = record.parameters.get("mix") or {"synthetic": True, "source": record.parameters["augment"]["source_image"]}
+            image["dsgen_synthetic"], image["dsgen_source"] = bool(mix["synthetic"]), mix["source"]
+        doc["images"].append(image)
         for ann in record.annotations:
             ann_id += 1
             doc["annotations"].append(coco_annotation(ann, ann_id, image_id, record.height, record.width))

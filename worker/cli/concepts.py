@@ -109,3 +109,24 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
     except SpecError as err:
         raise UserError(str(err)) from None
     click.echo(f"wrote {out} ({' '.join(tokens)}, {state.step} steps); use it with `concepts: [{out}]` in a spec")
+
+
+@cli.command("mix")
+@click.option("--real", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="the real dataset folder (dsgen layout) the augment job read")
+@click.option("--synthetic", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="the augment job's output folder")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--p", "p", default=0.5, show_default=True, type=float, help="chance a real sample is replaced by a variant")
+@click.option("--seed", default=0, show_default=True, type=int)
+def mix_cmd(real: Path, synthetic: Path, out: Path, p: float, seed: int) -> None:
+    """A real+synthetic training set (DA-Fusion): each real sample replaced by one of its variants with p."""
+    from shared.mix import mix_folders
+    from shared.spec import SpecError
+
+    try:
+        summary = mix_folders(real, synthetic, out, p, seed)
+    except SpecError as err:
+        raise UserError(str(err)) from None
+    click.echo(f"wrote {out}: {summary['samples']} samples ({summary['synthetic']} synthetic, {summary['real']} real); "
+               "lineage in lineage.jsonl and the COCO images")
