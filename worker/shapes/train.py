@@ -38,6 +38,7 @@ from worker.shapes.model import (
     build_unet,
     encode_text,
     export_model,
+    query_scales,
 )
 
 
@@ -68,6 +69,11 @@ class TrainConfig:
     count_weights: str = ""  # e.g. "0.45,0.4,0.15"
     size_frac: str = ""  # e.g. "0.34,0.55"
     prediction: str = ""  # "" = the preset's; "epsilon" | "v_prediction"
+    # An exported model folder (e.g. worker/engine/builtin/shapes-v2) to continue from when the
+    # run folder's latest.pt is gone: its weights seed both the live and the EMA model, the step
+    # counter continues from the folder's `training.steps` (so the data stream goes on where the
+    # original run stopped), and the LR warms up again for the fresh optimizer.
+    init_from: str = ""
 
 
 def train_world(tc: TrainConfig, preset: ShapesModelConfig) -> World:
@@ -137,13 +143,14 @@ class Trainer:
         self.sched = build_scheduler("ddpm", self.cfg.prediction_type)
         self.alphas = self.sched.alphas_cumprod.to(self.device)
         self.step = 0
+        self.warmup_from = 0  # the step the LR warm-up counts from (a fresh optimizer warms up again)
         self.last_attn_loss = None
         self.elapsed = 0.0  # training seconds over all sessions of this run
 
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
         return {
-            "step": self.step, "elapsed": self.elapsed, "train_config": vars(self.tc), "model_config": self.cfg.to_json(),
+            "step": self.step, "warmup_from": self.warmup_from, "elapsed": self.elapsed, "train_config": vars(self.tc), "model_config": self.cfg.to_json(),
             "unet": self.unet.state_dict(), "text_encoder": self.text_encoder.state_dict(),
             "ema_unet": self.ema_unet.state_dict(), "ema_text_encoder": self.ema_te.state_dict(),
             "opt": self.opt.state_dict(),
@@ -168,11 +175,34 @@ class Trainer:
         self.ema_te.load_state_dict(st["ema_text_encoder"])
         self.opt.load_state_dict(st["opt"])
         self.step = int(st["step"])
+        self.warmup_from = int(st.get("warmup_from", 0))
         self.elapsed = float(st.get("elapsed", 0.0))
+
+    def init_from_export(self, folder: Path) -> None:
+        """Seed live and EMA weights from an exported model folder (see `TrainConfig.init_from`)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        state = load_file(str(folder / "unet" / "diffusion_pytorch_model.safetensors"))
+        for name, s in query_scales(self.unet, self.cfg).items():  # export folded the scales into to_q
+            for p in ("weight", "bias"):
+                key = f"{name}.to_q.{p}"
+                if key in state:
+                    state[key] = state[key] / s
+        te_state = load_file(str(folder / "text_encoder" / "model.safetensors"))
+        for unet in (self.unet, self.ema_unet):
+            unet.load_state_dict(state)
+        for te in (self.text_encoder, self.ema_te):
+            missing, unexpected = te.load_state_dict(te_state, strict=False)
+            if unexpected or [k for k in missing if not k.endswith("position_ids")]:
+                raise ValueError(f"{folder}: text encoder weights do not match the preset ({missing[:3]}, {unexpected[:3]})")
+        training = json.loads((folder / "dsgen.json").read_text()).get("training", {})
+        self.step = self.warmup_from = int(training.get("steps", 0))
+        self.elapsed = float(training.get("elapsed_s", 0.0))
 
     # ---------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
-        return self.tc.lr * min(1.0, (step + 1) / max(1, self.tc.warmup))
+        return self.tc.lr * min(1.0, (step - self.warmup_from + 1) / max(1, self.tc.warmup))
 
     def train_step(self) -> float:
         tc = self.tc
@@ -287,6 +317,8 @@ def train(tc: TrainConfig, resume: bool = False, model_cfg: ShapesModelConfig | 
         trainer.load(latest)
     elif latest.is_file():
         raise FileExistsError(f"{latest} exists: pass --resume to continue that run, or choose another --out")
+    elif tc.init_from:
+        trainer.init_from_export(Path(tc.init_from))
     (Path(tc.out) / "train_config.json").write_text(json.dumps(vars(tc), indent=2) + "\n")
     trainer.run(progress=progress)
     return trainer

@@ -117,6 +117,28 @@ def test_exported_folder_loads_with_the_engine_loader_and_generates(tmp_path):
     assert out.images[0].size == (32, 32)
 
 
+def test_training_continues_from_an_exported_folder_when_the_run_is_gone(tmp_path):
+    """--init-from: the export's weights come back exactly (query scales unfolded), the step and
+    the data stream continue from the export, and the fresh optimizer warms up again."""
+    first = Trainer(_tc(tmp_path / "run", 1))
+    for _ in range(3):
+        first.train_step()
+    folder = first.export(tmp_path / "model")
+    tc = _tc(tmp_path / "again", 5)
+    tc.init_from = str(folder)
+    second = Trainer(tc)
+    second.init_from_export(folder)
+    assert second.step == 3 and second.lr_at(3) < tc.lr  # warm-up restarts at the export's step
+    for (k, v1), v2 in zip(first.ema_unet.state_dict().items(), second.ema_unet.state_dict().values()):
+        torch.testing.assert_close(v1, v2, msg=k)
+    for (k, v1), v2 in zip(first.ema_te.state_dict().items(), second.text_encoder.state_dict().values()):
+        torch.testing.assert_close(v1, v2, msg=k)
+    trainer = train(tc, progress=False)
+    assert trainer.step == 5
+    lines = [json.loads(x) for x in (tmp_path / "again" / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [4, 5]
+
+
 def test_localisation_targets_point_at_each_objects_words():
     from shared.shapes import make_caption, render_scene
     from worker.shapes.attn_loss import token_targets
