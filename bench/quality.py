@@ -30,7 +30,9 @@ Prints one JSON object:
                          mask2image data (mIoU on real, fraction of pixels ignored);
     .hardness            hardness-aware variants vs uniform variants per mask at about the same
                          number of images (mIoU on real of a segmenter trained on each).
-`--parts` picks parts (attention, fidelity, synthetic, mask2image).
+  augment              DA-Fusion (`method: augment`) on real renders, labels carried over: label
+                         validity and real N + augmented vs real N (bench/augment_quality.py).
+`--parts` picks parts (attention, fidelity, synthetic, mask2image, augment).
 PNG grids (samples, overlays) go to --out.
 """
 from __future__ import annotations
@@ -370,6 +372,13 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
         result["mask2image"] = mask2image_quality(model_id, out, n_synth, steps, guidance, seg_epochs, seed, test,
                                                   seg_real, samples, log)
+    if "augment" in parts:
+        from bench.augment_quality import augment_quality
+
+        if seg_real is None:
+            seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
+            seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
+        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs, seed, test, seg_real, log)
     result["grids"] = sorted(str(p) for p in out.glob("*.png"))
     result["seconds"] = round(time.time() - started, 1)
     return result
@@ -529,7 +538,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="bench-m2i-"))
     masks_dir = tmp / "masks"
-    write_real_dataset(masks_dir, n, seed=MASK_STREAM, size=32, formats=[])
+    write_real_dataset(masks_dir, n, seed=MASK_STREAM, size=32, formats=[], world=WORLD)
     session, samples = _m2i_samples(model_id, masks_dir, n, steps, guidance, seed)
     images = [np.asarray(s.image.convert("RGB")) for s in samples]
     labels = [s.semantic for s in samples]
@@ -574,7 +583,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     # hardness-aware vs uniform variants, about the same number of images
     m = max(4, n // 4)
     pool = tmp / "pool"
-    write_real_dataset(pool, m, seed=MASK_STREAM + 1, size=32, formats=[])
+    write_real_dataset(pool, m, seed=MASK_STREAM + 1, size=32, formats=[], world=WORLD)
     loss = fm.class_loss_by_id(list(SHAPES))
     from worker.engine.mask_sources import load_mask_sources
     from shared.spec import SourceSpec
@@ -614,7 +623,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cls-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-only", action="store_true", help="only attention_miou_real (fast; for curves)")
-    p.add_argument("--parts", default="attention,fidelity,synthetic,mask2image", help="comma-separated parts to run")
+    p.add_argument("--parts", default="attention,fidelity,synthetic,mask2image,augment", help="comma-separated parts to run")
     a = p.parse_args(argv)
     if a.quick:
         a.n_real, a.n_synth, a.n_classifier, a.steps, a.seg_epochs, a.cls_epochs = 32, 32, 600, 8, 8, 6

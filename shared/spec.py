@@ -392,6 +392,11 @@ class Mask2ImageSpec(StrictModel):
         "controlnet: a segmentation ControlNet reads the mask drawn in `palette`",
     )
     resolutions: list[int] | Literal["all"] = Field(default="all", description="rectified: cross-attention resolutions to rectify")
+    bind_modifiers: bool = Field(
+        default=True,
+        description="rectified: the words just before a class word in its phrase ('red' in 'a red circle') stay inside "
+        "the class's region too, so attributes land on their object (off: only the class words, FreestyleNet)",
+    )
     controlnet: str | None = Field(default=None, description="backend controlnet: a ControlNet folder (diffusers layout)")
     palette: Literal["ade20k", "voc"] | dict[str, tuple[int, int, int]] = Field(
         default="ade20k",

@@ -207,3 +207,38 @@ def test_image2image_reads_an_uploaded_archive(tmp_path, shapes_dir):
     })
     samples = list(EngineSession(spec, uploads=lambda i: tmp_path / "uploads" / i).generate(range(2)))
     assert all(s.record.parameters["image2image"]["source"].endswith(".png") for s in samples)
+
+
+def test_modifiers_bind_to_their_class_word_and_stop_at_the_phrase():
+    from shared.prompts import ClassMention
+    from worker.engine.methods.mask2image import with_modifiers
+
+    prompt = "a red circle and a big blue square, green star; circle"
+    def span(word, start=0):
+        i = prompt.index(word, start)
+        return (i, i + len(word))
+    mentions = (ClassMention("circle", 1, (span("circle"), span("circle", 40))), ClassMention("square", 2, (span("square"),)),
+                ClassMention("star", 4, (span("star"),)))
+    bound = {m.name: [prompt[a:b] for a, b in m.spans] for m in with_modifiers(prompt, mentions)}
+    assert bound == {"circle": ["red circle", "circle"], "square": ["big blue square"], "star": ["green star"]}
+
+
+def test_bound_modifiers_are_rectified_with_their_class(shapes_dir):
+    """With bind_modifiers the colour word's tokens are kept inside the class region too."""
+    from worker.engine.controls import RectifiedCrossAttention
+
+    def control(bind: bool) -> RectifiedCrossAttention:
+        spec = parse_spec({
+            "model": "builtin:shapes-v2", "method": "mask2image",
+            "classes": [{"name": "circle"}, {"name": "square"}, {"name": "triangle"}, {"name": "star"}],
+            "num_images": 1, "labels": {"mode": "none"},
+            "generation": {"width": 32, "height": 32, "steps": 1, "batch_size": 1},
+            "mask2image": {"source": {"path": str(shapes_dir)}, "prompt": "source", "bind_modifiers": bind},
+        })
+        session = EngineSession(spec)
+        (inputs,) = session.method.batch_inputs([session.plan(0)])
+        return inputs.controls[0], session.plan(0)
+
+    (plain, plan), (bound, _) = control(False), control(True)
+    assert len(bound.class_tokens[0]) == 2 * len(plain.class_tokens[0])  # "a red circle": colour + shape tokens
+    assert set(plain.class_tokens[0]) < set(bound.class_tokens[0])

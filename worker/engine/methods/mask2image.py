@@ -123,9 +123,10 @@ class Mask2Image:
             return [BatchInputs(members, controlnet=ControlNetInput(net, cond, self.options.conditioning_scale))]
         enc = tokenize(self.model.tokenizer, [p.prompt for p in plans])
         offsets = [[tuple(o) for o in row] for row in enc["offset_mapping"].tolist()]
+        rectified = [with_modifiers(p.prompt, p.mentions) if self.options.bind_modifiers else p.mentions for p in plans]
         class_tokens = [
-            [(t, m.category_id) for m, group in zip(p.mentions, token_groups(off, p.mentions)) for t in group]
-            for p, off in zip(plans, offsets)
+            [(t, m.category_id) for m, group in zip(mentions, token_groups(off, mentions)) for t in group]
+            for mentions, off in zip(rectified, offsets)
         ]
         labels = torch.from_numpy(semantic.astype(np.int64)).to(self.model.device)
         resolutions = None if self.options.resolutions == "all" else self.options.resolutions
@@ -146,6 +147,37 @@ class Mask2Image:
                 "backend": self.options.backend,
             }
         }
+
+
+# Words that end a class word's phrase when walking back from it: what comes before them is
+# another phrase ("a red circle and a blue square": "blue" binds to square, "red" to circle).
+_PHRASE_BREAKS = frozenset(
+    "a an the and or of with without in on at near next to beside behind under over above below by from for "
+    "this that these those some two three several many is are photo picture image".split()
+)
+
+
+def with_modifiers(prompt: str, mentions: tuple[ClassMention, ...]) -> tuple[ClassMention, ...]:
+    """Each mention's spans extended back over the words of its phrase before the class word
+    ("red" in "a red circle"): the attributes a rectified job keeps inside the class's region.
+    Stops at punctuation, a phrase-break word or another mention."""
+    taken = sorted(span for m in mentions for span in m.spans)
+    out = []
+    for m in mentions:
+        spans = []
+        for start, end in m.spans:
+            new_start = start
+            for word in reversed(list(re.finditer(r"[\w'-]+|[^\w\s]", prompt[:start]))):
+                if not word.group()[0].isalnum() or word.group().lower() in _PHRASE_BREAKS:
+                    break
+                if any(a < word.end() and word.start() < b for a, b in taken):
+                    break
+                if prompt[word.end():new_start].strip():  # only whitespace may lie between
+                    break
+                new_start = word.start()
+            spans.append((new_start, end))
+        out.append(ClassMention(m.name, m.category_id, tuple(spans)))
+    return tuple(out)
 
 
 def _caption_with_classes(caption: str, words: list[tuple[str, int, str]]) -> tuple[str, list[ClassMention]]:

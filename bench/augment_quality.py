@@ -1,0 +1,81 @@
+"""DA-Fusion augmentation quality on the shapes world (the `augment` part of bench/quality.py).
+
+For each mode (inpaint inside the objects' masks; SDEdit at a low strength), N real renders get
+M variants each through `method: augment` with its labels carried over from the source, then:
+  .label_validity   mIoU of a segmenter trained on real renders, read on the augmented images,
+                    against the carried-over labels (is the label still where the object is?);
+  .real_plus_augmented   a segmenter trained on the N real + the augmented images vs on the N
+                    real alone (repeated to the same size), on the same real test set.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+AUGMENT_STREAM = 910_007
+MODES = {
+    "inpaint_inside": {"mode": "inpaint_inside", "strengths": [0.5, 0.75, 1.0]},
+    "sdedit_low": {"mode": "sdedit", "strengths": [0.25], "keep_labels_below": 0.3},
+}
+
+
+def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int, options: dict, steps: int,
+                     guidance: float, seed: int) -> list:
+    from shared.spec import parse_spec
+    from worker.engine.models import load_model
+    from worker.engine.session import EngineSession
+
+    spec = parse_spec({
+        "name": "bench-augment", "model": model_id, "seed": seed, "method": "augment",
+        "classes": [{"name": c} for c in classes], "num_images": n * variants,
+        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
+                       "scheduler": "ddim", "batch_size": 16},
+        "augment": {"source": {"path": str(source), "format": "dsgen"}, "variants": variants,
+                    "template": "a {classes}", **options},
+        "export": {"formats": []},
+    })
+    session = EngineSession(spec, load_model(model_id))
+    return list(session.generate(range(spec.num_images)))
+
+
+def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, guidance: float, seg_epochs: int,
+                    seed: int, test, seg_real, log=print) -> dict:
+    """`q`: the bench.quality module the caller measures with (its world and helpers)."""
+    from shared.shapes.dataset import write_real_dataset
+
+    started = time.time()
+    source = Path(tempfile.mkdtemp(prefix="bench-augment-")) / "real"
+    write_real_dataset(source, n_real, seed=AUGMENT_STREAM, size=32, formats=[], world=q.WORLD)
+    real_x = [np.asarray(Image.open(p / "image.png").convert("RGB")) for p in sorted((source / "samples").iterdir())]
+    real_y = [np.asarray(Image.open(p / "semantic.png")) for p in sorted((source / "samples").iterdir())]
+    result: dict = {"n_real": n_real, "variants": variants}
+    for name, options in MODES.items():
+        samples = _augment_samples(model_id, source, q.SHAPES, n_real, variants, options, steps, guidance, seed)
+        carried = sum(s.record.parameters["augment"]["labels"] == "carried" for s in samples)
+        images = [np.asarray(s.image.convert("RGB")) for s in samples]
+        labels = [s.semantic for s in samples]
+        validity = q.IoU()
+        with torch.no_grad():
+            for b0 in range(0, len(images), 64):
+                pred = seg_real(q.to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
+                for p, lab in zip(pred, labels[b0:b0 + 64]):
+                    validity.add(np.where(lab == 255, 0, p), np.where(lab == 255, 0, lab))
+        reps = max(1, round((n_real + len(images)) / n_real))
+        real_only = q.evaluate_segmenter(q.train_segmenter(real_x * reps, real_y * reps, seg_epochs, seed), test).miou()
+        mixed = q.evaluate_segmenter(q.train_segmenter(real_x + images, real_y + labels, seg_epochs, seed), test).miou()
+        result[name] = {
+            **options, "n_augmented": len(images), "carried_fraction": round(carried / len(samples), 4),
+            "label_validity": validity.miou(), "label_validity_per_class": validity.per_class(),
+            "real_plus_augmented": {"miou_real_only": real_only, "miou_real_plus_augmented": mixed,
+                                    "gain": round(mixed - real_only, 4), "real_repeats_in_real_only": reps},
+            "mean_abs_change": round(float(np.mean([np.abs(a.astype(float) - real_x[i // variants].astype(float)).mean()
+                                                    for i, a in enumerate(images)])), 2),
+        }
+        log(f"augment {name} done ({time.time() - started:.0f}s)")
+    result["seconds"] = round(time.time() - started, 1)
+    return result
