@@ -44,7 +44,7 @@ def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int
 
 
 def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, guidance: float, seg_epochs: int,
-                    seed: int, test, seg_real, log=print) -> dict:
+                    seed: int, test, seg_real, log=print, out: Path | None = None) -> dict:
     """`q`: the bench.quality module the caller measures with (its world and helpers)."""
     from shared.shapes.dataset import write_real_dataset
 
@@ -76,6 +76,10 @@ def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, gu
             "mean_abs_change": round(float(np.mean([np.abs(a.astype(float) - real_x[i // variants].astype(float)).mean()
                                                     for i, a in enumerate(images)])), 2),
         }
+        if out is not None:
+            q.save_grid([[real_x[i // variants], img, q.overlay(img, lab)] for i, (img, lab) in
+                         enumerate(zip(images[:8], labels[:8]))], out / f"augment_{name}.png",
+                        labels=["real", f"augment ({name})", "carried labels"])
         log(f"augment {name} done ({time.time() - started:.0f}s)")
     result["seconds"] = round(time.time() - started, 1)
     return result

@@ -4,6 +4,8 @@
            caption, inside prompt = "a <new colour> <shape>", outside prompt ""):
     .shape_iou           IoU of the edited object's region (pixels the judge reads as the asked
                          pair) vs the source mask, mean and the share of edits >= 0.90;
+    .shape_iou_by_colour the same with the region read from the pixels' colour (the world's
+                         objects are flat palette colours): pixels that became the asked colour;
     .appearance_hit      share of edits whose region is read as the asked (colour, shape) pair;
     .outside_mad         mean |edited - source| outside the mask (0..255);
   layout   one object per image at a random asked box (side 0.4-0.55), guided vs plain:
@@ -56,12 +58,22 @@ def pair_region(judge, image: np.ndarray, colour: str, shape: str) -> np.ndarray
     return pred == q.pair_index(colour, shape) + 1
 
 
+def colour_region(edited: np.ndarray, source: np.ndarray, colour: str, tolerance: int = 120) -> np.ndarray:
+    """Pixels the edit turned into `colour` (the shapes world draws flat palette colours): near
+    the palette colour now and not before (other objects of that colour are not the edit)."""
+    from shared.shapes.world import PALETTE
+
+    target = np.asarray(PALETTE[colour], dtype=int)
+    near = lambda img: np.abs(img.astype(int) - target).sum(-1) < tolerance  # noqa: E731
+    return near(edited) & ~near(source)
+
+
 def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int) -> dict:
     from worker.engine.shape_guided import EditOptions, edit_images
 
     rng = np.random.default_rng(seed)
     scenes = [render_scene(q.scene_seed(EDIT_STREAM, i), 32, world=world) for i in range(n)]
-    ious, hits, outside, started = [], [], [], time.time()
+    ious, colour_ious, hits, outside, started = [], [], [], [], time.time()
     for b0 in range(0, n, batch):
         chunk = scenes[b0:b0 + batch]
         objs = [max(s.objects, key=lambda o: o.area) for s in chunk]
@@ -74,17 +86,26 @@ def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, s
             a = np.asarray(img.convert("RGB"))
             region = pair_region(judge, a, c, o.shape)
             ious.append(_iou(region, m))
+            colour_ious.append(_iou(colour_region(a, s.image, c), m))
             hits.append(region.sum() >= q.MIN_PAIR_PIXELS and (region & m).sum() >= 0.5 * region.sum())
             outside.append(float(np.abs(a.astype(float) - s.image.astype(float))[~m].mean()))
     return {
         "n_edits": n, "shape_iou_mean": round(float(np.mean(ious)), 4),
         "shape_iou_ge_0.90": round(float(np.mean([i >= 0.9 for i in ious])), 4),
+        "shape_iou_by_colour_mean": round(float(np.mean(colour_ious)), 4),
+        "shape_iou_by_colour_ge_0.90": round(float(np.mean([i >= 0.9 for i in colour_ious])), 4),
         "appearance_hit": round(float(np.mean(hits)), 4), "outside_mad": round(float(np.mean(outside)), 3),
+        "guidance_scale": gen.guidance_scale,
         "seconds": round(time.time() - started, 1),
     }
 
 
-def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int, scale: float) -> dict:
+def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int, scale: float,
+                   modes: tuple[str, ...] = ("guided", "plain"), box_window: tuple[float, float] = (0.0, 1.0)) -> dict:
+    """modes: guided (self-guidance), plain (none), box_mask (rectified words in their boxes),
+    guided+box_mask; interleaved per batch."""
+    from shared.prompts import ClassMention, SamplePlan
+    from worker.engine.methods.layout import box_mask
     from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
     from worker.engine.text import tokenize
 
@@ -95,8 +116,8 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
         x0, y0 = float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side))
         items.append((str(rng.choice(world.colours)), str(rng.choice(world.shapes)), (x0, y0, x0 + side, y0 + side)))
     res = tuple((model.extras.get("recommended_labels") or {}).get("cross_resolutions") or ()) or None
-    result, times = {}, {"guided": [], "plain": []}
-    for mode in ("guided", "plain"):
+    result, times = {}, {m: [] for m in modes}
+    for mode in modes:
         result[mode] = {"centroid": [], "box": []}
     for b0 in range(0, n, batch):
         chunk = items[b0:b0 + batch]
@@ -105,10 +126,15 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
         shape_ids = [model.tokenizer.convert_tokens_to_ids(s) for _, s, _ in chunk]
         targets = [[ObjectTarget((row.tolist().index(t),), box)] for row, t, (_, _, box) in zip(ids, shape_ids, chunk)]
         seeds = [seed * 1000 + b0 + k for k in range(len(chunk))]
-        for mode in ("guided", "plain"):  # interleaved per batch
+        plans = [SamplePlan(k, sd, pr, "", (ClassMention(s, 1, ((len(pr) - len(s), len(pr)),)),))
+                 for k, (sd, pr, (_, s, _)) in enumerate(zip(seeds, prompts, chunk))]
+        pixel_boxes = [[tuple(int(round(v * 32)) for v in box)] for _, _, box in chunk]
+        for mode in modes:  # interleaved per batch
             t0 = time.perf_counter()
+            controls = [box_mask(model, plans, pixel_boxes, (32, 32), box_window)] if "box_mask" in mode else []
             out = layout_images(model, prompts, seeds, gen, targets,
-                                GuidanceOptions(scale=scale if mode == "guided" else 0.0, resolutions=res))
+                                GuidanceOptions(scale=scale if "guided" in mode else 0.0, resolutions=res),
+                                controls=controls)
             times[mode].append((time.perf_counter() - t0) / len(chunk))
             for (c, s, box), img in zip(chunk, out.images):
                 region = pair_region(judge, np.asarray(img.convert("RGB")), c, s)
@@ -122,14 +148,16 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
                 cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
                 result[mode]["centroid"].append(float(np.hypot(cx - (asked[0] + asked[2]) / 2, cy - (asked[1] + asked[3]) / 2)))
                 result[mode]["box"].append(_box_iou(got, asked))
-    out = {"n_objects": n, "scale": scale, "resolutions": None if res is None else list(res)}
+    out = {"n_objects": n, "scale": scale, "resolutions": None if res is None else list(res), "box_window": list(box_window)}
     for mode, r in result.items():
         c, b = np.asarray(r["centroid"]), np.asarray(r["box"])
         out[mode] = {"centroid_within_2px": round(float((c <= 2).mean()), 4), "box_iou_ge_0.70": round(float((b >= 0.7).mean()), 4),
                      "both": round(float(((c <= 2) & (b >= 0.7)).mean()), 4), "centroid_error_px_median": round(float(np.median(c)), 2),
                      "box_iou_median": round(float(np.median(b)), 4),
                      "seconds_per_image_median": round(float(np.median(times[mode])), 3)}
-    out["time_ratio_guided_vs_plain"] = round(out["guided"]["seconds_per_image_median"] / out["plain"]["seconds_per_image_median"], 2)
+    for mode in modes:
+        if mode != "plain" and "plain" in modes:
+            out[f"time_ratio_{mode}_vs_plain"] = round(out[mode]["seconds_per_image_median"] / out["plain"]["seconds_per_image_median"], 2)
     return out
 
 
@@ -143,7 +171,12 @@ def main() -> None:
     p.add_argument("--cls-epochs", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--edit-guidance", type=float, default=1.5,
+                   help="edit's guidance scale: the source is inverted without guidance, and a high scale on the way "
+                   "back breaks the inversion (noisy objects); 1.5 measured on shapes-v2")
     p.add_argument("--layout-scale", type=float, default=2.0)
+    p.add_argument("--layout-modes", default="guided,plain,box_mask,guided+box_mask")
+    p.add_argument("--box-window", type=float, default=1.0, help="box_mask acts in steps [0, this) of the run")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -160,10 +193,12 @@ def main() -> None:
     gen = GenerationSpec(width=32, height=32, steps=a.steps, guidance_scale=a.guidance, scheduler="ddim", batch_size=a.batch)
     parts = a.parts.split(",")
     if "edit" in parts:
-        result["edit"] = edit_quality(model, judge, world, a.n_edit, gen, a.batch, a.seed)
+        result["edit"] = edit_quality(model, judge, world, a.n_edit, gen.model_copy(update={"guidance_scale": a.edit_guidance}),
+                                      a.batch, a.seed)
         print(json.dumps({"edit": result["edit"]}), file=sys.stderr)
     if "layout" in parts:
-        result["layout"] = layout_quality(model, judge, world, a.n_layout, gen, a.batch, a.seed, a.layout_scale)
+        result["layout"] = layout_quality(model, judge, world, a.n_layout, gen, a.batch, a.seed, a.layout_scale,
+                                          tuple(a.layout_modes.split(",")), (0.0, a.box_window))
     text = json.dumps(result, indent=1)
     print(text)
     if a.out:

@@ -209,8 +209,24 @@ class PairJudge:
     (colour, shape) pairs; a pair is present when it wins >= MIN_PAIR_PIXELS pixels."""
 
     def __init__(self, scenes, epochs: int, seed: int = 0):
+        # The judge depends only on its training renders and settings: cache it (bench/out/cache)
+        # so the benches that share one do not retrain it (minutes on a CPU).
+        import hashlib
+
+        key = hashlib.sha256(json.dumps([WORLD.to_json(), len(scenes), epochs, seed,
+                                         hashlib.sha256(b"".join(s.image.tobytes() for s in scenes)).hexdigest()],
+                                        sort_keys=True).encode()).hexdigest()[:16]
+        cached = ROOT / "bench" / "out" / "cache" / f"pair-judge-{key}.pt"
+        if cached.is_file():
+            self.net = SegNet(n_classes=1 + N_PAIRS)
+            self.net.load_state_dict(torch.load(cached, map_location="cpu"))
+            self.net.eval()
+            return
         self.net = train_segmenter([s.image for s in scenes], [pair_map(s) for s in scenes], epochs, seed,
                                    n_classes=1 + N_PAIRS, flips=False)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.net.state_dict(), cached.with_suffix(".tmp"))
+        cached.with_suffix(".tmp").replace(cached)
 
     @torch.no_grad()
     def semantic(self, images: list[np.ndarray]) -> np.ndarray:
@@ -348,7 +364,7 @@ def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: 
 
 def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, t: int, steps: int, guidance: float,
         suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print, n_few_real: int = 50,
-        parts: tuple[str, ...] = ("attention", "fidelity", "synthetic")) -> dict:
+        parts: tuple[str, ...] = ("attention", "fidelity", "synthetic"), m2i_guidance: float = 1.5) -> dict:
     from worker.engine.models import load_model
 
     torch.manual_seed(seed)
@@ -370,7 +386,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
-        result["mask2image"] = mask2image_quality(model_id, out, n_synth, steps, guidance, seg_epochs, seed, test,
+        result["mask2image"] = mask2image_quality(model_id, out, n_synth, steps, m2i_guidance, seg_epochs, seed, test,
                                                   seg_real, samples, log)
     if "augment" in parts:
         from bench.augment_quality import augment_quality
@@ -378,7 +394,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
-        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs, seed, test, seg_real, log)
+        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs, seed, test, seg_real, log, out)
     result["grids"] = sorted(str(p) for p in out.glob("*.png"))
     result["seconds"] = round(time.time() - started, 1)
     return result
@@ -618,6 +634,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--t", type=int, default=100, help="timestep the real images are noised to")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--m2i-guidance", type=float, default=1.5,
+                   help="mask2image's guidance scale (rectified attention already steers; 1.5 measured best on shapes-v2)")
     p.add_argument("--suffix", action="store_true", help="read class attention from '; <class names>'")
     p.add_argument("--seg-epochs", type=int, default=30)
     p.add_argument("--cls-epochs", type=int, default=8)
@@ -629,7 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         a.n_real, a.n_synth, a.n_classifier, a.steps, a.seg_epochs, a.cls_epochs = 32, 32, 600, 8, 8, 6
     result = run(a.model, a.out, a.n_real, a.n_synth, a.n_classifier, a.t, a.steps, a.guidance, a.suffix,
                  a.seg_epochs, a.cls_epochs, a.seed, log=lambda m: print(m, file=sys.stderr),
-                 parts=("attention",) if a.attention_only else tuple(x.strip() for x in a.parts.split(",") if x.strip()))
+                 parts=("attention",) if a.attention_only else tuple(x.strip() for x in a.parts.split(",") if x.strip()),
+                 m2i_guidance=a.m2i_guidance)
     (a.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

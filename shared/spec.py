@@ -434,6 +434,9 @@ class EditSpec(StrictModel):
     min_area: int = Field(default=16, ge=1, description="objects smaller than this (pixels at the generation size) are skipped")
     cross_scale: float = Field(default=2.5, ge=0.0, le=10.0, description="inside/outside word tokens' attention x this (authors: 2.5)")
     self_strength: float = Field(default=1.0, ge=0.0, le=1.0, description="self-attention across the mask boundary x (1 - this)")
+    masked_logits: bool = Field(
+        default=True, description="also split inside/outside prompts with a logit mask (each pixel's attention "
+        "renormalised over its own prompt); false: the authors' probability mask only")
 
     @field_validator("inside")
     @classmethod
@@ -512,6 +515,13 @@ class LayoutSpec(StrictModel):
     step_window: tuple[float, float] = Field(default=(0.0, 0.6), description="fractions of the steps that are guided")
     resolutions: list[int] | Literal["auto"] = Field(default="auto", description="cross-attention resolutions read by the energies")
     checkpointing: bool = Field(default=False, description="gradient checkpointing in the guided UNet calls (less memory, more time)")
+    box_mask: bool = Field(
+        default=False, description="also keep each object's words (class word and the words before it in its phrase) "
+        "inside its asked box with rectified cross-attention, as mask2image does: for models trained with it (the "
+        "shapes models); on other models a hard mask can leave box-shaped edges")
+    box_mask_window: tuple[float, float] = Field(
+        default=(0.0, 1.0), description="box_mask: the fractions of the steps it acts in; an early window "
+        "([0, 0.5]) places the object and leaves its shape free (measured in docs/methods.md)")
     labels: Literal["layout", "attention"] = Field(
         default="layout", description="layout: boxes are the asked boxes, masks from attention inside them; "
         "attention: masks and boxes from attention as text2image")
@@ -525,6 +535,9 @@ class LayoutSpec(StrictModel):
         lo, hi = self.step_window
         if not 0.0 <= lo < hi <= 1.0:
             raise ValueError("step_window: need 0 <= start < end <= 1")
+        lo, hi = self.box_mask_window
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError("box_mask_window: need 0 <= start < end <= 1, e.g. [0.0, 0.5]")
         if "{class}" not in self.phrase:
             raise ValueError("phrase: needs a {class} slot")
         return self

@@ -23,6 +23,7 @@ class RectifiedCrossAttention(AttentionControl):
         class's words, with the class it must stay inside.
     num_tokens: the text length (keys) of the cross-attention layers.
     resolutions: which cross-attention resolutions to rectify (None: all of them).
+    step_window: the fractions of the denoising steps it acts in (default: all).
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class RectifiedCrossAttention(AttentionControl):
         class_tokens: Sequence[Sequence[tuple[int, int]]],
         num_tokens: int,
         resolutions: Sequence[int] | None = None,
+        step_window: tuple[float, float] = (0.0, 1.0),
     ):
         if labels.ndim != 3 or labels.shape[0] != len(class_tokens):
             raise ValueError(f"labels must be [B, H, W] with one entry of class_tokens per sample, got {tuple(labels.shape)}")
@@ -42,7 +44,15 @@ class RectifiedCrossAttention(AttentionControl):
         self.class_tokens = [list(t) for t in class_tokens]
         self.num_tokens = num_tokens
         self.resolutions = None if resolutions is None else frozenset(resolutions)
+        self.step_window = step_window
+        self._on = True
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    def begin_step(self, step: int, num_steps: int) -> None:
+        self._on = self.step_window[0] <= step / num_steps < self.step_window[1]
+
+    def active(self) -> bool:
+        return self._on
 
     def wants(self, site: Site) -> bool:
         return site.kind == "cross" and (self.resolutions is None or site.resolution in self.resolutions)

@@ -223,8 +223,10 @@ def guided_denoise(model: LoadedModel, scheduler, latents, timesteps, prompt, ge
 def layout_images(model: LoadedModel, prompts: list[str], seeds: list[int], gen: GenerationSpec,
                   targets: Sequence[Sequence[ObjectTarget]], options: GuidanceOptions = GuidanceOptions(),
                   negative_prompt: str = "", capture: CaptureConfig | None = None,
-                  on_step: StepCallback | None = None, energies: list | None = None) -> GenerationOutput:
-    """generate() with self-guidance: encode the prompts, prepare the latents, guided denoise, decode."""
+                  on_step: StepCallback | None = None, energies: list | None = None,
+                  controls: Sequence[AttentionControl] = ()) -> GenerationOutput:
+    """generate() with self-guidance: encode the prompts, prepare the latents, guided denoise, decode.
+    `controls`: more attention controls for every step (e.g. a box mask), composed before the recorder."""
     if len(prompts) != len(seeds) or len(prompts) != len(targets):
         raise ValueError("one seed and one list of object targets per prompt")
     check_size(model, gen)
@@ -234,7 +236,7 @@ def layout_images(model: LoadedModel, prompts: list[str], seeds: list[int], gen:
     latents, timesteps = prepare_latents(model, scheduler, seeds, gen, None)
     latent_hw = latent_size(model, gen)
     recorder = WindowedMapRecorder(options.resolutions, options.step_window)
-    chain: list[AttentionControl] = [recorder]
+    chain: list[AttentionControl] = [*controls, recorder]
     store = None
     if capture is not None:
         store, rec = capture_controls(model.unet, capture)

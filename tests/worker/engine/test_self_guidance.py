@@ -131,3 +131,37 @@ def test_layout_on_sd_and_sdxl_layouts(tmp_path, save):
                         GuidanceOptions(scale=1.0, step_window=(0.0, 1.0), checkpointing=True), energies=energies)
     assert out.images[0].size == (32, 32) and len(energies) == 2
     assert not model.unet.is_gradient_checkpointing
+
+
+def test_box_mask_keeps_each_objects_words_in_its_box_inside_its_step_window():
+    from shared.prompts import ClassMention, SamplePlan
+    from worker.engine.attention import Site
+    from worker.engine.methods.layout import box_mask
+
+    model = load_model("builtin:shapes-v2")
+    prompt = "a red circle and a blue square"
+    plan = SamplePlan(0, 0, prompt, "", (ClassMention("circle", 1, ((6, 12),)), ClassMention("square", 2, ((25, 31),))))
+    control = box_mask(model, [plan], [[(0, 0, 16, 16), (16, 16, 32, 32)]], (32, 32), (0.0, 0.5))
+    ids = model.tokenizer(prompt)["input_ids"]
+    vocab = model.tokenizer.convert_ids_to_tokens(ids)
+    assert {(vocab[t], k) for t, k in control.class_tokens[0]} == {("red", 1), ("circle", 1), ("blue", 2), ("square", 2)}
+    allowed = control.allowed(Site("x.attn2.processor", "cross", 2, (32, 32)))[0, 0].reshape(32, 32, -1)
+    red = vocab.index("red")
+    assert allowed[:16, :16, red].all() and not allowed[16:, :, red].any() and not allowed[:, 16:, red].any()
+    assert allowed[..., 0].all()  # the start token stays free
+    control.begin_step(5, 10)
+    assert not control.active()  # outside [0, 0.5): the layer runs unmasked
+    control.begin_step(4, 10)
+    assert control.active()
+
+
+def test_layout_with_box_mask_records_its_window():
+    spec = parse_spec({"model": "builtin:shapes-v2", "method": "layout", "classes": [{"name": "circle"}],
+                       "num_images": 1, "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 1},
+                       "layout": {"objects": [{"class": "circle", "box": [0.1, 0.1, 0.6, 0.6]}], "phrase": "a red {class}",
+                                  "box_mask": True, "box_mask_window": [0.0, 0.5]}})
+    (sample,) = EngineSession(spec).generate([0])
+    assert sample.record.parameters["layout"]["box_mask"] == [0.0, 0.5]
+    with pytest.raises(SpecError, match="box_mask_window"):
+        parse_spec({**spec.model_dump(mode="json", by_alias=True), "layout": {
+            "objects": [{"class": "circle", "box": [0.1, 0.1, 0.6, 0.6]}], "box_mask_window": [0.6, 0.2]}})

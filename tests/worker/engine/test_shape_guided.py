@@ -16,6 +16,7 @@ from worker.engine.session import EngineSession
 from worker.engine.shape_guided import (
     EditOptions,
     InsideOutsideCrossAttention,
+    InsideOutsideLogitMask,
     RegionSelfAttention,
     edit_images,
     word_weights,
@@ -53,6 +54,22 @@ def test_inside_tokens_stay_inside_outside_tokens_outside_and_words_are_scaled()
     assert abs(float(inside_q[0].sum()) - 4.5 / 6) < 1e-6
     unc = control.probs(site, Call("uncond", slice(0, 1)), probs, slice(0, 2))
     torch.testing.assert_close(unc[0, 0, 0], torch.tensor([1.0, 1, 1, 0, 0, 0]) / 6)
+
+
+def test_logit_mask_gives_each_pixel_only_its_own_prompt_on_both_branches():
+    site = Site("x.attn2.processor", "cross", 2, (2, 2))
+    control = InsideOutsideLogitMask(_mask_2x2(), 3)
+    assert control.branches == ("uncond", "cond") and control.wants(site)
+    for branch in ("cond", "uncond"):
+        allowed = control.logits(site, Call(branch, slice(0, 1)))
+        assert allowed.shape == (1, 1, 4, 6) and allowed.dtype == torch.bool
+        assert allowed[0, 0, 0].tolist() == [True] * 3 + [False] * 3  # inside pixel: inside prompt only
+        assert all(row.tolist() == [False] * 3 + [True] * 3 for row in allowed[0, 0, 1:])
+    # after the softmax each pixel's attention sums to 1 over its own prompt
+    logits = torch.randn(1, 2, 4, 6).masked_fill(~allowed, float("-inf"))
+    p = logits.softmax(-1)
+    torch.testing.assert_close(p[0, :, 0, :3].sum(-1), torch.ones(2))
+    torch.testing.assert_close(p[0, :, 1:, 3:].sum(-1), torch.ones(2, 3))
 
 
 def test_self_attention_is_cut_across_the_mask_boundary():

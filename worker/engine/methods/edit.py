@@ -123,7 +123,8 @@ class Edit:
         images = torch.stack([self._image(m) for m, _, _, _ in entries])
         masks = torch.from_numpy(np.stack([self._maps(m).instances == k for m, k, _, _ in entries]))
         prompts = [self._prompts(p.index) for p in plans]
-        options = EditOptions(cross_scale=self.options.cross_scale, self_strength=self.options.self_strength)
+        options = EditOptions(cross_scale=self.options.cross_scale, self_strength=self.options.self_strength,
+                              masked_logits=self.options.masked_logits)
 
         def run(model, _prompts, _seeds, gen, negative_prompt="", capture=None, on_step=None, **_unused):
             out, _ = edit_images(model, images, masks, [p[0] for p in prompts], [p[1] for p in prompts],
@@ -150,6 +151,7 @@ class Edit:
                 "outside_prompt": outside,
                 "cross_scale": self.options.cross_scale,
                 "self_strength": self.options.self_strength,
+                "masked_logits": self.options.masked_logits,
                 "scheduler": "ddim",
             }
         }

@@ -14,10 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 from shared.prompts import ClassMention, SamplePlan, sample_seed
 from worker.engine.mask_sources import LabelMaps
+from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.methods import BatchInputs
+from worker.engine.methods.mask2image import with_modifiers
 from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
 from worker.engine.text import token_groups, tokenize
 
@@ -88,12 +91,19 @@ class Layout:
             out.append([ObjectTarget(tuple(g), box) for g, (_, _, box) in zip(groups, self.objects(p.index)) if g])
         return out
 
+    def _box_mask(self, plans: list[SamplePlan]) -> RectifiedCrossAttention:
+        gen = self.spec.generation
+        return box_mask(self.model, plans, [[b[1:] for b in self._pixel_boxes(p.index)] for p in plans],
+                        (gen.height, gen.width), tuple(self.options.box_mask_window))
+
     def batch_inputs(self, plans: list[SamplePlan]) -> list[BatchInputs]:
         targets = self._targets(plans)
         guidance = self.guidance
+        controls = [self._box_mask(plans)] if self.options.box_mask else []
 
         def run(model, prompts, seeds, gen, negative_prompt="", capture=None, on_step=None, **_unused):
-            return layout_images(model, prompts, seeds, gen, targets, guidance, negative_prompt, capture, on_step)
+            return layout_images(model, prompts, seeds, gen, targets, guidance, negative_prompt, capture, on_step,
+                                 controls=controls)
 
         return [BatchInputs(list(range(len(plans))), runner=run)]
 
@@ -131,8 +141,25 @@ class Layout:
                 "weights": self.guidance.weights,
                 "step_window": list(self.guidance.step_window),
                 "resolutions": None if self.guidance.resolutions is None else list(self.guidance.resolutions),
+                "box_mask": list(self.options.box_mask_window) if self.options.box_mask else None,
             }
         }
+
+
+def box_mask(model, plans: list[SamplePlan], boxes: list[list[tuple[int, int, int, int]]],
+             hw: tuple[int, int], step_window: tuple[float, float] = (0.0, 1.0)) -> RectifiedCrossAttention:
+    """Rectified cross-attention keeping each object's words (its mention, with the words before
+    the class word in its phrase) inside its box (pixels x0, y0, x1, y1; later objects on top)."""
+    enc = tokenize(model.tokenizer, [p.prompt for p in plans])
+    regions = np.zeros((len(plans), *hw), np.int64)
+    tokens = []
+    for b, (p, row) in enumerate(zip(plans, enc["offset_mapping"].tolist())):
+        groups = token_groups([tuple(o) for o in row], with_modifiers(p.prompt, p.mentions))
+        for k, (x0, y0, x1, y1) in enumerate(boxes[b], start=1):
+            regions[b, y0:y1, x0:x1] = k
+        tokens.append([(t, k) for k, group in enumerate(groups, start=1) for t in group])
+    return RectifiedCrossAttention(torch.from_numpy(regions).to(model.device), tokens, enc["input_ids"].shape[1],
+                                   step_window=step_window)
 
 
 def _square(centroid: tuple[float, float], side: float) -> tuple[float, float, float, float]:
