@@ -5,7 +5,6 @@ is *meant* to alter the bytes, and say so in the commit."""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
