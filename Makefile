@@ -44,6 +44,7 @@ demo-methods: setup
 
 ## Run the whole test suite (starts Postgres and Redis here if they are down).
 test: setup services browser
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 services:

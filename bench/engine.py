@@ -124,14 +124,14 @@ class EngineRun:
         self.tmp = tempfile.TemporaryDirectory()
 
     def __call__(self, batch: list[int]) -> None:
-        from worker.engine.local_run import write_atomic
+        from shared.export.files import atomic_write_bytes
 
         for sample in self.session.generate(batch):
             if self.write:
                 folder = Path(self.tmp.name) / f"{sample.record.index:06d}"
                 folder.mkdir(exist_ok=True)
                 for name, data in sample.files().items():
-                    write_atomic(folder / name, data)
+                    atomic_write_bytes(folder / name, data)
 
 
 def _runners(args, masks: Path) -> dict:

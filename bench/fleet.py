@@ -59,7 +59,7 @@ def job_spec(n: int, formats: list[str], size: int, name: str = "fleet") -> dict
 
 
 def base_env(db_url: str, s3_url: str, logs: Path, port: int, shard_size: int) -> dict[str, str]:
-    from shared.testing import s3_env
+    from tests.support.services import s3_env
 
     return {**os.environ, **s3_env(s3_url), "DSGEN_DATABASE_URL": db_url, "DSGEN_BROKER_URL": REDIS_URL,
             "DSGEN_SHARD_SIZE": str(shard_size), "DSGEN_MODELS": MODEL, "DSGEN_MAX_IMAGES_PER_JOB": "1000000",
@@ -202,7 +202,7 @@ class FragmentsOnly:
 def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: bool = False) -> float:
     """Run shards in this process as a worker would (no broker); returns seconds."""
     os.environ.update(env)
-    from shared.dispatch import RecordingDispatcher
+    from tests.support.fakes import RecordingDispatcher
     from worker.service.context import build_context
     from worker.service.shards import run_shard
 
@@ -221,7 +221,7 @@ def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: 
              direct: bool = False) -> tuple[str, float]:
     from shared import auth, jobs
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
-    from shared.dispatch import RecordingDispatcher
+    from tests.support.fakes import RecordingDispatcher
 
     settings = settings_of(env)
     engine = make_engine(settings)
@@ -242,7 +242,7 @@ def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: 
 
 def finalize_child(job_id: str) -> None:
     """`--finalize-only JOB`: finalize in this fresh process; prints seconds and peak RSS."""
-    from shared.dispatch import RecordingDispatcher
+    from tests.support.fakes import RecordingDispatcher
     from worker.service.context import build_context
     from worker.service.finalize import finalize_job
 
@@ -288,7 +288,8 @@ def main() -> None:
     ap.add_argument("--design", default="", help="a label for the JSON (e.g. before / after)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--direct-from", type=int, default=10**12,
-                    help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly); finalize now exports from samples, so that path needs the fragment merge back (docs/service.md)")
+                    help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly); "
+                         "finalize now exports from samples, so that path needs the fragment merge back (docs/service.md)")
     ap.add_argument("--finalize-only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.finalize_only:
@@ -296,7 +297,7 @@ def main() -> None:
 
     from shared import auth
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
-    from shared.testing import flush_redis, free_port, moto_s3_server, postgres_database
+    from tests.support.services import flush_redis, free_port, moto_s3_server, postgres_database
 
     workers = [int(w) for w in args.workers.split(",") if w]
     sizes = [int(s) for s in args.finalize.split(",") if s]

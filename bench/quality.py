@@ -347,7 +347,8 @@ def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: 
     h, w = rows[0][0].shape[:2]
     pad = 2
     cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * (w * scale + pad) + pad, len(rows) * (h * scale + pad) + pad + (12 if labels else 0)), (255, 255, 255))
+    size = (cols * (w * scale + pad) + pad, len(rows) * (h * scale + pad) + pad + (12 if labels else 0))
+    canvas = Image.new("RGB", size, (255, 255, 255))
     for ri, row in enumerate(rows):
         for ci, tile in enumerate(row):
             im = Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST)

@@ -254,7 +254,7 @@ def main() -> None:
     from shared import auth
     from shared.client import Client
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
-    from shared.testing import flush_redis, free_port, moto_s3_server, postgres_database, s3_env, wait_for_port
+    from tests.support.services import flush_redis, free_port, moto_s3_server, postgres_database, s3_env, wait_for_port
 
     result: dict = {"model": args.model, "images": args.images, "cores": os.cpu_count(), "storage": args.storage}
     if "throughput" in sections:

@@ -26,8 +26,8 @@ def main() -> None:
     from shared.config import Settings
     from shared.db import repositories as repo
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
-    from shared.dispatch import RecordingDispatcher
-    from shared.testing import postgres_database
+    from tests.support.fakes import RecordingDispatcher
+    from tests.support.services import postgres_database
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=100_000)

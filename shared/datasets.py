@@ -29,6 +29,7 @@ from shared.views import (
     DatasetVersionView,
     DiffEntry,
     ExportView,
+    export_view,
 )
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")  # used with fullmatch: "$" accepts a trailing newline
@@ -136,9 +137,7 @@ def _version_view(uow: UnitOfWork, store: ObjectStore | None, settings: Settings
     manifest = None
     if store is not None and settings is not None:
         manifest = store.presign(keys.manifest_key(job.id))
-        exports = [ExportView(format=e.format, size_bytes=e.size_bytes, sha256=e.sha256,
-                              url=store.presign(e.key, download_name=f"{ds.name}-v{v.version}-{e.format}.zip"),
-                              expires_in_s=settings.presign_expiry_s)
+        exports = [export_view(e, store, settings, f"{ds.name}-v{v.version}-{e.format}.zip")
                    for e in repo.list_exports(uow.session, job.id)]
     return DatasetVersionView(dataset=ds.name, version=v.version, name=f"v{v.version}", job_id=job.id,
                               created_at=v.created_at, summary=v.summary or {}, manifest_url=manifest,

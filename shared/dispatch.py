@@ -73,32 +73,3 @@ class CeleryDispatcher:
             alive = None
         self._alive = (now, alive)
         return alive
-
-
-class RecordingDispatcher:
-    """Keeps what would be sent (tests, dry runs)."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[Any, ...]]] = []
-        self.fail: BaseException | None = None
-
-    def _record(self, name: str, *args: Any) -> None:
-        if self.fail is not None:
-            raise self.fail
-        self.sent.append((name, args))
-
-    def send_shard(self, job_id: uuid.UUID, shard_index: int) -> None:
-        self._record(SHARD_TASK, str(job_id), int(shard_index))
-
-    def send_finalize(self, job_id: uuid.UUID) -> None:
-        self._record(FINALIZE_TASK, str(job_id))
-
-    def ping(self) -> None:
-        if self.fail is not None:
-            raise self.fail
-
-    def queue_depth(self, queue: str = GPU_QUEUE) -> int | None:
-        return sum(1 for name, _ in self.sent if QUEUE_OF[name] == queue)
-
-    def workers_alive(self) -> int | None:
-        return None

@@ -12,12 +12,11 @@ import uuid
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from shared import keys
 from shared.config import Settings
 from shared.db import repositories as repo
-from shared.db.models import JOB_STATES, JOB_TERMINAL, S_QUEUED, Dataset, Job, utcnow
+from shared.db.models import JOB_STATES, JOB_TERMINAL, S_QUEUED, Job, Shard, utcnow
 from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
 from shared.errors import Conflict, InvalidRequest, NotFound, TooManyRequests
@@ -31,6 +30,7 @@ from shared.views import (
     AnnotationView,
     ExportList,
     ExportView,
+    export_view,
     JobPage,
     JobSummary,
     JobView,
@@ -146,10 +146,7 @@ def _summary(job: Job, dataset: str | None = None) -> JobSummary:
 
 
 def _dataset_names(uow: UnitOfWork, jobs: list[Job]) -> dict[uuid.UUID, str]:
-    ids = {j.dataset_id for j in jobs if j.dataset_id is not None}
-    if not ids:
-        return {}
-    return {d.id: d.name for d in uow.session.scalars(select(Dataset).where(Dataset.id.in_(ids)))}
+    return repo.dataset_names(uow.session, (j.dataset_id for j in jobs if j.dataset_id is not None))
 
 
 def job_view(uow: UnitOfWork, job: Job, shards: list[Shard] | None = None) -> JobView:
@@ -338,12 +335,8 @@ def list_samples(uow: UnitOfWork, store: ObjectStore, tenant_id: uuid.UUID, job_
 
 def list_exports(uow: UnitOfWork, store: ObjectStore, settings: Settings, tenant_id: uuid.UUID, job_id: uuid.UUID) -> ExportList:
     job = _own_job(uow, tenant_id, job_id)
-    items = [
-        ExportView(format=e.format, size_bytes=e.size_bytes, sha256=e.sha256,
-                   url=store.presign(e.key, download_name=f"{job.name}-{e.format}.zip"),
-                   expires_in_s=settings.presign_expiry_s)
-        for e in repo.list_exports(uow.session, job.id)
-    ]
+    items = [export_view(e, store, settings, f"{job.name}-{e.format}.zip")
+             for e in repo.list_exports(uow.session, job.id)]
     manifest = store.presign(keys.manifest_key(job.id)) if job.status == "succeeded" else None
     return ExportList(items=items, manifest_url=manifest)
 
@@ -353,9 +346,7 @@ def get_export(uow: UnitOfWork, store: ObjectStore, settings: Settings, tenant_i
     e = repo.get_export(uow.session, job.id, fmt)
     if e is None:
         raise NotFound(f"job {job_id} has no {fmt!r} export (exports exist once the job has succeeded)", field="format")
-    return ExportView(format=e.format, size_bytes=e.size_bytes, sha256=e.sha256,
-                      url=store.presign(e.key, download_name=f"{job.name}-{e.format}.zip"),
-                      expires_in_s=settings.presign_expiry_s)
+    return export_view(e, store, settings, f"{job.name}-{e.format}.zip")
 
 
 def list_models(settings: Settings) -> ModelList:

@@ -16,7 +16,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("dsgen_log_context", default={})
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "dsgen_log_context", default={})  # noqa: B039 - never mutated: log_context sets a new dict
 
 # attributes every LogRecord has: anything else on a record came from `extra=`
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}

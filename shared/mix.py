@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shared import layout
-from shared.records import SampleRecord
+from shared.records import DROPPED, SampleRecord
 from shared.spec import JobSpec, SpecError
 
 LINEAGE_FILE = "lineage.jsonl"
@@ -46,7 +46,7 @@ def mix_folders(real: Path, synthetic: Path, out: Path, p: float = 0.5, seed: in
     if out.exists() and any(out.iterdir()):
         raise SpecError(f"--out: {out} is not empty; pick a new folder", field="--out")
     reals = _records(real, "--real")
-    synth = [r for r in _records(synthetic, "--synthetic") if "augment" in r.parameters and not r.quality.get("dropped")]
+    synth = [r for r in _records(synthetic, "--synthetic") if "augment" in r.parameters and not r.quality.get(DROPPED)]
     if not synth:
         raise SpecError(f"--synthetic: {synthetic} has no samples of method augment (they name their source image)",
                         field="--synthetic")

@@ -11,7 +11,7 @@ import io
 import numpy as np
 from PIL import Image
 
-IGNORE = 255
+from shared.records import IGNORE
 _GREY = np.array([128, 128, 128], np.float32)
 _HATCH = np.array([40, 40, 40], np.float32)
 

@@ -93,7 +93,8 @@ def _fill_template(spec: JobSpec, template: str, rng: np.random.Generator, index
         ClassMention(classes[ci].name, ci + 1, tuple(spans)) for ci, spans in sorted(spans_by_class.items())
     )
     if spec.prompts.append_class_names:
-        prompt, mentions = _append_class_names(prompt, [(classes[ci].name, ci + 1, words[s]) for s, ci in sorted(chosen.items(), key=lambda kv: kv[1])])
+        named = [(classes[ci].name, ci + 1, words[s]) for s, ci in sorted(chosen.items(), key=lambda kv: kv[1])]
+        prompt, mentions = _append_class_names(prompt, named)
     return SamplePlan(index, sample_seed(spec.seed, index), prompt, spec.prompts.negative, mentions)
 
 

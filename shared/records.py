@@ -9,6 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# The conventions every side shares (one home for each):
+IGNORE = 255  # semantic-mask value of pixels the labeller was unsure about: ignored in training
+DROPPED = "dropped"  # SampleRecord.quality key of samples the exports leave out (its value says why)
+
 
 class RLE(BaseModel):
     """COCO compressed RLE, `counts` as str (what `pycocotools.mask.encode` gives, decoded)."""

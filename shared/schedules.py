@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shared.config import Settings
 from shared.datasets import NAME_RULE, check_name
 from shared.db import repositories as repo
-from shared.db.models import Dataset, Schedule, utcnow
+from shared.db.models import Schedule, utcnow
 from shared.db.session import UnitOfWork
 from shared.dispatch import Dispatcher
 from shared.errors import Conflict, DomainError, InvalidRequest, NotFound, ServiceUnavailable
@@ -132,7 +132,7 @@ def _view(s: Schedule, dataset: str) -> ScheduleView:
 
 
 def _dataset_name(uow: UnitOfWork, s: Schedule) -> str:
-    ds = uow.session.get(Dataset, s.dataset_id)
+    ds = repo.get_dataset_by_id(uow.session, s.dataset_id)
     return ds.name if ds else ""
 
 

@@ -97,6 +97,14 @@ class ExportView(BaseModel):
     expires_in_s: int
 
 
+def export_view(export: Any, store: Any, settings: Any, download_name: str) -> ExportView:
+    """The one builder of an ExportView: an export row (db.models.Export) with a presigned URL
+    that downloads as `download_name`, valid for settings.presign_expiry_s."""
+    return ExportView(format=export.format, size_bytes=export.size_bytes, sha256=export.sha256,
+                      url=store.presign(export.key, download_name=download_name),
+                      expires_in_s=settings.presign_expiry_s)
+
+
 class ExportList(BaseModel):
     items: list[ExportView]
     manifest_url: str | None = None

@@ -4,11 +4,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.requests import Request
 
 from api.deps import Resources, current_tenant, resources
 from shared import jobs
+from shared.db import repositories as repo
 from shared.db.session import DB_UNAVAILABLE, describe_db_error
 from shared.errors import ServiceUnavailable
 from shared.storage import LocalStore
@@ -29,7 +29,7 @@ def readyz(res: Resources = Depends(resources)) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         with res.session_factory() as session:
-            session.execute(text("SELECT 1"))
+            repo.ping(session)
         checks["database"] = "ok"
     except DB_UNAVAILABLE as err:
         checks["database"] = describe_db_error(err)

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, tuple_, update
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, text, tuple_, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import (
@@ -128,6 +128,10 @@ def list_jobs(
 
 def active_jobs(session: Session) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.status.in_(JOB_ACTIVE))))
+
+
+def jobs_in_status(session: Session, status: str) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.status == status)))
 
 
 def set_job_status(session: Session, job_id: uuid.UUID, expected: Iterable[str], values: dict) -> bool:
@@ -350,6 +354,17 @@ def get_or_create_dataset(session: Session, tenant_id: uuid.UUID, name: str) -> 
     return get_dataset(session, tenant_id, name)  # type: ignore[return-value]
 
 
+def get_dataset_by_id(session: Session, dataset_id: uuid.UUID) -> Dataset | None:
+    return session.get(Dataset, dataset_id)
+
+
+def dataset_names(session: Session, dataset_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    ids = set(dataset_ids)
+    if not ids:
+        return {}
+    return {d.id: d.name for d in session.scalars(select(Dataset).where(Dataset.id.in_(ids)))}
+
+
 def lock_dataset(session: Session, dataset_id: uuid.UUID) -> Dataset | None:
     return session.scalar(select(Dataset).where(Dataset.id == dataset_id).with_for_update())
 
@@ -479,3 +494,9 @@ def shard_duration_buckets(session: Session, bounds: Sequence[float]) -> tuple[l
 def shard_retries(session: Session) -> int:
     """Attempts beyond the first, over every shard."""
     return session.scalar(select(func.coalesce(func.sum(Shard.attempts - 1), 0)).where(Shard.attempts > 1)) or 0
+
+
+# ---------------------------------------------------------------------------- readiness
+def ping(session: Session) -> None:
+    """One round trip to the database (raises when it is unreachable)."""
+    session.execute(text("SELECT 1"))

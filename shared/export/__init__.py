@@ -28,7 +28,7 @@ from shared.export.splits import assign_splits, split_counts
 from shared.export.voc import write_voc
 from shared.export.webdataset import write_webdataset
 from shared.export.yolo import write_yolo
-from shared.records import SampleRecord
+from shared.records import DROPPED, SampleRecord
 from shared.spec import EXPORT_FORMATS, JobSpec
 
 Writer = Callable[[Path, Sequence[SampleRecord], list[str], dict[int, str]], list[Path]]
@@ -50,7 +50,7 @@ def write_exports(root: Path, spec: JobSpec, records: Sequence[SampleRecord]) ->
     (root / layout.MANIFEST_FILE).unlink(missing_ok=True)
     # Samples the labeler dropped (e.g. no adaptor box above the threshold, labels.keep_empty
     # off) keep their record for resume and audit but are not part of the dataset.
-    records = [r for r in records if not r.quality.get("dropped")]
+    records = [r for r in records if not r.quality.get(DROPPED)]
     categories = [c.name for c in spec.classes]
     splits = assign_splits(spec.seed, (r.index for r in records), spec.export.splits)
     written: list[Path] = []

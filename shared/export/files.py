@@ -25,10 +25,14 @@ _TMP_PREFIX = ".tmp-"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write to a temporary name beside `path`, fsync, rename into place: a reader (or a run
+    resumed after a crash) sees the old file or the whole new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
     with open(tmp, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 

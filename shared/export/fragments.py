@@ -22,7 +22,6 @@ columns per sample, are the exception: parquet is written in one piece).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -54,14 +53,6 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield from _walk(Path(e.path))
         elif e.is_file(follow_symlinks=False) and not e.name.startswith(".tmp-"):
             yield Path(e.path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _indented(value: Any, depth: int) -> str:
@@ -330,7 +321,7 @@ def write_merged_manifest(root: Path, spec: JobSpec, fragments: Sequence[Fragmen
         for fmt in sorted(formats):
             for path in _walk(root / fmt):
                 rel = path.relative_to(root).as_posix()
-                entry = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+                entry = {"bytes": path.stat().st_size, "sha256": files.sha256_file(path)}
                 out.write(("{\n" if n == 0 else ",\n") + "    " + _compact(rel) + ": " + _indented(entry, 2))
                 n += 1
         out.write("\n  }" if n else "{}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shared import layout
 from shared.export import files
-from shared.records import SampleRecord
+from shared.records import IGNORE, SampleRecord
 
 FORMAT = "masks"
 CLASSES_FILE = "classes.json"
@@ -24,7 +24,7 @@ CLASSES_FILE = "classes.json"
 def classes_document(categories: Sequence[str]) -> dict:
     return {
         "background": 0,
-        "ignore": 255,
+        "ignore": IGNORE,
         "classes": [{"id": i + 1, "name": name} for i, name in enumerate(categories)],
     }
 

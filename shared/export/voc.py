@@ -27,10 +27,9 @@ from PIL import Image
 
 from shared import layout
 from shared.export import files
-from shared.records import Annotation, SampleRecord
+from shared.records import IGNORE, Annotation, SampleRecord
 
 FORMAT = "voc"
-IGNORE_INDEX = 255
 MAX_OBJECTS = 254  # indices 1..254; 255 is ignore
 
 
@@ -105,9 +104,9 @@ def object_indices(record: SampleRecord, instances: np.ndarray, semantic: np.nda
     """Instance-id mask -> VOC object mask (XML order 1..N, 255 on ignore pixels)."""
     out = np.zeros(instances.shape, dtype=np.uint8)
     for k, ann in enumerate(record.annotations, start=1):
-        out[instances == ann.instance_id] = k if k <= MAX_OBJECTS else IGNORE_INDEX
+        out[instances == ann.instance_id] = k if k <= MAX_OBJECTS else IGNORE
     if semantic is not None:
-        out[semantic == IGNORE_INDEX] = IGNORE_INDEX
+        out[semantic == IGNORE] = IGNORE
     return out
 
 

@@ -194,7 +194,8 @@ def render_scene(seed: int, size: int = 32, n_objects: int | None = None, class_
         m = instances == i
         ys, xs = np.nonzero(m)
         box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-        objects.append(ShapeObject(obj["shape"], obj["colour"], i, box, int(m.sum()), (float(obj["cx"]), float(obj["cy"])), float(obj["extent"])))
+        objects.append(ShapeObject(obj["shape"], obj["colour"], i, box, int(m.sum()),
+                                   (float(obj["cx"]), float(obj["cy"])), float(obj["extent"])))
     caption = make_caption([(o.colour, o.shape) for o in objects], class_suffix=class_suffix)
     img8 = np.round(image * 255).clip(0, 255).astype(np.uint8)
     return Scene(seed=int(seed), image=img8, semantic=semantic, instances=instances, objects=objects, caption=caption)

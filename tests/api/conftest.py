@@ -16,9 +16,10 @@ from api.app import create_app
 from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import RecordingDispatcher
+from tests.support.fakes import RecordingDispatcher
 from shared.storage import LocalStore
-from shared.testing import FakeEngine, postgres_database
+from tests.support.fakes import FakeEngine
+from tests.support.services import postgres_database
 
 from api_spec import SPEC  # noqa: F401  (a uniquely named module: `conftest` names clash across folders)
 

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from shared.testing_llm import ChatServer
+from tests.support.llm import ChatServer
 
 from api_spec import SPEC
 

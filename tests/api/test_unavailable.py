@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from shared.db.models import Job
 from shared.db.session import UnitOfWork
-from shared.dispatch import RecordingDispatcher
-from shared.testing import closed_port, s3_env
+from tests.support.fakes import RecordingDispatcher
+from tests.support.services import closed_port, s3_env
 
 from api_spec import SPEC
 

@@ -13,13 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shared.testing import free_port, wait_for_port
+from tests.support.services import free_port, stop_process, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DSGEN_CHROMIUM", "/usr/bin/chromium")
@@ -79,11 +78,7 @@ def server(tmp_path_factory):
                              capture_output=True, text=True, check=True).stdout.strip()
         yield {"url": f"http://127.0.0.1:{port}", "key": key, "log": data / "server.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=20)
         log.close()
 
 

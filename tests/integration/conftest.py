@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from cluster_support import REPO, TIMINGS, Cluster, make_key
-from shared.testing import REDIS_URL, flush_redis, moto_s3_server, postgres_database, s3_env
+from tests.support.services import REDIS_URL, flush_redis, moto_s3_server, postgres_database, s3_env
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,10 @@ from sqlalchemy import func, select
 from shared import keys
 from shared.db import repositories as repo
 from shared.db.models import Sample, Shard
-from shared.dispatch import CeleryDispatcher, RecordingDispatcher
+from shared.dispatch import CeleryDispatcher
+from tests.support.fakes import RecordingDispatcher
 from shared.storage import make_store
-from shared.testing import REDIS_URL, flush_redis
+from tests.support.services import REDIS_URL, flush_redis
 
 from cluster_support import SPEC, make_key, wait_for
 

@@ -8,7 +8,7 @@ import pytest
 from shared.llm_prompts import EndpointWriter, LLMError, clean_reply, resolve_llm_prompts, without_generated
 from shared.prompts import plan_sample
 from shared.spec import SpecError, parse_spec
-from shared.testing_llm import ChatServer
+from tests.support.llm import ChatServer
 
 
 def _spec(**llm):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.records import Annotation
+from shared.records import DROPPED, Annotation
 from shared.spec import JobSpec, LabelSpec
 from worker.adaptor.io import AdaptorError, check_adaptor_fits, default_adaptor_for, load_adaptor
 from worker.adaptor.labels import Box, adaptor_annotations, match_boxes
@@ -82,5 +82,5 @@ class AdaptorLabeler:
         quality = {"adaptor": {"boxes": len(boxes), "matched": matched,
                                "max_score": round(max((b.score for b in boxes), default=0.0), 4)}}
         if not boxes and not self.labels.keep_empty:
-            quality["dropped"] = f"no adaptor box above labels.adaptor_score_threshold {self.labels.adaptor_score_threshold}"
+            quality[DROPPED] = f"no adaptor box above labels.adaptor_score_threshold {self.labels.adaptor_score_threshold}"
         return annotations, quality

@@ -24,7 +24,6 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
         return found[:limit]
     if not cls:
         raise UserError("--class: with --source, name the class whose images teach the concept")
-    import numpy as np
 
     from shared.spec import SourceSpec, SpecError
     from worker.engine.mask_sources import load_mask_sources, source_class_names

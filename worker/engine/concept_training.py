@@ -119,7 +119,9 @@ def learn_concept(
     for t in cfg.tokens:
         check_token(t)
     model = private_copy(base_model)
-    pairs = [(model.tokenizer, model.text_encoder)] + ([(model.tokenizer_2, model.text_encoder_2)] if model.text_encoder_2 is not None else [])
+    pairs = [(model.tokenizer, model.text_encoder)]
+    if model.text_encoder_2 is not None:
+        pairs.append((model.tokenizer_2, model.text_encoder_2))
     init = {t: [word_embedding(tok, enc, w) for tok, enc in pairs] for t, w in zip(cfg.tokens, cfg.init_words)}
     ids = add_concept_tokens(model, init)
     phrase = " ".join(cfg.tokens)

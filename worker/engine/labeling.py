@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shared.records import Annotation
+from shared.records import IGNORE, Annotation
 from shared.spec import LabelSpec
 from worker.engine import edges, refine
 from worker.engine.attention import AttentionStore, CaptureConfig, available_resolutions
@@ -167,7 +167,7 @@ def label_image(
     )
     total = float(inst.semantic.size)
     quality = {
-        "uncertain_fraction": float((inst.semantic == refine.IGNORE).sum()) / total,
+        "uncertain_fraction": float((inst.semantic == IGNORE).sum()) / total,
         "peak_attention": {n: float(p) for n, p in zip(category_names, peaks)},
         "class_pixel_fraction": {
             n: float((inst.semantic == c).sum()) / total for n, c in zip(category_names, category_ids)

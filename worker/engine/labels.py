@@ -14,9 +14,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from shared.records import RLE, Annotation
-
-IGNORE = 255
+from shared.records import IGNORE, RLE, Annotation
 # 8-connectivity: pixels touching diagonally belong to one object, as in cv2's contour tracing.
 _STRUCTURE = np.ones((3, 3), dtype=bool)
 

@@ -9,13 +9,14 @@ therefore continues where the last one stopped and ends with the same files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from shared import layout
+from shared.engine import Engine, sample_files, write_sample_files
+from shared.export.files import atomic_write_bytes
 from shared.records import SampleRecord
 from shared.spec import JobSpec, SpecError
 
@@ -35,15 +36,6 @@ class RunReport:
 
 def canonical_spec_json(spec: JobSpec) -> str:
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True, indent=1) + "\n"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def made_by_dsgen(out: Path) -> bool:
@@ -96,7 +88,7 @@ def prepare_folder(spec: JobSpec, out: Path, overwrite: bool) -> None:
     if out.exists() and overwrite and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / layout.SPEC_FILE, canonical_spec_json(spec).encode())
+    atomic_write_bytes(out / layout.SPEC_FILE, canonical_spec_json(spec).encode())
 
 
 def check_spec_for_model(spec: JobSpec) -> None:
@@ -111,7 +103,7 @@ def check_spec_for_model(spec: JobSpec) -> None:
         raise SpecError(f"{field}: {message}", field=field)
 
 
-def open_session(spec: JobSpec, todo: list[int], session_factory: Callable[[JobSpec], object] | None):
+def open_session(spec: JobSpec, todo: list[int], session_factory: Callable[[JobSpec], Engine] | None) -> Engine:
     """The engine session, with everything checked that can be checked before a sample is
     made (model, adaptor, source images, captions file, attention resolutions)."""
     from worker.engine.session import EngineSession
@@ -162,7 +154,7 @@ def run_to_folder(
     out: Path,
     overwrite: bool = False,
     on_sample: Callable[[int, int, float], None] | None = None,
-    session_factory: Callable[[JobSpec], object] | None = None,
+    session_factory: Callable[[JobSpec], Engine] | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> RunReport:
     """Generate the missing samples of `spec` into `out`, then (re)write the exports.
@@ -194,10 +186,7 @@ def run_to_folder(
     try:
         if todo:
             for sample in session.generate(todo):
-                folder = layout.sample_dir(out, sample.record.index)
-                folder.mkdir(parents=True, exist_ok=True)
-                for name, data in sample.files().items():  # record.json comes last
-                    write_atomic(folder / name, data)
+                write_sample_files(layout.sample_dir(out, sample.record.index), sample_files(sample))
                 records[sample.record.index] = sample.record
                 if on_sample is not None:
                     on_sample(len(records), spec.num_images, sample.seconds)

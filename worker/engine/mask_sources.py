@@ -26,9 +26,8 @@ import numpy as np
 from PIL import Image
 
 from shared import layout
+from shared.records import DROPPED, IGNORE
 from shared.spec import SourceSpec, SpecError
-
-IGNORE = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -225,7 +224,7 @@ def _dsgen(root: Path, classes: tuple[str, ...]) -> list[MaskSource]:
     records = []
     for rec_path in sorted((root / layout.SAMPLES_DIR).glob(f"*/{layout.RECORD_FILE}")):
         rec = json.loads(rec_path.read_text())
-        if (rec.get("quality") or {}).get("dropped") or not (rec.get("files") or {}).get("semantic"):
+        if (rec.get("quality") or {}).get(DROPPED) or not (rec.get("files") or {}).get("semantic"):
             continue
         for a in rec.get("annotations", []):
             names.setdefault(int(a["category_id"]), a["category"])

@@ -105,7 +105,7 @@ def resolve_model_path(ref: ModelRef) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(mid, revision=ref.revision, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]))
-    except Exception as err:  # network, auth, missing repo: all mean "cannot get it here"
+    except Exception as err:  # noqa: BLE001 - network, auth, missing repo: all mean "cannot get it here"
         raise ModelLoadError(f"could not fetch {mid!r} from the hub ({type(err).__name__}); "
                              "download it where you are online and pass the local folder") from None
 

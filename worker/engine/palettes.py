@@ -8,6 +8,7 @@ from importlib import resources
 import numpy as np
 
 from shared.export.voc import voc_colormap
+from shared.records import IGNORE
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,6 +47,6 @@ def class_colours(palette, class_names: list[str]) -> np.ndarray:
 def draw(semantic: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """Label map (job ids, 255 ignore) -> RGB uint8 conditioning image."""
     idx = semantic.astype(np.int64)
-    idx[idx == 255] = len(colours) - 1
+    idx[idx == IGNORE] = len(colours) - 1
     idx[idx >= len(colours)] = len(colours) - 1
     return colours[idx]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from shared.records import IGNORE
 BACKGROUND = 0
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-IGNORE = 255
+from shared.records import IGNORE
 _STREAM_TIES = 0x4A2D
 
 

@@ -24,11 +24,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from shared.records import IGNORE
 from shared.spec import SpecError
 
 WEIGHTS = "segmenter.pt"
 META = "segmenter.json"
-IGNORE = 255
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

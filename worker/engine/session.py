@@ -13,18 +13,17 @@ Filters (`worker.engine.filters`) run on every labelled sample before it is yiel
 """
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
+from shared.engine import GeneratedSample
 from shared.prompts import SamplePlan
-from shared.records import SampleFiles, SampleRecord
+from shared.records import IGNORE, SampleFiles, SampleRecord
 from shared.spec import JobSpec, LabelSpec, SourceSpec, SpecError
 from worker.engine.features import FeatureConfig
 from worker.engine.filters import build_filters
@@ -34,33 +33,6 @@ from worker.engine.labels import extract_instances, instances_from_maps
 from worker.engine.methods import method_for
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.text import token_groups
-
-DROPPED = "dropped"  # SampleRecord.quality key of samples the exports leave out
-
-
-@dataclass
-class GeneratedSample:
-    record: SampleRecord
-    image: Image.Image
-    semantic: np.ndarray | None = None  # uint8 [H, W]: 0 background, category ids, 255 ignore
-    instances: np.ndarray | None = None  # uint16 [H, W]: 0 none, else instance id
-    seconds: float = 0.0  # share of its batch's wall time (not part of the record: see SampleRecord)
-
-    def files(self) -> dict[str, bytes]:
-        """File name -> bytes, record last (writers of these files must keep that order)."""
-        out = {self.record.files.image: encode_png(self.image)}
-        if self.semantic is not None and self.record.files.semantic:
-            out[self.record.files.semantic] = encode_png(Image.fromarray(self.semantic, mode="L"))
-        if self.instances is not None and self.record.files.instances:
-            out[self.record.files.instances] = encode_png(Image.fromarray(self.instances.astype(np.uint16)))
-        out["record.json"] = self.record.model_dump_json(indent=1).encode() + b"\n"
-        return out
-
-
-def encode_png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=False, compress_level=6)
-    return buf.getvalue()
 
 
 def effective_labels(labels: LabelSpec, extras: dict) -> LabelSpec:
@@ -276,7 +248,7 @@ class EngineSession:
             inst = extract_instances(maps.semantic, ids, names, min_component_area=0)
         total = float(inst.semantic.size)
         quality = {
-            "uncertain_fraction": float((inst.semantic == 255).sum()) / total,
+            "uncertain_fraction": float((inst.semantic == IGNORE).sum()) / total,
             "class_pixel_fraction": {n: float((inst.semantic == c).sum()) / total for n, c in zip(names, ids) if n in plan.classes},
         }
         record = SampleRecord(annotations=inst.annotations, quality=quality, **record_kwargs)

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from shared.engine import GeneratedSample
 from shared.prompts import SamplePlan, plan_sample
 from shared.records import ModelInfo, SampleRecord
 from shared.spec import JobSpec
@@ -42,9 +43,7 @@ class StandinEngine:
         for index in sorted(set(indexes)):
             yield self.sample(plan_sample(self.spec, index))
 
-    def sample(self, plan: SamplePlan):  # noqa: ANN201 - GeneratedSample (imported lazily: it lives beside torch)
-        from worker.engine.session import GeneratedSample
-
+    def sample(self, plan: SamplePlan) -> GeneratedSample:
         gen = self.spec.generation
         width, height = gen.width, gen.height
         rng = np.random.default_rng(np.random.SeedSequence([0xF1EE7, plan.seed]))

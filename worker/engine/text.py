@@ -36,7 +36,8 @@ def _check_known_words(tokenizer, prompts: list[str], ids: torch.Tensor) -> None
     for prompt, row in zip(prompts, ids.tolist()):
         if unk in row:
             vocab = sorted(w for w in tokenizer.get_vocab() if w not in tokenizer.all_special_tokens)
-            words = [w for w in prompt.replace(";", " ").replace(",", " ").split() if tokenizer.convert_tokens_to_ids(w.lower()) == unk and tokenizer.convert_tokens_to_ids(w) == unk]
+            words = [w for w in prompt.replace(";", " ").replace(",", " ").split()
+                     if tokenizer.convert_tokens_to_ids(w.lower()) == unk and tokenizer.convert_tokens_to_ids(w) == unk]
             raise UnknownWordsError(
                 f"prompts: {', '.join(repr(w) for w in words) or 'a word'} in {prompt!r} is not in this model's "
                 f"vocabulary; known words: {' '.join(vocab)}"

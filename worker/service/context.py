@@ -12,15 +12,15 @@ from typing import Any
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
 from shared.dispatch import Dispatcher
+from shared.engine import Engine, EngineFactory
 from shared.records import SampleRecord
 from shared.spec import JobSpec
 from shared.storage import ObjectStore, make_store
 
-EngineFactory = Callable[..., Any]  # (spec[, uploads=fetch]) -> object with .generate(indexes)
 Exporter = Callable[[Path, JobSpec, list[SampleRecord]], Path]
 
 
-def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None = None) -> Any:
+def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None = None) -> Engine:
     from worker.engine.standin import StandinEngine, is_standin
 
     if is_standin(spec):  # builtin:fleet-standin: no weights, no diffusion (fleet benchmarks)

@@ -4,7 +4,6 @@ pass, one archive per format uploaded, the manifest last. Shards also store expo
 over the whole job and COCO ids unique across splits need every sample (docs/service.md)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import uuid
@@ -15,6 +14,7 @@ from pathlib import Path
 from shared import datasets, keys, layout
 from shared.db import repositories as repo
 from shared.db.models import FAILED, FINALIZING, utcnow
+from shared.export.files import sha256_file
 from shared.lifecycle import finish_job
 from shared.records import SampleRecord
 from shared.spec import JobSpec
@@ -33,14 +33,6 @@ def zip_folder(folder: Path, dest: Path) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, path.read_bytes())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
@@ -104,7 +96,7 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
             key = keys.export_key(job_id, fmt)
             ctx.store.put_file(key, archive)
             uploaded.append({"job_id": job_id, "format": fmt, "key": key, "size_bytes": archive.stat().st_size,
-                             "sha256": _sha256(archive), "created_at": utcnow()})
+                             "sha256": sha256_file(archive), "created_at": utcnow()})
         with ctx.uow() as uow:
             for row in uploaded:
                 repo.upsert_export(uow.session, row)

@@ -12,8 +12,6 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
-
 from shared.db import repositories as repo
 from shared.db.models import (
     FINALIZING,
@@ -22,7 +20,6 @@ from shared.db.models import (
     S_FAILED,
     S_QUEUED,
     S_RUNNING,
-    Job,
     Shard,
     utcnow,
 )
@@ -110,7 +107,7 @@ def reconcile(ctx: WorkerContext, *, queue_depth: Callable[[str], int | None] | 
     limit = now - dt.timedelta(seconds=s.finalize_timeout_s)
     quiet = now - dt.timedelta(seconds=max(s.requeue_grace_s, 2 * s.heartbeat_interval_s))
     with ctx.uow() as uow:
-        finalizing = [(j.id, j.finalize_heartbeat_at) for j in uow.session.scalars(select(Job).where(Job.status == FINALIZING))]
+        finalizing = [(j.id, j.finalize_heartbeat_at) for j in repo.jobs_in_status(uow.session, FINALIZING)]
     for job_id, beat in finalizing:
         if beat is not None and beat >= limit and not (cpu_depth == 0 and beat < quiet):
             continue

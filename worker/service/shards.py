@@ -13,11 +13,11 @@ from collections import defaultdict
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from shared import keys, layout
 from shared.db import repositories as repo
 from shared.db.models import S_CANCELLED, S_FAILED, S_SUCCEEDED, utcnow
+from shared.engine import Engine, Sample, sample_files, write_sample_files
 from shared.errors import ServiceUnavailable
 from shared.lifecycle import Claim, attempt_is_current, claim_shard, finish_shard, heartbeat, release_claim, shard_error
 from shared.overlay import overlay_png
@@ -155,7 +155,7 @@ def fetch_samples(ctx: WorkerContext, job_id: uuid.UUID, shard_size: int, indexe
     return records
 
 
-def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec: JobSpec, engine: Any,
+def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec: JobSpec, engine: Engine | None,
                    todo: list[int], times: "StageTimes", local: Path) -> str | None:
     """The batches; None when all were written, else why it stopped (lost, cancelled)."""
     writers = ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency, thread_name_prefix="dsgen-put")
@@ -187,7 +187,7 @@ def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec
     return None
 
 
-def _engine(ctx: WorkerContext, spec: JobSpec) -> Any:
+def _engine(ctx: WorkerContext, spec: JobSpec) -> Engine:
     """The engine for a spec; specs that name uploads get the worker's upload cache."""
     from shared.sources import spec_sources
 
@@ -214,18 +214,15 @@ def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future], times: Stage
     return True
 
 
-def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | None = None,
+def write_sample(ctx: WorkerContext, claim: Claim, gs: Sample, times: StageTimes | None = None,
                  local: Path | None = None) -> tuple[dict, list[dict]]:
     """Objects first (record.json last), then the row dicts that point at them. With `local`,
     the sample's files are also kept there (the shard's export fragment is made from them)."""
     times = times or StageTimes()
     rec: SampleRecord = gs.record
     with times.stage("encode"):
-        files: dict[str, bytes] = dict(gs.files())
-        record_bytes = files.pop("record.json")
-        if getattr(gs, "semantic", None) is not None:
-            files[keys.OVERLAY_FILE] = overlay_png(gs.image, gs.semantic)
-        files["record.json"] = record_bytes
+        overlay = {keys.OVERLAY_FILE: overlay_png(gs.image, gs.semantic)} if gs.semantic is not None else {}
+        files = sample_files(gs, overlay)
 
     def key(name: str) -> str:
         return keys.sample_key(claim.job_id, rec.index, claim.shard_size, name)
@@ -233,12 +230,9 @@ def write_sample(ctx: WorkerContext, claim: Claim, gs: Any, times: StageTimes | 
     with times.stage("s3_put"):
         for name, data in files.items():
             ctx.store.put(key(name), data)
-    if local is not None:
-        folder = layout.sample_dir(local, rec.index)
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            if name != keys.OVERLAY_FILE:
-                (folder / name).write_bytes(data)
+    if local is not None:  # the scratch folder of this task: no fsync
+        write_sample_files(layout.sample_dir(local, rec.index),
+                           {n: d for n, d in files.items() if n != keys.OVERLAY_FILE}, durable=False)
     now = utcnow()
     row = {
         "job_id": claim.job_id,

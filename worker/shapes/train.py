@@ -150,7 +150,8 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def state(self) -> dict:
         return {
-            "step": self.step, "warmup_from": self.warmup_from, "elapsed": self.elapsed, "train_config": vars(self.tc), "model_config": self.cfg.to_json(),
+            "step": self.step, "warmup_from": self.warmup_from, "elapsed": self.elapsed,
+            "train_config": vars(self.tc), "model_config": self.cfg.to_json(),
             "unet": self.unet.state_dict(), "text_encoder": self.text_encoder.state_dict(),
             "ema_unet": self.ema_unet.state_dict(), "ema_text_encoder": self.ema_te.state_dict(),
             "opt": self.opt.state_dict(),

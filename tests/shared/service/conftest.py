@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.testing import moto_s3_server, postgres_database
+from tests.support.services import moto_s3_server, postgres_database
 
 
 @pytest.fixture(scope="session")

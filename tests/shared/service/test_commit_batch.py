@@ -10,8 +10,8 @@ from shared import auth, jobs
 from shared.config import Settings
 from shared.db import repositories as repo
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import RecordingDispatcher
-from shared.testing import postgres_database
+from tests.support.fakes import RecordingDispatcher
+from tests.support.services import postgres_database
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from sqlalchemy import create_engine, inspect
 
 from shared.db.migrate import current_heads, downgrade, upgrade
 from shared.db.models import metadata
-from shared.testing import postgres_database
+from tests.support.services import postgres_database
 
 
 def _diff(url: str) -> list:

@@ -10,7 +10,7 @@ from shared.config import Settings
 from shared.db import repositories as repo
 from shared.db.models import utcnow
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import RecordingDispatcher
+from tests.support.fakes import RecordingDispatcher
 from shared.lifecycle import claim_shard, finish_shard, heartbeat
 from shared.tasks import FINALIZE_TASK, SHARD_TASK
 
@@ -108,7 +108,7 @@ def test_exactly_one_finalize_when_the_last_shards_finish_together(sf, env):
         claims = [claim(sf, d, job.id, i) for i in (0, 1)]
         barrier = threading.Barrier(2)
 
-        def finish(c):
+        def finish(c, barrier=barrier):
             barrier.wait()
             with UnitOfWork(sf) as uow:
                 finish_shard(uow, d, c, "succeeded")

@@ -12,7 +12,7 @@ from shared import auth, schedules
 from shared.config import Settings
 from shared.db.models import Job, ScheduleRun
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import RecordingDispatcher
+from tests.support.fakes import RecordingDispatcher
 from shared.errors import InvalidRequest, NotFound
 from shared.schedules import ScheduleCreate, ScheduleUpdate
 from shared.tasks import SHARD_TASK

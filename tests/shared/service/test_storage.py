@@ -6,7 +6,7 @@ import pytest
 from shared.config import Settings
 from shared.errors import ServiceUnavailable
 from shared.storage import LocalStore, ObjectNotFound, make_store
-from shared.testing import closed_port, s3_env
+from tests.support.services import closed_port, s3_env
 
 
 @pytest.fixture

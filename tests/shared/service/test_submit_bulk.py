@@ -9,7 +9,7 @@ from shared import jobs
 from shared.config import Settings
 from shared.db import repositories as repo
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import RecordingDispatcher
+from tests.support.fakes import RecordingDispatcher
 
 
 @pytest.fixture

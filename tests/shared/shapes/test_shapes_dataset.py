@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from shared import layout

@@ -17,7 +17,7 @@ def write_tiny_coco(root: Path, n: int = 8, seed: int = 0, with_captions: bool =
         im = Image.new("RGB", (32, 32), (128, 128, 128))
         draw = ImageDraw.Draw(im)
         names = []
-        for k in range(int(rng.integers(1, 3))):
+        for _ in range(int(rng.integers(1, 3))):
             w, h = (int(v) for v in rng.integers(8, 14, size=2))
             x, y = int(rng.integers(0, 32 - w)), int(rng.integers(0, 32 - h))
             cat = int(rng.integers(1, 3))

@@ -87,7 +87,7 @@ def test_run_checks_the_model_metadata_before_loading_weights(tmp_path):
 
 
 def test_run_says_it_is_loading_the_model(tmp_path):
-    from shared.testing import FakeEngine
+    from tests.support.fakes import FakeEngine
     from worker.engine.local_run import run_to_folder
 
     phases, loaded = [], []

@@ -11,7 +11,8 @@ from sqlalchemy import create_engine, inspect
 
 from shared import auth
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.testing import FakeEngine, free_port, postgres_database
+from tests.support.fakes import FakeEngine
+from tests.support.services import free_port, postgres_database
 from worker.cli import _register, cli
 
 _register()
@@ -100,7 +101,7 @@ def test_embedded_mode_resumes_a_job_left_by_a_previous_process(tmp_path):
     from api.app import create_app
     from shared.config import Settings
     from shared.db.models import Shard
-    from shared.dispatch import RecordingDispatcher
+    from tests.support.fakes import RecordingDispatcher
     from worker.cli.service import build_embedded_app
 
     data = tmp_path / "data"

@@ -45,7 +45,7 @@ def _run(unet, inputs):
 
 def test_layers_kinds_and_factors():
     unet, _ = build("sd1")
-    layers = {l.name: l for l in attention_layers(unet)}
+    layers = {layer.name: layer for layer in attention_layers(unet)}
     assert layers["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"].kind == "self"
     assert layers["down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor"].kind == "cross"
     assert layers["down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"].factor == 2

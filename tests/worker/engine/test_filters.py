@@ -12,7 +12,7 @@ from shared.spec import parse_spec
 from worker.engine.filters import AttentionGate, SegmenterFilter
 from worker.engine.resample import mask_hardness, variants_by_hardness
 from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter, train_segmenter
-from worker.engine.session import GeneratedSample
+from shared.engine import GeneratedSample
 
 torch.set_num_threads(1)
 
@@ -89,7 +89,8 @@ def test_attention_gate_flags_and_drops(seg_dir):
     assert reasons[1].startswith("peak attention below 0.25")
     assert reasons[2] == "2 fragments for 1 mention(s)"
     assert all(out[i].record.quality["dropped"].startswith("attention gate") for i in (1, 2, 3))
-    flagged = AttentionGate(_spec(attention_gate="flag"), plan)([_sample(1, quality={"peak_attention": {"cat": 0.9}, "class_pixel_fraction": {"cat": 0.0}})])
+    quality = {"peak_attention": {"cat": 0.9}, "class_pixel_fraction": {"cat": 0.0}}
+    flagged = AttentionGate(_spec(attention_gate="flag"), plan)([_sample(1, quality=quality)])
     assert flagged[0].record.quality["attention_gate"] and "dropped" not in flagged[0].record.quality
 
 

@@ -9,7 +9,7 @@ import torch
 
 from shared.llm_prompts import LLMError, resolve_llm_prompts
 from shared.spec import parse_spec
-from shared.testing_llm import ChatServer
+from tests.support.llm import ChatServer
 from worker.engine.llm_local import LocalWriter
 from worker.engine.local_run import run_to_folder
 

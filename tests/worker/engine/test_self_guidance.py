@@ -1,7 +1,6 @@
 """Self-guidance: energies on attention maps, their gradient through the UNet, method layout."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -10,9 +10,10 @@ import pytest
 from shared import auth, jobs
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import RecordingDispatcher
+from tests.support.fakes import RecordingDispatcher
 from shared.storage import LocalStore
-from shared.testing import FakeEngine, postgres_database
+from tests.support.fakes import FakeEngine
+from tests.support.services import postgres_database
 from worker.service.context import WorkerContext
 
 SPEC = {"model": "builtin:tiny-random", "classes": [{"name": "cat"}, {"name": "dog"}], "num_images": 6,

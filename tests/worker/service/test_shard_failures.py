@@ -11,7 +11,7 @@ from shared.db.models import Shard
 from shared.errors import ServiceUnavailable, TooManyRequests
 from shared.spec import SpecError
 from shared.tasks import SHARD_TASK
-from shared.testing import FakeEngine, FakeSample
+from tests.support.fakes import FakeEngine, FakeSample
 from worker.service.shards import run_shard
 
 

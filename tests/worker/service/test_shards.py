@@ -6,7 +6,7 @@ from shared.db.models import Sample, Shard, utcnow
 from shared.tasks import FINALIZE_TASK, SHARD_TASK
 from worker.service.shards import run_shard
 
-from shared.testing import FakeEngine
+from tests.support.fakes import FakeEngine
 
 
 def test_a_shard_writes_objects_and_rows_then_finishes(ctx, submit):

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from shared.prompts import ClassMention, SamplePlan, sample_seed
+from shared.records import IGNORE
 from worker.engine.generate import InitImages
 from worker.engine.mask_sources import LabelMaps, MaskSource, MaskSourceError, load_mask_sources
 from worker.engine.methods import BatchInputs
@@ -87,7 +88,7 @@ class Augment:
     def _keep(self, source_index: int) -> torch.Tensor:
         """[1, H, W]: 1 where the source stays (inpaint modes)."""
         objects = self._maps(source_index).semantic
-        objects = (objects > 0) & (objects != 255) | (objects == 255)  # ignore pixels count as object
+        objects = (objects > 0) & (objects != IGNORE) | (objects == IGNORE)  # ignore pixels count as object
         region = torch.from_numpy(objects.astype(np.float32))[None, None]
         if self.options.grow:
             k = 2 * self.options.grow + 1

@@ -18,10 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import io
-
-import numpy as np
-from PIL import Image
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -92,11 +88,16 @@ def moto_s3_server(bucket: str = "dsgen") -> Iterator[str]:
                      aws_secret_access_key="test").create_bucket(Bucket=bucket)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=5)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def flush_redis(url: str = REDIS_URL) -> None:
@@ -114,47 +115,3 @@ def s3_env(endpoint: str, bucket: str = "dsgen") -> dict[str, str]:
         "DSGEN_S3_SECRET_ACCESS_KEY": "test",
         "DSGEN_S3_REGION": "us-east-1",
     }
-
-
-# --------------------------------------------------------------------------- fake engine
-class FakeSample:
-    def __init__(self, index: int, seed: int):
-        from shared.records import Annotation, ModelInfo, SampleRecord
-
-        rng = np.random.default_rng(seed * 1000 + index)
-        self.image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
-        self.semantic = np.zeros((16, 16), np.uint8)
-        self.semantic[2:8, 3:9] = 1
-        self.instances = (self.semantic > 0).astype(np.uint16)
-        self.record = SampleRecord(
-            index=index, seed=seed * 1000 + index, prompt=f"a photo of a cat #{index}", classes=["cat"],
-            model=ModelInfo(id="fake"), method="text2image", width=16, height=16,
-            annotations=[Annotation(instance_id=1, category="cat", category_id=1, bbox=(3, 2, 6, 6), area=36)],
-        )
-
-    def files(self) -> dict[str, bytes]:
-        def png(img: Image.Image) -> bytes:
-            buf = io.BytesIO()
-            img.save(buf, format="PNG")
-            return buf.getvalue()
-
-        return {"image.png": png(self.image), "semantic.png": png(Image.fromarray(self.semantic)),
-                "instances.png": png(Image.fromarray(self.instances)),
-                "record.json": self.record.model_dump_json().encode()}
-
-
-class FakeEngine:
-    """Same interface as `worker.engine.session.EngineSession`, instant and deterministic."""
-
-    calls: list[list[int]] = []
-
-    def __init__(self, spec, uploads=None):
-        self.spec = spec
-        self.uploads = uploads  # EngineSession's upload fetcher (specs naming uploads)
-
-    def generate(self, indexes):
-        FakeEngine.calls.append(list(indexes))
-        for i in indexes:
-            yield FakeSample(i, self.spec.seed)
-
-
