@@ -395,7 +395,8 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
-        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs, seed, test, seg_real, log, out)
+        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs,
+                                            seed, test, seg_real, log, out)
     result["grids"] = sorted(str(p) for p in out.glob("*.png"))
     result["seconds"] = round(time.time() - started, 1)
     return result

@@ -239,6 +239,6 @@ def test_bound_modifiers_are_rectified_with_their_class(shapes_dir):
         (inputs,) = session.method.batch_inputs([session.plan(0)])
         return inputs.controls[0], session.plan(0)
 
-    (plain, plan), (bound, _) = control(False), control(True)
+    (plain, _), (bound, _) = control(False), control(True)
     assert len(bound.class_tokens[0]) == 2 * len(plain.class_tokens[0])  # "a red circle": colour + shape tokens
     assert set(plain.class_tokens[0]) < set(bound.class_tokens[0])
