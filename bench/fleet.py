@@ -287,8 +287,9 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--design", default="", help="a label for the JSON (e.g. before / after)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    ap.add_argument("--direct-from", type=int, default=10**12,
-                    help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly); finalize now exports from samples, so that path needs the fragment merge back (docs/service.md)")
+    ap.add_argument("--direct-from", type=int, default=100000,
+                    help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly): "
+                         "finalize merges the shards' fragments and reads no sample object")
     ap.add_argument("--finalize-only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.finalize_only:

@@ -66,6 +66,9 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield Path(e.path)
 
 
+walk_files = _walk
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -106,6 +109,7 @@ class Fragment:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._manifest: dict | None = None
+        self.rebuilt = False  # made from the samples at finalisation (no current stored fragment)
 
     @property
     def manifest(self) -> dict:
