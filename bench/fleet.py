@@ -248,10 +248,10 @@ def finalize_child(job_id: str) -> None:
 
     ctx = build_context(settings_of(dict(os.environ)), RecordingDispatcher())
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     status = finalize_job(ctx, uuid.UUID(job_id))
-    seconds = time.perf_counter() - started
-    print(json.dumps({"status": status, "seconds": seconds, "peak_rss_mib": resource.getrusage(
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(json.dumps({"status": status, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": resource.getrusage(
         resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": base_rss / 1024}))
 
 
@@ -273,7 +273,8 @@ def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, dir
     engine.dispose()
     return {"samples": n, "seeding": "direct (shard code, fragments only stored)" if direct else "shards (all objects)",
             "seed_s": round(seed_s, 2), "seed_samples_per_s": round(n / seed_s, 1),
-            "finalize_s": round(child["seconds"], 2), "finalize_peak_rss_mib": round(child["peak_rss_mib"], 1),
+            "finalize_s": round(child["seconds"], 2), "finalize_cpu_s": round(child["cpu_seconds"], 2),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "finalize_peak_rss_mib": round(child["peak_rss_mib"], 1),
             "rss_before_finalize_mib": round(child["rss_before_mib"], 1), "export_bytes": exports}
 
 
@@ -287,9 +288,9 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--design", default="", help="a label for the JSON (e.g. before / after)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    ap.add_argument("--direct-from", type=int, default=10**12,
-                    help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly); "
-                         "finalize now exports from samples, so that path needs the fragment merge back (docs/service.md)")
+    ap.add_argument("--direct-from", type=int, default=100000,
+                    help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly): "
+                         "finalize merges the shards' fragments and reads no sample object")
     ap.add_argument("--finalize-only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.finalize_only:

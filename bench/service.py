@@ -206,7 +206,8 @@ def standin_spec(n: int, name: str) -> dict:
             "generation": {"width": 64, "height": 64, "steps": 1, "batch_size": 8}, "export": {"formats": ["coco"]}}
 
 
-def open_loop(bench: Bench, client, port: int, key: str, rates: list[int], seconds: float) -> dict:  # noqa: ANN001
+def open_loop(bench: Bench, client, port: int, key: str, rates: list[int], seconds: float,  # noqa: ANN001
+              states: tuple[str, ...] = ("idle", "busy")) -> dict:
     """Open-loop latency of status, list and samples; workers idle, then busy."""
     for i in range(2):
         bench.start(f"gpu{i}", ["worker", "--queues", "gpu", "-n", f"ol{i}@%h"], core=i)
@@ -219,7 +220,7 @@ def open_loop(bench: Bench, client, port: int, key: str, rates: list[int], secon
              "samples": f"/v1/jobs/{polled['id']}/samples?limit=50"}
     out: dict = {"job_samples": 512, "seconds_per_point": seconds}
     ctx = mp.get_context("spawn")
-    for state in ("idle", "busy"):
+    for state in states:
         busy = client.submit(standin_spec(8000, "busy")) if state == "busy" else None
         if busy:
             time.sleep(3)
@@ -247,6 +248,7 @@ def main() -> None:
     ap.add_argument("--sections", default="throughput,latency,open_loop")
     ap.add_argument("--rates", default="50,100,200", help="open-loop request rates (req/s)")
     ap.add_argument("--seconds", type=float, default=4.0, help="open-loop seconds per kind and rate")
+    ap.add_argument("--states", default="idle,busy", help="open-loop worker states to measure (idle, busy)")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
@@ -312,7 +314,7 @@ def main() -> None:
                 result["api_latency_ms"]["concurrency"] = args.threads
             if "open_loop" in sections:
                 result["open_loop"] = open_loop(bench, client, port, key, [int(r) for r in args.rates.split(",")],
-                                                args.seconds)
+                                                args.seconds, tuple(x for x in args.states.split(",") if x))
             client.close()
         finally:
             bench.stop_all()

@@ -52,7 +52,9 @@ def write_exports(root: Path, spec: JobSpec, records: Sequence[SampleRecord]) ->
     # off) keep their record for resume and audit but are not part of the dataset.
     records = [r for r in records if not r.quality.get(DROPPED)]
     categories = [c.name for c in spec.classes]
-    splits = assign_splits(spec.seed, (r.index for r in records), spec.export.splits)
+    # Over the job's planned total, not the records given: a shard exporting its own samples
+    # (a fragment) assigns them the splits a pass over the whole job gives.
+    splits = assign_splits(spec.seed, (r.index for r in records), spec.export.splits, total=spec.num_images)
     written: list[Path] = []
     for fmt in EXPORT_FORMATS:  # fixed order, whatever order the spec lists them in
         if fmt in spec.export.formats:

@@ -3,22 +3,29 @@
 A fragment is exactly what `write_exports` (the single-pass writers) makes from one shard's
 samples: the format folders and a manifest.json. Finalisation then never re-reads a sample;
 it merges the fragments of all shards, in shard (= index) order, into what `write_exports`
-would have made from all samples at once, byte for byte (tested):
+would have made from all samples at once, byte for byte (tested for every format). That
+holds because nothing a writer emits depends on samples of other shards except what the
+rules below rebuild:
 
+* splits: `write_exports` assigns them over the job's planned total (`num_images`), so a
+  shard's samples already sit in the splits of the whole job (`shared.export.splits`);
 * per-sample files (a file whose stem is one of the fragment's sample stems, the rule the
-  manifest uses) are moved into place unchanged;
+  manifest uses, and the HF masks `masks/<stem>_semantic.png` / `_instances.png`) are moved
+  into place unchanged;
 * shared files are merged by a rule per kind, streaming (a fragment at a time):
-  COCO instances_<split>.json (images and annotations appended, annotation ids renumbered),
-  YOLO data.yaml (the union of the splits), VOC ImageSets lists (lines appended),
-  HF metadata.parquet (rows appended), masks/classes.json (the same in every fragment),
-  WebDataset tars (samples re-cut into tars of the single-pass size);
+  COCO instances_<split>.json (images and annotations appended; annotation ids, numbered
+  1.. over the whole job in (index, annotation) order, are the fragment's own ids plus the
+  annotations of the shards before it), YOLO data.yaml (the union of the splits), VOC
+  ImageSets lists (lines appended), HF metadata.parquet (rows streamed through the writer's
+  own `MetadataWriter`, whose row groups have a fixed size), masks/classes.json (the same in
+  every fragment), WebDataset tars (samples re-cut into tars of the single-pass size);
   a shared file without a rule is refused, so a new writer file cannot be silently lost;
 * manifest.json is streamed: samples from the fragments' manifests, the file table from the
   merged folders.
 
 So finalisation costs a download per shard (not four per sample), moves and appends, and no
-list of the whole dataset is held in memory (the HF metadata rows of one split, a few small
-columns per sample, are the exception: parquet is written in one piece).
+list of the whole dataset is held in memory: one fragment's manifest or COCO document, one
+HF row group per split, and a few paths per shard.
 """
 from __future__ import annotations
 
@@ -36,6 +43,9 @@ from shared.export.manifest import manifest_document
 from shared.spec import EXPORT_FORMATS, JobSpec
 
 FRAGMENT_SAMPLES = "samples"  # the fragment manifest's list of sample entries
+FRAGMENT_INFO = "fragment.json"  # what made the fragment; finalisation merges only current ones
+# 2: splits over the job's total (before: over the shard's own samples), HF masks, COCO ids.
+FRAGMENT_VERSION = 2
 
 
 class FragmentError(RuntimeError):
@@ -53,6 +63,9 @@ def _walk(folder: Path) -> Iterator[Path]:
             yield from _walk(Path(e.path))
         elif e.is_file(follow_symlinks=False) and not e.name.startswith(".tmp-"):
             yield Path(e.path)
+
+
+walk_files = _walk
 
 
 def _indented(value: Any, depth: int) -> str:
@@ -87,6 +100,7 @@ class Fragment:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._manifest: dict | None = None
+        self.rebuilt = False  # made from the samples at finalisation (no current stored fragment)
 
     @property
     def manifest(self) -> dict:
@@ -100,6 +114,30 @@ class Fragment:
     def stems(self) -> set[str]:
         return {layout.sample_stem(s["index"]) for s in self.manifest[FRAGMENT_SAMPLES]}
 
+    def num_annotations(self) -> int:
+        return sum(s["num_annotations"] for s in self.manifest[FRAGMENT_SAMPLES])
+
+    def info(self) -> dict | None:
+        path = self.root / FRAGMENT_INFO
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def is_current(self, spec: JobSpec) -> bool:
+        """Made by this version's writers for this job's spec (a fragment of an older version
+        assigned splits within its shard and must be rebuilt from the samples)."""
+        info = self.info()
+        return bool(info) and info.get("fragment_version") == FRAGMENT_VERSION \
+            and self.manifest.get("spec") == spec.model_dump(mode="json")
+
+
+def _sample_file(fmt: str, rel: str, name_stem: str, stems: set[str]) -> bool:
+    """Whether an export file belongs to one sample (moved as it is) rather than to many."""
+    if name_stem in stems:
+        return True
+    if fmt == "hf" and "/masks/" in f"/{rel}":  # hf/<split>/masks/<stem>_<kind>.png
+        base, _, kind = name_stem.rpartition("_")
+        return kind in ("semantic", "instances") and base in stems
+    return False
+
 
 def _part(fragment: Fragment, rel: str) -> Path | None:
     path = fragment.root / rel
@@ -108,18 +146,23 @@ def _part(fragment: Fragment, rel: str) -> Path | None:
 
 def pack_fragment(root: Path) -> bytes:
     """A shard's exports (everything `write_exports` wrote under `root`, not its samples) as
-    one stored (uncompressed: images are compressed already) zip, entries sorted."""
+    one stored (uncompressed: images are compressed already) zip, entries sorted, with
+    `fragment.json` naming the fragment version."""
     import io
     import zipfile
 
+    def entry(name: str) -> zipfile.ZipInfo:  # fixed timestamps: same samples, same bytes
+        info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        return info
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(entry(FRAGMENT_INFO), files.dumps_json({"fragment_version": FRAGMENT_VERSION}))
         for path in _walk(root):
             rel = path.relative_to(root)
-            if rel.parts[0] != layout.SAMPLES_DIR:  # fixed timestamps: same samples, same bytes
-                info = zipfile.ZipInfo(rel.as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, path.read_bytes())
+            if rel.parts[0] != layout.SAMPLES_DIR and rel.as_posix() != FRAGMENT_INFO:
+                zf.writestr(entry(rel.as_posix()), path.read_bytes())
     return buf.getvalue()
 
 
@@ -138,9 +181,11 @@ def unpack_fragment(data: bytes, dest: Path) -> Fragment:
 
 
 # ------------------------------------------------------------------- merge rules
-def _merge_coco(parts: Sequence[Path], dest: Path) -> None:
+def _merge_coco(parts: Sequence[Path], dest: Path, offsets: Sequence[int]) -> None:
     """instances_<split>.json: the first part's document with every part's images and
-    annotations, annotation ids renumbered 1.. in (sample index, annotation) order."""
+    annotations; a part's annotation ids (1.. within its shard, over all its splits) are
+    shifted by `offsets[k]`, the annotations of the shards before it, which gives the ids
+    `write_coco` gives over the whole job (1.. in (sample index, annotation) order)."""
     first = json.loads(parts[0].read_text())
     skeleton = {**first, "images": "\x00images\x00", "annotations": "\x00annotations\x00"}
     template = files.dumps_json(skeleton)
@@ -148,10 +193,10 @@ def _merge_coco(parts: Sequence[Path], dest: Path) -> None:
     def annotations(out: TextIO) -> None:
         out.write("[")
         n = 0
-        for part in parts:
+        for part, offset in zip(parts, offsets, strict=True):
             for ann in json.loads(part.read_text())["annotations"]:
                 n += 1
-                out.write(("," if n > 1 else "") + _compact({**ann, "id": n}))
+                out.write(("," if n > 1 else "") + _compact({**ann, "id": ann["id"] + offset}))
         out.write("]")
 
     def images(out: TextIO) -> None:
@@ -195,17 +240,17 @@ def _merge_yolo_yaml(parts: Sequence[Path], dest: Path, categories: list[str]) -
     files.atomic_write_text(dest, data_yaml(categories, sorted(splits)))
 
 
-def _merge_parquet(parts: Sequence[Path], dest: Path) -> None:
-    """Rows appended, then written by the HF writer's own code (an Arrow table read back from
-    parquet, though equal, does not write the same bytes as one built from rows)."""
-    import pyarrow.parquet as pq
+def _merge_parquet(parts: Sequence[Path], dest: Path, categories: list[str]) -> None:
+    """Rows streamed, a row group at a time, through the HF writer's own `MetadataWriter`
+    (rows read back from parquet are rebuilt into tables as the writer builds them, so the
+    same rows give the same bytes)."""
+    from shared.export.hf import MetadataWriter, read_metadata_rows
 
-    from shared.export.hf import _parquet_bytes
-
-    rows: list[dict] = []
-    for p in parts:
-        rows.extend(pq.read_table(p).to_pylist())
-    files.atomic_write_bytes(dest, _parquet_bytes(rows))
+    writer = MetadataWriter(dest, categories)
+    for part in parts:
+        for row in read_metadata_rows(part):
+            writer.add(row)
+    writer.close()
 
 
 def _merge_webdataset(dirs: Sequence[Path], dest: Path) -> None:
@@ -218,17 +263,18 @@ def _merge_webdataset(dirs: Sequence[Path], dest: Path) -> None:
 _FOLDER_MERGES = {"webdataset": _merge_webdataset}
 
 
-def _rule(fmt: str, rel: str, categories: list[str]):  # noqa: ANN202
-    """The merge function of a shared file `rel` (relative to its format folder)."""
+def _rule(fmt: str, rel: str, categories: list[str], offsets: Sequence[int]):  # noqa: ANN202
+    """The merge function of a shared file `rel` (relative to its format folder); `offsets`:
+    the annotations before each part's shard."""
     name = Path(rel).name
     if fmt == "coco" and rel.startswith("annotations/") and name.endswith(".json"):
-        return _merge_coco
+        return lambda parts, dest: _merge_coco(parts, dest, offsets)
     if fmt == "yolo" and name == "data.yaml":
         return lambda parts, dest: _merge_yolo_yaml(parts, dest, categories)
     if fmt == "voc" and rel.startswith("ImageSets/") and name.endswith(".txt"):
         return _merge_lines
-    if fmt == "hf" and name.endswith(".parquet"):
-        return _merge_parquet
+    if fmt == "hf" and name == "metadata.parquet":
+        return lambda parts, dest: _merge_parquet(parts, dest, categories)
     if fmt == "masks" and name == "classes.json":
         return _merge_same
     raise FragmentError(f"{fmt}/{rel}: a shared export file without a merge rule (add one in {__name__})")
@@ -266,7 +312,9 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
     (root / layout.MANIFEST_FILE).unlink(missing_ok=True)
     categories = [c.name for c in spec.classes]
     formats = [f for f in EXPORT_FORMATS if f in spec.export.formats]
-    shared: dict[tuple[str, str], list[Path]] = {}
+    # shared file -> its parts, with the annotations of the shards before each part's shard
+    shared: dict[tuple[str, str], list[tuple[Path, int]]] = {}
+    annotations_before = 0
     for fragment in fragments:
         stems = fragment.stems()
         for fmt in formats:
@@ -274,15 +322,20 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
                 continue
             src_dir = fragment.root / fmt
             if not src_dir.is_dir():
-                raise FragmentError(f"fragment {fragment.root.name} has no {fmt} folder")
+                if stems:  # a fragment whose samples were all dropped may have no files
+                    raise FragmentError(f"fragment {fragment.root.name} has no {fmt} folder")
+                continue
             for path in _walk(src_dir):
                 rel = path.relative_to(src_dir).as_posix()
-                if path.stem in stems:  # a sample's own file: moved as it is
+                if _sample_file(fmt, rel, path.stem, stems):  # a sample's own file: moved as it is
                     dest = root / fmt / rel
+                    if dest.exists():
+                        raise FragmentError(f"{fmt}/{rel} is in two fragments")
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(path, dest)
                 else:
-                    shared.setdefault((fmt, rel), []).append(path)
+                    shared.setdefault((fmt, rel), []).append((path, annotations_before))
+        annotations_before += fragment.num_annotations()
         fragment.release()
     for fmt in formats:
         (root / fmt).mkdir(parents=True, exist_ok=True)
@@ -292,7 +345,7 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
     for (fmt, rel), parts in sorted(shared.items()):
         dest = root / fmt / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _rule(fmt, rel, categories)(parts, dest)
+        _rule(fmt, rel, categories, [offset for _, offset in parts])([path for path, _ in parts], dest)
     return write_merged_manifest(root, spec, fragments, formats)
 
 

@@ -3,7 +3,8 @@
     hf/<split>/<stem>.png
     hf/<split>/masks/<stem>_semantic.png    0 background, category ids, 255 ignore (when labelled)
     hf/<split>/masks/<stem>_instances.png   16-bit instance ids
-    hf/<split>/metadata.parquet             one row per image, sorted by index
+    hf/<split>/metadata.parquet             one row per image, sorted by index, in row groups
+                                            of ROWS_PER_GROUP rows (written streaming)
 
 Loads with `datasets.load_dataset("imagefolder", data_dir="DIR/hf")` (splits train,
 validation from `val`, test). Each row: image, semantic and instances masks (Image features,
@@ -30,6 +31,10 @@ from shared.records import SampleRecord
 
 FORMAT = "hf"
 METADATA_FILE = "metadata.parquet"
+# Rows per parquet row group. The file is written a group at a time (the merge of shard
+# fragments streams rows through the same writer), so the layout must not depend on how
+# the rows arrive: a fixed group size, the same for one pass and for a merge.
+ROWS_PER_GROUP = 1000
 
 
 def _schema(categories: Sequence[str]):
@@ -68,14 +73,48 @@ def _schema(categories: Sequence[str]):
     return schema.with_metadata({"huggingface": json.dumps({"info": {"features": features}})})
 
 
-def _parquet_bytes(rows: list[dict[str, Any]], categories: Sequence[str]) -> bytes:
-    import pyarrow as pa
+class MetadataWriter:
+    """One split's metadata.parquet, written ROWS_PER_GROUP rows at a time under a temporary
+    name and renamed into place by `close`. The bytes depend only on the sequence of rows
+    (and the classes), never on how the calls were batched."""
+
+    def __init__(self, path: Path, categories: Sequence[str]):
+        self.path, self.categories = Path(path), list(categories)
+        self._rows: list[dict[str, Any]] = []
+        self._writer = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) == ROWS_PER_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = _schema(self.categories)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path.with_name(f".tmp-{self.path.name}"), schema,
+                                            compression="zstd", write_statistics=False)
+        self._writer.write_table(pa.Table.from_pylist(self._rows, schema=schema))
+        self._rows = []
+
+    def close(self) -> Path:
+        if self._rows or self._writer is None:
+            self._flush()
+        self._writer.close()
+        self.path.with_name(f".tmp-{self.path.name}").replace(self.path)
+        return self.path
+
+
+def read_metadata_rows(path: Path):  # noqa: ANN201
+    """The rows of a metadata.parquet, a row group at a time."""
     import pyarrow.parquet as pq
 
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pylist(rows, schema=_schema(categories)), sink, compression="zstd",
-                   write_statistics=False)
-    return sink.getvalue().to_pybytes()
+    parquet = pq.ParquetFile(path)
+    for k in range(parquet.num_row_groups):
+        yield from parquet.read_row_group(k).to_pylist()
 
 
 def metadata_row(record: SampleRecord, file_name: str, masks: dict[str, str | None] | None = None) -> dict[str, Any]:
@@ -105,7 +144,7 @@ def write_hf(
 ) -> list[Path]:
     out_dir = files.reset_dir(layout.export_dir(root, FORMAT))
     written: list[Path] = []
-    rows: dict[str, list[dict[str, Any]]] = {}
+    writers: dict[str, MetadataWriter] = {}
     for record in files.sorted_by_index(records):
         files.check_categories(record, categories)
         split = files.split_of(record, splits)
@@ -117,7 +156,9 @@ def write_hf(
             if src is not None and src.is_file():
                 masks[kind] = f"masks/{stem}_{kind}.png"
                 written.append(files.copy_file(src, out_dir / split / masks[kind]))
-        rows.setdefault(split, []).append(metadata_row(record, file_name, masks))
-    for split, split_rows in sorted(rows.items()):
-        written.append(files.atomic_write_bytes(out_dir / split / METADATA_FILE, _parquet_bytes(split_rows, categories)))
+        if split not in writers:
+            writers[split] = MetadataWriter(out_dir / split / METADATA_FILE, categories)
+        writers[split].add(metadata_row(record, file_name, masks))
+    for _, writer in sorted(writers.items()):
+        written.append(writer.close())
     return written

@@ -9,12 +9,21 @@ Which samples: the indexes are ranked by a hash of (job seed, index) and cut in 
 train first. So the assignment is a pure function of (seed, set of indexes, ratios): the
 same job gives the same splits on every machine and in every run, a resumed or sharded run
 the same as an undisturbed one, and reordering the ratio keys moves nothing.
+
+A job's exports pass `total` (the job's `num_images`): the counts and the ranking are then
+over every index the job plans, 0 .. total-1, so a sample's split is a pure function of
+(seed, index, total, ratios), known to the shard that makes the sample before any other
+shard has run (each shard exports its own samples, finalisation merges those fragments).
+A sample the labeler drops keeps its slot: its split has one sample fewer than planned.
+For a job without dropped samples this is the same assignment as ranking its indexes.
 """
 from __future__ import annotations
 
 import hashlib
+import bisect
 import math
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 # Splits are cut in this order whatever order the spec's mapping has (YAML and JSON keep the
 # user's order), so reordering the keys never moves a sample.
@@ -62,13 +71,40 @@ def split_counts(n: int, ratios: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-def assign_splits(seed: int, indexes: Iterable[int], ratios: Mapping[str, float]) -> dict[int, str]:
-    """{sample index: split} for every index, with the counts of `split_counts`."""
-    ranked = sorted(set(indexes), key=lambda i: (split_draw(seed, i), i))
-    out: dict[int, str] = {}
-    position = 0
-    for name, count in split_counts(len(ranked), ratios).items():
-        for i in ranked[position:position + count]:
-            out[i] = name
-        position += count
+def assign_splits(seed: int, indexes: Iterable[int], ratios: Mapping[str, float],
+                  total: int | None = None) -> dict[int, str]:
+    """{sample index: split} for every index, with the counts of `split_counts`: over the
+    indexes given, or with `total` over all of 0 .. total-1 (see the module docstring)."""
+    if total is None:
+        ranked = sorted(set(indexes), key=lambda i: (split_draw(seed, i), i))
+        out: dict[int, str] = {}
+        position = 0
+        for name, count in split_counts(len(ranked), ratios).items():
+            for i in ranked[position:position + count]:
+                out[i] = name
+            position += count
+        return out
+    cuts, names = _cuts(seed, total, tuple(sorted(ratios.items())))
+    out = {}
+    for i in indexes:
+        if not 0 <= i < total:
+            raise ValueError(f"sample index {i} is outside the job's 0..{total - 1}")
+        out[i] = names[bisect.bisect_left(cuts, (split_draw(seed, i), i))]
     return out
+
+
+@lru_cache(maxsize=16)
+def _cuts(seed: int, total: int, ratios: tuple[tuple[str, float], ...]) -> tuple[list[tuple[float, int]], list[str]]:
+    """The rank keys where each split ends, for the ranking of 0 .. total-1: a sample goes to
+    the first split whose last key is >= its own. Computed once per job and process (O(total)
+    hashes, then a few keys kept), so a shard's lookups are O(log splits) each."""
+    counts = [(name, c) for name, c in split_counts(total, dict(ratios)).items() if c > 0]
+    draws = [split_draw(seed, i) for i in range(total)]
+    ranked = sorted(range(total), key=draws.__getitem__)  # stable: equal draws by index
+    cuts, names, position = [], [], 0
+    for name, count in counts:
+        position += count
+        last = ranked[position - 1]
+        cuts.append((draws[last], last))
+        names.append(name)
+    return cuts, names

@@ -1,7 +1,11 @@
-"""Finalisation (cpu queue): every sample of the job fetched back, the exports written in one
-pass, one archive per format uploaded, the manifest last. Shards also store export fragments
-(`worker.service.shards.write_fragment`), but merging them is not used: exact split counts
-over the whole job and COCO ids unique across splits need every sample (docs/service.md)."""
+"""Finalisation (cpu queue): the shards' export fragments (`worker.service.shards.write_fragment`)
+merged into the job's exports (`shared.export.fragments`: byte for byte what the single-pass
+writers give over all samples), one archive per format uploaded, the manifest last.
+
+A shard whose fragment is missing or was made by an older version (a job from before
+fragments, or before splits were fixed over the job's total) is exported from its own
+samples, fetched back, with the same single-pass writers: that shard's fragment, built here.
+So finalisation reads one object per shard, not four per sample, except for such shards."""
 from __future__ import annotations
 
 import logging
@@ -27,8 +31,10 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 def zip_folder(folder: Path, dest: Path) -> None:
     """A deterministic archive: sorted entries, fixed timestamps (same bytes every time)."""
+    from shared.export.fragments import walk_files
+
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in walk_files(folder):  # sorted paths, streamed (no list of every file)
             info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
@@ -74,18 +80,19 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
         root, archives = Path(tmp) / "dataset", Path(tmp) / "archives"
         archives.mkdir(parents=True)
 
-        # Single-pass exports over every sample. Merging the shards' fragments (shards.py
-        # still writes them) cannot give the same bytes since split counts are exact over the
-        # whole job and COCO ids are unique across splits: see docs/service.md.
-        from worker.service.shards import fetch_samples
+        from shared.export.fragments import merge_fragments
 
-        def fetch(shard: tuple[int, int, int]) -> list[SampleRecord]:
-            _, start, stop = shard
-            return fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), root)
+        parts = Path(tmp) / "fragments"
+
+        def fragment(shard: tuple[int, int, int]):  # noqa: ANN202
+            return _fragment(ctx, job_id, spec, shard_size, shard, parts)
 
         with ThreadPoolExecutor(max_workers=ctx.settings.upload_concurrency) as pool:
-            records = [r for part in pool.map(fetch, shards) for r in part]  # in shard order: index order
-        manifest = ctx.exporter(root, spec, records)
+            fragments = list(pool.map(fragment, shards))  # in shard order: index order
+        rebuilt = sum(1 for f in fragments if f.rebuilt)
+        if rebuilt:
+            log.info("fragments rebuilt from samples", extra={"job_id": str(job_id), "shards": rebuilt})
+        manifest = merge_fragments(root, spec, fragments)
         uploaded = []
         for fmt in spec.export.formats:
             folder = layout.export_dir(root, fmt)
@@ -102,6 +109,36 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
                 repo.upsert_export(uow.session, row)
         ctx.store.put_file(keys.manifest_key(job_id), Path(manifest))  # the commit point: last
     return datasets.summarize(_records(ctx, job_id), [c.name for c in spec.classes])
+
+
+def _fragment(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: int,
+              shard: tuple[int, int, int], parts: Path):  # noqa: ANN202
+    """The shard's fragment, unpacked under `parts`; rebuilt from the shard's samples with the
+    single-pass writers when it is missing or not current (`Fragment.is_current`)."""
+    import shutil
+
+    from shared.export.fragments import unpack_fragment
+    from shared.storage import ObjectNotFound
+    from worker.service.shards import fetch_samples
+
+    index, start, stop = shard
+    folder = parts / f"{index:05d}"
+    try:
+        fragment = unpack_fragment(ctx.store.get(keys.fragment_key(job_id, index)), folder)
+        if fragment.is_current(spec):
+            fragment.rebuilt = False
+            return fragment
+    except ObjectNotFound:
+        pass
+    shutil.rmtree(folder, ignore_errors=True)
+    records = fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), folder)
+    ctx.exporter(folder, spec, records)
+    shutil.rmtree(folder / layout.SAMPLES_DIR)
+    from shared.export.fragments import Fragment
+
+    fragment = Fragment(folder)
+    fragment.rebuilt = True
+    return fragment
 
 
 def _records(ctx: WorkerContext, job_id: uuid.UUID, page: int = 1000):

@@ -70,3 +70,17 @@ def test_masks_load_as_images_equal_to_the_samples(dataset, load_offline):
             assert np.array_equal(np.asarray(row["semantic"]), sample.semantic)
             assert np.array_equal(np.asarray(row["instances"]).astype(np.uint16), sample.instances)
     assert ds["train"].features["objects"]["category"].feature.int2str(1) == "dog"
+
+
+def test_metadata_in_several_row_groups_loads_with_every_row(dataset, load_offline, monkeypatch):
+    # The writer streams fixed-size row groups (the fragment merge streams rows through it).
+    from shared.export import hf
+
+    monkeypatch.setattr(hf, "ROWS_PER_GROUP", 1)
+    splits = {r.index: "train" for r in dataset.records}
+    write_hf(dataset.root, dataset.records, dataset.categories, splits)
+    path = dataset.root / "hf" / "train" / "metadata.parquet"
+    assert pq.ParquetFile(path).num_row_groups == len(dataset.records)
+    assert list(hf.read_metadata_rows(path)) == pq.read_table(path).to_pylist()
+    ds = load_offline(dataset.root / "hf")
+    assert sorted(ds["train"]["index"]) == sorted(r.index for r in dataset.records)

@@ -72,3 +72,26 @@ def test_known_values_stay_put():
 def test_all_zero_ratios_are_refused():
     with pytest.raises(ValueError):
         assign_splits(0, [0], {"train": 0.0})
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 48, 101, 997])
+def test_over_the_jobs_total_the_assignment_is_the_ranking_of_all_its_indexes(n):
+    whole = assign_splits(9, range(n), RATIOS)
+    assert assign_splits(9, range(n), RATIOS, total=n) == whole
+    # a shard asking for its own indexes gets their splits in the whole job
+    for start in range(0, n, 8):
+        part = range(start, min(start + 8, n))
+        assert assign_splits(9, part, RATIOS, total=n) == {i: whole[i] for i in part}
+
+
+def test_over_the_total_a_dropped_sample_keeps_its_slot():
+    whole = assign_splits(4, range(50), RATIOS, total=50)
+    kept = [i for i in range(50) if i not in (3, 17)]
+    assert assign_splits(4, kept, RATIOS, total=50) == {i: whole[i] for i in kept}
+    # (without the total, the remaining 48 would be re-cut with exact counts over them)
+    assert Counter(assign_splits(4, kept, RATIOS).values()) == split_counts(48, RATIOS)
+
+
+def test_an_index_outside_the_total_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        assign_splits(0, [5], RATIOS, total=5)

@@ -84,6 +84,66 @@ def _archives(ctx, job):
         return {e.format: ctx.store.get(e.key) for e in repo.list_exports(uow.session, job)}
 
 
+def test_finalize_reads_one_fragment_per_shard_and_no_sample(ctx, submit):
+    job = submit()
+    for shard in range(2):
+        run_shard(ctx, job, shard)
+    ctx.store = CountingStore(ctx.store)
+    assert finalize_job(ctx, job) == "succeeded"
+    assert sorted(ctx.store.gets) == sorted(keys.fragment_key(job, i) for i in range(2))
+
+
+def test_finalize_from_fragments_gives_the_single_pass_exports_of_all_samples(ctx, submit, tmp_path):
+    """The archives' files and the manifest are byte for byte what `write_exports` over every
+    sample of the job writes (the single-pass design finalize used before)."""
+    from shared.export import write_exports
+    from shared.spec import JobSpec
+    from worker.service.shards import fetch_samples
+
+    job = submit(num_images=11, export={"formats": ["coco", "yolo", "voc", "hf", "masks", "webdataset"],
+                                         "splits": {"train": 0.5, "val": 0.3, "test": 0.2}})
+    for shard in range(3):
+        run_shard(ctx, job, shard)
+    assert finalize_job(ctx, job) == "succeeded"
+    with ctx.uow() as uow:
+        spec = JobSpec.model_validate(repo.get_job(uow.session, job).spec)
+    single = tmp_path / "single"
+    manifest = write_exports(single, spec, fetch_samples(ctx, job, 4, list(range(11)), single))
+    assert ctx.store.get(keys.manifest_key(job)) == manifest.read_bytes()
+    archives = _archives(ctx, job)
+    assert set(archives) == set(spec.export.formats)
+    for fmt, data in archives.items():
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        expected = {p.relative_to(single / fmt).as_posix(): p.read_bytes()
+                    for p in (single / fmt).rglob("*") if p.is_file()}
+        assert {n: zf.read(n) for n in zf.namelist()} == expected, fmt
+
+
+def test_a_fragment_of_an_older_version_is_rebuilt_from_the_samples(ctx, submit):
+    first, second = submit(), submit()
+    for job in (first, second):
+        for shard in range(2):
+            run_shard(ctx, job, shard)
+    # the second job's shard 0 fragment as the version before fragment.json made it
+    path = ctx.store.path_of(keys.fragment_key(second, 0))
+    old = zipfile.ZipFile(io.BytesIO(path.read_bytes()))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name in old.namelist():
+            if name != "fragment.json":
+                zf.writestr(name, old.read(name))
+    path.write_bytes(buf.getvalue())
+    ctx.store = CountingStore(ctx.store)
+    assert finalize_job(ctx, first) == "succeeded"
+    assert finalize_job(ctx, second) == "succeeded"
+    record_keys = {keys.sample_key(second, i, 4, "record.json") for i in range(4)}
+    assert record_keys <= set(ctx.store.gets)  # the second job's shard 0 was exported from its samples
+    first_gets = sorted(k for k in ctx.store.gets if k.startswith(keys.job_prefix(first)))
+    assert first_gets == sorted(keys.fragment_key(first, i) for i in range(2))  # current: fragments only
+    assert _archives(ctx, first) == _archives(ctx, second)
+    assert ctx.store.get(keys.manifest_key(first)) == ctx.store.get(keys.manifest_key(second))
+
+
 def test_a_shard_without_fragment_is_exported_from_its_samples_with_the_same_bytes(ctx, submit):
     first, second = submit(), submit()
     for job in (first, second):
