@@ -64,6 +64,8 @@ class EngineSession:
     # upload id -> local folder of the extracted source archive (the service's workers set it)
     uploads: Callable[[str], Path] | None = field(default=None, repr=False)
     concepts: list[str] = field(default_factory=list, repr=False)  # local folders of spec.concepts
+    # (dataset name, version) -> local dsgen folder of that version of the job's tenant (the service sets it)
+    datasets: Callable[..., Path] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -90,9 +92,16 @@ class EngineSession:
         self.filters = build_filters(self.spec, self)
 
     def source_root(self, source: SourceSpec) -> Path:
-        """The local folder of a method's source data (a path, or an upload fetched by the service)."""
+        """The local folder of a method's source data (a path, or an upload or a dataset version fetched by the service)."""
         if source.path is not None:
             return Path(source.path)
+        if source.dataset is not None:
+            where = f"{self.spec.method}.source.dataset"
+            if self.datasets is None:
+                raise SpecError(f"{where}: dataset versions are read by the service's workers; on this machine give "
+                                "source.path (a folder written by `dsgen run`)", field=where)
+            version = None if source.version in (None, "latest") else int(source.version)
+            return self.datasets(source.dataset, version, field=where)
         if self.uploads is None:
             raise SpecError(
                 f"{self.spec.method}.source.upload: uploads are read by the service's workers; "
