@@ -62,9 +62,13 @@ def resolve_sources(uow: UnitOfWork, tenant_id: uuid.UUID, spec: Any) -> tuple[A
     from shared.sources import spec_sources
 
     errors: list[tuple[str, str]] = []
-    for field, source in spec_sources(spec):
+    named = [(f"{field}.", field.split(".")[0], "source", source) for field, source in spec_sources(spec)]
+    if getattr(spec, "image2image", None) is not None:  # image2image names its dataset on itself
+        named.append(("image2image.", "image2image", None, spec.image2image))
+    for prefix, method, attr, source in named:
         if source.dataset is None:
             continue
+        field = prefix.rstrip(".")
         ds = repo.get_dataset(uow.session, tenant_id, source.dataset)
         if ds is None:  # another tenant's dataset looks exactly like a missing one
             errors.append((f"{field}.dataset", f"no dataset {source.dataset!r} for this tenant; list yours with "
@@ -79,9 +83,10 @@ def resolve_sources(uow: UnitOfWork, tenant_id: uuid.UUID, spec: Any) -> tuple[A
             errors.append((f"{field}.version", f"dataset {ds.name!r} has {what}; list them with "
                                                f"GET /v1/datasets/{ds.name}/versions"))
             continue
-        method = field.split(".")[0]
         options = getattr(spec, method)
-        pinned = options.model_copy(update={"source": source.model_copy(update={"version": v.version})})
+        pinned = source.model_copy(update={"version": v.version})
+        if attr is not None:
+            pinned = options.model_copy(update={attr: pinned})
         spec = spec.model_copy(update={method: pinned})
     return spec, errors
 

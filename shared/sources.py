@@ -311,7 +311,7 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
     """
     errors: list[tuple[str, str]] = []
     i2i = getattr(spec, "image2image", None)
-    if i2i is not None:
+    if i2i is not None and i2i.dataset is None:  # a dataset: checked in shared.datasets.resolve_sources
         if i2i.upload is None:
             errors.append(("image2image.images", "a folder on the server cannot be used over the API; upload the images "
                                                  "with POST /v1/sources and name them as image2image.upload"))

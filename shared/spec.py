@@ -312,6 +312,21 @@ class LabelSpec(StrictModel):
         return self
 
 
+def _version_ref(value: Any) -> Any:
+    """A dataset version: 'latest', N or 'vN' (N >= 1); 'v3' and '3' become 3."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "latest":
+            return "latest"
+        text = text[1:] if text.startswith("v") else text
+        value = int(text) if re.fullmatch(r"[0-9]{1,9}", text) else None  # ASCII digits only
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 10**9:
+        raise ValueError("give 'latest', N or 'vN' with N >= 1 (e.g. version: latest, version: 3)")
+    return value
+
+
 class Image2ImageSpec(StrictModel):
     """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
 
@@ -324,6 +339,11 @@ class Image2ImageSpec(StrictModel):
                              json_schema_extra=SERVER_PATH)
     upload: str | None = Field(default=None, pattern=UPLOAD_ID,
                                description="id of an archive of the images uploaded with POST /v1/sources (API)")
+    dataset: str | None = Field(default=None, description="name of one of this tenant's datasets: the images of "
+                                "one of its versions' samples are the sources (service only)")
+    version: int | Literal["latest"] | None = Field(
+        default=None, description="with dataset: 'latest' (the default), N or 'vN'; stored as the number it "
+        "resolved to at submit")
     strength: tuple[float, float] = Field(
         default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
     )
@@ -333,10 +353,25 @@ class Image2ImageSpec(StrictModel):
         "spec: always the spec's prompts",
     )
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_ref(cls, value: Any) -> Any:
+        return _version_ref(value)
+
     @model_validator(mode="after")
     def _strength(self) -> "Image2ImageSpec":
-        if self.images is None and self.upload is None:
-            raise ValueError("images: give a folder of source images, or upload: an uploaded archive's id")
+        if self.dataset is not None:
+            if self.upload is not None or self.images is not None or self.coco is not None:
+                raise ValueError("dataset: the images of a dataset version are its samples' images; give dataset "
+                                 "alone (not with images, coco or upload)")
+            if not DATASET_NAME.fullmatch(self.dataset):
+                raise ValueError(f"dataset: 1 to 100 characters: letters, digits, '.', '_' or '-', starting with a "
+                                 f"letter or digit (got {self.dataset[:100]!r})")
+        elif self.version is not None:
+            raise ValueError("version: only used with dataset (image2image: {dataset: NAME, version: latest | N})")
+        if self.images is None and self.upload is None and self.dataset is None:
+            raise ValueError("images: give a folder of source images, upload: an uploaded archive's id, or "
+                             "dataset: one of your datasets")
         lo, hi = self.strength
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"strength: need 0 < low <= high <= 1, e.g. [0.4, 0.8] (got [{lo}, {hi}])")
@@ -369,20 +404,7 @@ class SourceSpec(StrictModel):
     @field_validator("version", mode="before")
     @classmethod
     def _version_ref(cls, value: Any) -> Any:
-        """'latest', N or 'vN' (N >= 1); 'v3' and '3' become 3."""
-        if value is None or isinstance(value, bool):
-            return value if value is None else _bad_version(value)
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text == "latest":
-                return "latest"
-            text = text[1:] if text.startswith("v") else text
-            if not re.fullmatch(r"[0-9]{1,9}", text):  # ASCII digits only
-                _bad_version(value)
-            value = int(text)
-        if isinstance(value, int) and not 1 <= value < 10**9:
-            _bad_version(value)
-        return value
+        return _version_ref(value)
 
     @model_validator(mode="after")
     def _one_place(self) -> "SourceSpec":
@@ -402,8 +424,6 @@ class SourceSpec(StrictModel):
         return self
 
 
-def _bad_version(value: Any) -> None:
-    raise ValueError("give 'latest', N or 'vN' with N >= 1 (e.g. version: latest, version: 3)")
 
 
 class ResampleSpec(StrictModel):

@@ -135,6 +135,13 @@ def test_a_source_names_a_dataset_version_and_latest_is_pinned(client, headers, 
     s.update(method="edit", edit={"source": {"dataset": name, "version": 2}, "inside": ["a blue {class}"]})
     r = client.post("/v1/jobs", json=s, headers=headers)
     assert r.status_code == 201 and r.json()["spec"]["edit"]["source"]["version"] == 2, r.text
+    # image2image names its dataset on itself
+    s = copy.deepcopy(SPEC)
+    s.update(method="image2image", image2image={"dataset": name})
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 201 and r.json()["spec"]["image2image"]["version"] == 2, r.text
+    r = client.post("/v1/jobs", json=s, headers=other_headers)
+    assert r.status_code == 422 and r.json()["field"] == "image2image.dataset" and "no dataset" in r.json()["detail"]
 
 
 def test_dataset_sources_refused_with_the_field_and_the_fix(client, headers, other_headers, run_job, settings):

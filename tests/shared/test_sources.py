@@ -144,3 +144,14 @@ def test_a_source_spec_names_a_dataset_version():
                 {"dataset": "cats", "path": "/x"}, {"dataset": "cats", "format": "voc"}):
         with pytest.raises(ValueError):
             SourceSpec(**bad)
+
+
+def test_image2image_names_a_dataset_alone():
+    from shared.spec import Image2ImageSpec
+
+    assert Image2ImageSpec(dataset="cats", version="v2").version == 2
+    assert Image2ImageSpec(dataset="cats").version is None
+    for bad in ({"dataset": "cats", "images": "x"}, {"dataset": "cats", "upload": "0" * 32},
+                {"upload": "0" * 32, "version": 1}, {"dataset": "a/b"}, {"dataset": "cats", "version": "last"}):
+        with pytest.raises(ValueError):
+            Image2ImageSpec(**bad)

@@ -96,18 +96,20 @@ class EngineSession:
         if source.path is not None:
             return Path(source.path)
         if source.dataset is not None:
-            where = f"{self.spec.method}.source.dataset"
-            if self.datasets is None:
-                raise SpecError(f"{where}: dataset versions are read by the service's workers; on this machine give "
-                                "source.path (a folder written by `dsgen run`)", field=where)
-            version = None if source.version in (None, "latest") else int(source.version)
-            return self.datasets(source.dataset, version, field=where)
+            return self.dataset_root(source.dataset, source.version, f"{self.spec.method}.source.dataset")
         if self.uploads is None:
             raise SpecError(
                 f"{self.spec.method}.source.upload: uploads are read by the service's workers; "
                 "on this machine give source.path (a folder)", field=f"{self.spec.method}.source.upload",
             )
         return self.uploads(source.upload)
+
+    def dataset_root(self, name: str, version: int | str | None, field: str) -> Path:
+        """The local dsgen folder of a version of one of the job's tenant's datasets (fetched by the service)."""
+        if self.datasets is None:
+            raise SpecError(f"{field}: dataset versions are read by the service's workers; on this machine give "
+                            "a folder (source.path, image2image.images), e.g. one written by `dsgen run`", field=field)
+        return self.datasets(name, None if version in (None, "latest") else int(version), field=field)
 
     def resolve_folder(self, ref: str, field: str) -> str:
         """A folder reference: a local path, or `upload:<id>` (an uploaded archive, e.g. a segmenter)."""

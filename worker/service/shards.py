@@ -198,7 +198,9 @@ def _engine(ctx: WorkerContext, spec: JobSpec, job_id: uuid.UUID | None = None) 
     uses_uploads = uses_uploads or any(c.startswith("upload:") for c in spec.concepts)
     uses_uploads = uses_uploads or (spec.mask2image is not None and str(spec.mask2image.controlnet or "").startswith("upload:"))
     kwargs: dict[str, Any] = {"uploads": ctx.uploads()} if uses_uploads else {}
-    if job_id is not None and any(src.dataset for _, src in spec_sources(spec)):
+    names_dataset = any(src.dataset for _, src in spec_sources(spec)) or (
+        spec.image2image is not None and spec.image2image.dataset is not None)
+    if job_id is not None and names_dataset:
         with ctx.uow() as uow:
             job = repo.get_job(uow.session, job_id)
             tenant_id = job.tenant_id if job is not None else None

@@ -265,6 +265,27 @@ def test_image2image_reads_an_uploaded_archive(tmp_path, shapes_dir):
     assert all(s.record.parameters["image2image"]["source"].endswith(".png") for s in samples)
 
 
+def test_image2image_reads_a_dataset_version(shapes_dir):
+    """image2image: {dataset, version}: the session's dataset fetcher gives a dsgen folder; its samples'
+    images are the sources (in index order), each with its record's prompt as the caption."""
+    asked = []
+    spec = parse_spec({
+        "model": "builtin:tiny-random", "method": "image2image", "classes": [{"name": s} for s in SHAPES],
+        "num_images": 2, "labels": {"mode": "none"},
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2},
+        "image2image": {"dataset": "shapes", "version": 2},
+    })
+    session = EngineSession(spec, datasets=lambda name, version, field: asked.append((name, version, field)) or shapes_dir)
+    samples = list(session.generate(range(2)))
+    assert asked == [("shapes", 2, "image2image.dataset")]
+    assert [s.record.parameters["image2image"]["source"] for s in samples] == \
+        ["samples/000000/image.png", "samples/000001/image.png"]
+    caption = json.loads((shapes_dir / "samples" / "000001" / "record.json").read_text())["prompt"]
+    assert samples[1].record.prompt.startswith(caption)  # the source caption (plus the class words)
+    with pytest.raises(SpecError, match="image2image.dataset: dataset versions are read by the service"):
+        EngineSession(spec)
+
+
 def test_modifiers_bind_to_their_class_word_and_stop_at_the_phrase():
     from shared.prompts import ClassMention
     from worker.engine.methods.mask2image import with_modifiers
