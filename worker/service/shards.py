@@ -197,7 +197,7 @@ def _engine(ctx: WorkerContext, spec: JobSpec, job_id: uuid.UUID | None = None) 
                     or (spec.mask2image is not None and "upload:" in str(spec.mask2image.resample and spec.mask2image.resample.segmenter)))
     uses_uploads = uses_uploads or any(c.startswith("upload:") for c in spec.concepts)
     uses_uploads = uses_uploads or (spec.mask2image is not None and str(spec.mask2image.controlnet or "").startswith("upload:"))
-    kwargs: dict[str, Any] = {"uploads": ctx.uploads()} if uses_uploads else {}
+    kwargs: dict[str, object] = {"uploads": ctx.uploads()} if uses_uploads else {}
     names_dataset = any(src.dataset for _, src in spec_sources(spec)) or (
         spec.image2image is not None and spec.image2image.dataset is not None)
     if job_id is not None and names_dataset:
