@@ -170,8 +170,9 @@ def test_dataset_sources_refused_with_the_field_and_the_fix(client, headers, oth
 
 
 def test_a_tenant_never_reads_another_tenants_dataset(client, headers, other_headers, run_job, settings, store,
-                                                      session_factory, dispatcher):
+                                                      session_factory, dispatcher, tmp_path):
     settings.max_active_jobs_per_tenant = 20
+    settings.source_cache_dir = tmp_path / "sources"
     name = f"private-{uuid.uuid4().hex[:6]}"
     mine = made_version(client, headers, run_job, name)
     # another tenant naming it gets exactly what a missing dataset gets
@@ -203,7 +204,7 @@ def test_a_tenant_never_reads_another_tenants_dataset(client, headers, other_hea
 
 
 def test_a_worker_materialises_the_version_as_a_dsgen_folder(client, headers, run_job, settings, store,
-                                                             session_factory, dispatcher):
+                                                             session_factory, dispatcher, tmp_path):
     """The shard's engine gets a fetcher for the job's tenant; the folder is what `dsgen run` writes
     and the mask2image loader reads; a second fetch reuses it."""
     from tests.support.fakes import FakeEngine
@@ -212,6 +213,7 @@ def test_a_worker_materialises_the_version_as_a_dsgen_folder(client, headers, ru
     from worker.service.shards import run_shard
 
     settings.max_active_jobs_per_tenant = 20
+    settings.source_cache_dir = tmp_path / "sources"
     name = f"masks-{uuid.uuid4().hex[:6]}"
     source_job = made_version(client, headers, run_job, name)
     job = client.post("/v1/jobs", json=m2i_spec({"dataset": name}), headers=headers).json()
