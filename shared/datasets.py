@@ -54,6 +54,50 @@ def parse_ref(ref: str, field: str = "version") -> int | None:
     return int(text)
 
 
+# ----------------------------------------------------------------------- dataset sources
+def resolve_sources(uow: UnitOfWork, tenant_id: uuid.UUID, spec: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """Sources that name a dataset (`source: {dataset: NAME, version: latest | N}`): the dataset must be
+    this tenant's and the version must exist. Returns the spec with every version a number ('latest'
+    resolved now, so shards re-run later read the same data) and (field, message) errors."""
+    from shared.sources import spec_sources
+
+    errors: list[tuple[str, str]] = []
+    named = [(f"{field}.", field.split(".")[0], "source", source) for field, source in spec_sources(spec)]
+    if getattr(spec, "image2image", None) is not None:  # image2image names its dataset on itself
+        named.append(("image2image.", "image2image", None, spec.image2image))
+    for prefix, method, attr, source in named:
+        if source.dataset is None:
+            continue
+        field = prefix.rstrip(".")
+        ds = repo.get_dataset(uow.session, tenant_id, source.dataset)
+        if ds is None:  # another tenant's dataset looks exactly like a missing one
+            errors.append((f"{field}.dataset", f"no dataset {source.dataset!r} for this tenant; list yours with "
+                                               "GET /v1/datasets (a job submitted with ?dataset=NAME makes one)"))
+            continue
+        wanted = None if source.version in (None, "latest") else int(source.version)
+        v = repo.get_version(uow.session, ds.id, wanted)
+        if v is None:
+            latest = repo.max_version(uow.session, ds.id)
+            what = (f"no version v{wanted} (its latest is v{latest})" if wanted is not None and latest
+                    else f"no version yet (a job submitted with ?dataset={ds.name} becomes v1 when it succeeds)")
+            errors.append((f"{field}.version", f"dataset {ds.name!r} has {what}; list them with "
+                                               f"GET /v1/datasets/{ds.name}/versions"))
+            continue
+        options = getattr(spec, method)
+        pinned = source.model_copy(update={"version": v.version})
+        if attr is not None:
+            pinned = options.model_copy(update={attr: pinned})
+        spec = spec.model_copy(update={method: pinned})
+    return spec, errors
+
+
+def source_job(uow: UnitOfWork, tenant_id: uuid.UUID, name: str, version: int | None) -> Job | None:
+    """The succeeded job behind this tenant's dataset version (None: no such dataset or version)."""
+    ds = repo.get_dataset(uow.session, tenant_id, name)
+    v = repo.get_version(uow.session, ds.id, version) if ds is not None else None
+    return repo.get_job(uow.session, v.job_id, tenant_id) if v is not None else None
+
+
 # -------------------------------------------------------------------------------- summary
 def _numbers(prefix: str, value: Any) -> Iterable[tuple[str, float]]:
     if isinstance(value, bool):

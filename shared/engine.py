@@ -41,7 +41,8 @@ class Engine(Protocol):
         ...
 
 
-# (spec[, uploads=fetch]) -> Engine; `uploads` is passed only for specs that name uploads.
+# (spec[, uploads=fetch][, datasets=fetch]) -> Engine; `uploads` is passed only for specs that name
+# uploads, `datasets` only for specs that name a dataset version.
 EngineFactory = Callable[..., Engine]
 
 

@@ -195,6 +195,11 @@ def submit_job(
     dispatcher.ping()  # broker down: 503 before anything is written
     stored = _with_llm_prompts(spec, settings)  # written once, stored with the job: every shard reads the same
     s = uow.session
+    from shared.datasets import resolve_sources
+
+    stored, dataset_errors = resolve_sources(uow, tenant_id, stored)  # this tenant's versions, 'latest' pinned
+    if dataset_errors:
+        raise SpecInvalid(dataset_errors)
     repo.lock_tenant(s, tenant_id)
     digest = spec_hash(spec)
     if idempotency_key:

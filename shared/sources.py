@@ -180,6 +180,8 @@ def detect_layout(names: list[str]) -> str:
     parts = [n.split("/") for n in names]
     if any(p[-1] == "segmenter.json" for p in parts):
         return "segmenter"
+    if _is_controlnet(names):  # before the COCO rule: its config.json is a .json too
+        return "controlnet"
     if any(len(p) >= 3 and p[-3] == "samples" and p[-1] == "record.json" for p in parts):
         return "dsgen"
     if any("SegmentationClass" in p[:-1] for p in parts):
@@ -191,6 +193,28 @@ def detect_layout(names: list[str]) -> str:
     if any(n.lower().endswith((".jpg", ".jpeg", ".webp", ".bmp")) for n in names):
         return "images"
     raise _bad("no masks, images or COCO/VOC/dsgen files found (expected *.png, *.json, SegmentationClass/ or samples/)")
+
+
+WEIGHTS_STEM = "diffusion_pytorch_model"  # diffusers' weight file name (maybe sharded: ...-00001-of-00002)
+
+
+def _is_controlnet(names: list[str]) -> bool:
+    """A diffusers model folder: config.json beside diffusion_pytorch_model*.safetensors (or *.bin,
+    which is refused: a tenant's pickle is never loaded)."""
+    folders: dict[str, set[str]] = {}
+    for n in names:
+        folder, _, base = n.rpartition("/")
+        folders.setdefault(folder, set()).add(base)
+    for files in folders.values():
+        if "config.json" not in files:
+            continue
+        weights = [f for f in files if f.startswith(WEIGHTS_STEM)]
+        if any(f.endswith(".safetensors") for f in weights):
+            return True
+        if any(f.endswith(".bin") for f in weights):
+            raise _bad(f"a ControlNet folder with only pickled weights ({WEIGHTS_STEM}.bin); uploads must hold "
+                       f"{WEIGHTS_STEM}.safetensors (save it with save_pretrained(..., safe_serialization=True))")
+    return False
 
 
 def extract_archive(data: bytes, dest: Path, limits: Limits) -> Path:
@@ -287,7 +311,7 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
     """
     errors: list[tuple[str, str]] = []
     i2i = getattr(spec, "image2image", None)
-    if i2i is not None:
+    if i2i is not None and i2i.dataset is None:  # a dataset: checked in shared.datasets.resolve_sources
         if i2i.upload is None:
             errors.append(("image2image.images", "a folder on the server cannot be used over the API; upload the images "
                                                  "with POST /v1/sources and name them as image2image.upload"))
@@ -299,7 +323,10 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
     for field, source in spec_sources(spec):
         if source.path is not None:
             errors.append((f"{field}.path", "a folder on the server cannot be used over the API; upload an archive "
-                                            "with POST /v1/sources and name it as source: {upload: <id>}"))
+                                            "with POST /v1/sources and name it as source: {upload: <id>}, or name "
+                                            "one of your datasets as source: {dataset: NAME, version: latest}"))
+        elif source.dataset is not None:
+            continue  # checked against the tenant's datasets in the database (shared.datasets.resolve_sources)
         elif store is not None:
             try:
                 get_source(store, tenant_id, source.upload, field=f"{field}.upload")
@@ -307,8 +334,7 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
                 errors.append((f"{field}.upload", err.message.split(": ", 1)[1]))
     m2i = getattr(spec, "mask2image", None)
     if m2i is not None and m2i.controlnet:
-        errors.append(("mask2image.controlnet", "a ControlNet folder on the server cannot be named over the API yet; "
-                                                "use backend: rectified"))
+        errors += _check_controlnet(m2i.controlnet, store, tenant_id)
     refs = [("labels.filter.segmenter", spec.labels.filter.segmenter)]
     refs += [(f"concepts[{i}]", c) for i, c in enumerate(getattr(spec, "concepts", []))]
     if m2i is not None and m2i.resample is not None:
@@ -326,3 +352,22 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
             except (NotFound, InvalidRequest) as err:
                 errors.append((field, err.message.split(": ", 1)[1]))
     return errors
+
+
+def _check_controlnet(ref: str, store, tenant_id: uuid.UUID) -> list[tuple[str, str]]:
+    """mask2image.controlnet over the API: 'upload:<id>' of this tenant's zipped ControlNet folder."""
+    field = "mask2image.controlnet"
+    if not ref.startswith(UPLOAD_REF):
+        return [(field, "a ControlNet folder on the server cannot be named over the API; zip the ControlNet folder "
+                        "(config.json + diffusion_pytorch_model.safetensors), POST it to /v1/sources and name it "
+                        "as 'upload:<id>'")]
+    if store is None:
+        return []
+    try:
+        view = get_source(store, tenant_id, ref[len(UPLOAD_REF):], field=field)
+    except (NotFound, InvalidRequest) as err:
+        return [(field, err.message.split(": ", 1)[1])]
+    if view.format != "controlnet":
+        return [(field, f"upload {view.id} is a {view.format} archive, not a ControlNet; upload a zipped ControlNet "
+                        "folder (config.json + diffusion_pytorch_model.safetensors)")]
+    return []

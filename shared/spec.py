@@ -25,6 +25,7 @@ METHODS_AVAILABLE = ("text2image", "image2image", "mask2image", "edit", "layout"
 METHODS_PLANNED: tuple[str, ...] = ()
 SOURCE_FORMATS = ("auto", "masks", "coco", "voc", "dsgen")
 UPLOAD_ID = r"^[0-9a-f]{32}$"
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")  # fullmatch; the rule of shared.datasets.check_name
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks", "webdataset")
 DEFAULT_EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")  # webdataset on request
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
@@ -311,6 +312,21 @@ class LabelSpec(StrictModel):
         return self
 
 
+def _version_ref(value: Any) -> Any:
+    """A dataset version: 'latest', N or 'vN' (N >= 1); 'v3' and '3' become 3."""
+    if value is None:
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "latest":
+            return "latest"
+        text = text[1:] if text.startswith("v") else text
+        value = int(text) if re.fullmatch(r"[0-9]{1,9}", text) else None  # ASCII digits only
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value < 10**9:
+        raise ValueError("give 'latest', N or 'vN' with N >= 1 (e.g. version: latest, version: 3)")
+    return value
+
+
 class Image2ImageSpec(StrictModel):
     """method image2image: each sample starts from a real image noised to strength s (DiffusionEngine)."""
 
@@ -323,6 +339,11 @@ class Image2ImageSpec(StrictModel):
                              json_schema_extra=SERVER_PATH)
     upload: str | None = Field(default=None, pattern=UPLOAD_ID,
                                description="id of an archive of the images uploaded with POST /v1/sources (API)")
+    dataset: str | None = Field(default=None, description="name of one of this tenant's datasets: the images of "
+                                "one of its versions' samples are the sources (service only)")
+    version: int | Literal["latest"] | None = Field(
+        default=None, description="with dataset: 'latest' (the default), N or 'vN'; stored as the number it "
+        "resolved to at submit")
     strength: tuple[float, float] = Field(
         default=(0.4, 0.8), description="range s is drawn from per sample (0 keeps the image, 1 is pure noise)"
     )
@@ -332,10 +353,25 @@ class Image2ImageSpec(StrictModel):
         "spec: always the spec's prompts",
     )
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_ref(cls, value: Any) -> Any:
+        return _version_ref(value)
+
     @model_validator(mode="after")
     def _strength(self) -> "Image2ImageSpec":
-        if self.images is None and self.upload is None:
-            raise ValueError("images: give a folder of source images, or upload: an uploaded archive's id")
+        if self.dataset is not None:
+            if self.upload is not None or self.images is not None or self.coco is not None:
+                raise ValueError("dataset: the images of a dataset version are its samples' images; give dataset "
+                                 "alone (not with images, coco or upload)")
+            if not DATASET_NAME.fullmatch(self.dataset):
+                raise ValueError(f"dataset: 1 to 100 characters: letters, digits, '.', '_' or '-', starting with a "
+                                 f"letter or digit (got {self.dataset[:100]!r})")
+        elif self.version is not None:
+            raise ValueError("version: only used with dataset (image2image: {dataset: NAME, version: latest | N})")
+        if self.images is None and self.upload is None and self.dataset is None:
+            raise ValueError("images: give a folder of source images, upload: an uploaded archive's id, or "
+                             "dataset: one of your datasets")
         lo, hi = self.strength
         if not 0.0 < lo <= hi <= 1.0:
             raise ValueError(f"strength: need 0 < low <= high <= 1, e.g. [0.4, 0.8] (got [{lo}, {hi}])")
@@ -343,13 +379,20 @@ class Image2ImageSpec(StrictModel):
 
 
 class SourceSpec(StrictModel):
-    """Real data a method reads: a folder on the machine that runs the job (CLI), or an uploaded archive.
+    """Real data a method reads: a folder on the machine that runs the job (CLI), an uploaded archive,
+    or a version of one of the tenant's datasets (service).
 
-    Over the API only `upload` is accepted (POST /v1/sources returns the id).
+    Over the API `upload` (POST /v1/sources returns the id) or `dataset` (+ `version`) is accepted.
     """
 
     path: str | None = Field(default=None, description="folder on this machine (CLI only)")
     upload: str | None = Field(default=None, pattern=UPLOAD_ID, description="id of an archive uploaded with POST /v1/sources")
+    dataset: str | None = Field(
+        default=None, description="name of one of this tenant's datasets (GET /v1/datasets): the samples of one of "
+        "its versions are the source (service only)")
+    version: int | Literal["latest"] | None = Field(
+        default=None, description="with dataset: 'latest' (the default), N or 'vN'; the server stores the number "
+        "'latest' resolved to when the job was submitted, so re-run shards read the same data")
     format: Literal[SOURCE_FORMATS] = Field(  # type: ignore[valid-type]
         default="auto",
         description="masks: PNG label maps (values = category ids; optional instances/ and images/ beside); "
@@ -358,13 +401,29 @@ class SourceSpec(StrictModel):
     )
     coco: str | None = Field(default=None, description="format coco: the JSON file (relative to the folder); default: the only *.json")
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_ref(cls, value: Any) -> Any:
+        return _version_ref(value)
+
     @model_validator(mode="after")
     def _one_place(self) -> "SourceSpec":
-        if (self.path is None) == (self.upload is None):
-            raise ValueError("source: give exactly one of path (a folder) or upload (an uploaded archive's id)")
+        if sum(v is not None for v in (self.path, self.upload, self.dataset)) != 1:
+            raise ValueError("source: give exactly one of path (a folder), upload (an uploaded archive's id) or "
+                             "dataset (one of your datasets, with version: latest | N)")
         if self.path is not None and not self.path.strip():
             raise ValueError("path: give a folder")
+        if self.version is not None and self.dataset is None:
+            raise ValueError("version: only used with dataset (source: {dataset: NAME, version: latest | N})")
+        if self.dataset is not None:
+            if not DATASET_NAME.fullmatch(self.dataset):
+                raise ValueError(f"dataset: 1 to 100 characters: letters, digits, '.', '_' or '-', starting with a "
+                                 f"letter or digit (got {self.dataset[:100]!r})")
+            if self.format not in ("auto", "dsgen") or self.coco is not None:
+                raise ValueError("format: a dataset version is a dsgen dataset; leave format at auto (and coco unset)")
         return self
+
+
 
 
 class ResampleSpec(StrictModel):
@@ -397,7 +456,9 @@ class Mask2ImageSpec(StrictModel):
         description="rectified: the words just before a class word in its phrase ('red' in 'a red circle') stay inside "
         "the class's region too, so attributes land on their object (off: only the class words, FreestyleNet)",
     )
-    controlnet: str | None = Field(default=None, description="backend controlnet: a ControlNet folder (diffusers layout)")
+    controlnet: str | None = Field(
+        default=None, description="backend controlnet: a ControlNet folder (diffusers layout: config.json + "
+        "diffusion_pytorch_model.safetensors); over the API 'upload:<id>' of the zipped folder (safetensors only)")
     palette: Literal["ade20k", "voc"] | dict[str, tuple[int, int, int]] = Field(
         default="ade20k",
         description="backend controlnet: colours of the classes in the conditioning image: ade20k / voc (by class "

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import copy
 import io
+import json
+import uuid
 import zipfile
+
+import pytest
 
 from api_spec import SPEC
 
@@ -99,3 +103,178 @@ def test_edit_and_layout_over_the_api(client, headers):
     s["layout"] = {"objects": [{"class": "nope", "box": [0.1, 0.1, 0.6, 0.6]}]}
     r = client.post("/v1/jobs", json=s, headers=headers)
     assert r.status_code == 422 and "nope" in r.json()["detail"], r.json()
+
+
+# ------------------------------------------------------------------ sources naming a dataset version
+def made_version(client, headers, run_job, name: str) -> dict:
+    """A job of dataset `name`, run to the end (fake engine): the dataset's next version."""
+    r = client.post(f"/v1/jobs?dataset={name}", json=SPEC, headers=headers)
+    assert r.status_code == 201, r.text
+    run_job(r.json()["id"])
+    return r.json()
+
+
+def test_a_source_names_a_dataset_version_and_latest_is_pinned(client, headers, other_headers, run_job, settings):
+    settings.max_active_jobs_per_tenant = 20
+    name = f"cats-{uuid.uuid4().hex[:6]}"
+    first = made_version(client, headers, run_job, name)
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": name}), headers=headers)  # version: latest by default
+    assert r.status_code == 201, r.text
+    assert r.json()["spec"]["mask2image"]["source"] == {**r.json()["spec"]["mask2image"]["source"],
+                                                        "dataset": name, "version": 1}
+    second = made_version(client, headers, run_job, name)
+    assert second["id"] != first["id"]
+    later = client.post("/v1/jobs", json=m2i_spec({"dataset": name, "version": "latest"}), headers=headers).json()
+    assert later["spec"]["mask2image"]["source"]["version"] == 2
+    # the first job keeps the version it was submitted with (shards re-run later read the same data)
+    assert client.get(f"/v1/jobs/{r.json()['id']}", headers=headers).json()["spec"]["mask2image"]["source"]["version"] == 1
+    pinned = client.post("/v1/jobs", json=m2i_spec({"dataset": name, "version": "v1"}), headers=headers).json()
+    assert pinned["spec"]["mask2image"]["source"]["version"] == 1
+    # edit and augment read the same SourceSpec
+    s = copy.deepcopy(SPEC)
+    s.update(method="edit", edit={"source": {"dataset": name, "version": 2}, "inside": ["a blue {class}"]})
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 201 and r.json()["spec"]["edit"]["source"]["version"] == 2, r.text
+    # image2image names its dataset on itself
+    s = copy.deepcopy(SPEC)
+    s.update(method="image2image", image2image={"dataset": name})
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 201 and r.json()["spec"]["image2image"]["version"] == 2, r.text
+    r = client.post("/v1/jobs", json=s, headers=other_headers)
+    assert r.status_code == 422 and r.json()["field"] == "image2image.dataset" and "no dataset" in r.json()["detail"]
+
+
+def test_dataset_sources_refused_with_the_field_and_the_fix(client, headers, other_headers, run_job, settings):
+    settings.max_active_jobs_per_tenant = 20
+    name = f"dogs-{uuid.uuid4().hex[:6]}"
+    made_version(client, headers, run_job, name)
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": "nope-" + name}), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.source.dataset"
+    assert "no dataset" in r.json()["detail"] and "GET /v1/datasets" in r.json()["detail"]
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": name, "version": 9}), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.source.version"
+    assert "no version v9 (its latest is v1)" in r.json()["detail"] and f"/v1/datasets/{name}/versions" in r.json()["detail"]
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": name, "version": "newest"}), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.source.version" and "latest" in r.json()["detail"]
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": "../etc"}), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.source.dataset"
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": name, "upload": "0" * 32}), headers=headers)
+    assert r.status_code == 422 and "exactly one of path" in r.json()["detail"]
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": name, "format": "coco"}), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.source.format"
+    # a dataset without a succeeded job has no version yet
+    empty = f"empty-{uuid.uuid4().hex[:6]}"
+    assert client.post(f"/v1/jobs?dataset={empty}", json=SPEC, headers=headers).status_code == 201
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": empty}), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.source.version" and "no version yet" in r.json()["detail"]
+
+
+def test_a_tenant_never_reads_another_tenants_dataset(client, headers, other_headers, run_job, settings, store,
+                                                      session_factory, dispatcher, tmp_path):
+    settings.max_active_jobs_per_tenant = 20
+    settings.source_cache_dir = tmp_path / "sources"
+    name = f"private-{uuid.uuid4().hex[:6]}"
+    mine = made_version(client, headers, run_job, name)
+    # another tenant naming it gets exactly what a missing dataset gets
+    theirs = client.post("/v1/jobs", json=m2i_spec({"dataset": name}), headers=other_headers)
+    missing = client.post("/v1/jobs", json=m2i_spec({"dataset": name + "-x"}), headers=other_headers)
+    assert theirs.status_code == missing.status_code == 422
+    assert theirs.json()["field"] == "mask2image.source.dataset"
+    assert theirs.json()["detail"].replace(name, "N") == missing.json()["detail"].replace(name + "-x", "N")
+    # with a dataset of the same name of its own, it reads its own version, never the other one
+    own = made_version(client, other_headers, run_job, name)
+    r = client.post("/v1/jobs", json=m2i_spec({"dataset": name}), headers=other_headers)
+    assert r.status_code == 201, r.text
+    # ... and the worker resolves (name, version) within the job's own tenant only
+    from shared.db import repositories as repo
+    from shared.db.session import UnitOfWork
+    from worker.service.context import WorkerContext
+
+    with UnitOfWork(session_factory) as uow:
+        tenant_a = repo.get_job(uow.session, uuid.UUID(mine["id"])).tenant_id
+        tenant_b = repo.get_job(uow.session, uuid.UUID(own["id"])).tenant_id
+    ctx = WorkerContext(settings=settings, session_factory=session_factory, store=store, dispatcher=dispatcher)
+    folder_a = ctx.datasets(tenant_a)(name, 1)
+    folder_b = ctx.datasets(tenant_b)(name, None)
+    assert folder_a.name == mine["id"] and folder_b.name == own["id"]
+    from shared.spec import SpecError
+
+    with pytest.raises(SpecError, match="no version v2"):
+        ctx.datasets(tenant_b)(name, 2)
+
+
+def test_a_worker_materialises_the_version_as_a_dsgen_folder(client, headers, run_job, settings, store,
+                                                             session_factory, dispatcher, tmp_path):
+    """The shard's engine gets a fetcher for the job's tenant; the folder is what `dsgen run` writes
+    and the mask2image loader reads; a second fetch reuses it."""
+    from tests.support.fakes import FakeEngine
+    from worker.engine.mask_sources import detect_format, load_mask_sources
+    from worker.service.context import WorkerContext
+    from worker.service.shards import run_shard
+
+    settings.max_active_jobs_per_tenant = 20
+    settings.source_cache_dir = tmp_path / "sources"
+    name = f"masks-{uuid.uuid4().hex[:6]}"
+    source_job = made_version(client, headers, run_job, name)
+    job = client.post("/v1/jobs", json=m2i_spec({"dataset": name}), headers=headers).json()
+    seen = []
+
+    class Engine(FakeEngine):
+        def __init__(self, spec, uploads=None, datasets=None):
+            super().__init__(spec, uploads, datasets)
+            src = spec.mask2image.source
+            seen.append(datasets(src.dataset, src.version))
+
+    ctx = WorkerContext(settings=settings, session_factory=session_factory, store=store, dispatcher=dispatcher,
+                        engine_factory=Engine)
+    assert run_shard(ctx, uuid.UUID(job["id"]), 0) == "succeeded"
+    folder = seen[0]
+    assert folder == settings.source_cache_dir / "jobs" / source_job["id"]
+    assert detect_format(folder) == "dsgen"
+    assert sorted(p.name for p in (folder / "samples").iterdir()) == [f"{i:06d}" for i in range(SPEC["num_images"])]
+    assert sorted(p.name for p in (folder / "samples" / "000003").iterdir()) == \
+        ["image.png", "instances.png", "record.json", "semantic.png"]
+    assert [c["name"] for c in json.loads((folder / "spec.json").read_text())["classes"]] == ["cat", "dog"]
+    from shared.spec import SourceSpec
+
+    masks = load_mask_sources(SourceSpec(dataset=name, version=1), ("cat", "dog"), folder)
+    assert len(masks) == SPEC["num_images"] and (masks[0].load().semantic == 1).sum() == 36
+    (folder / "samples" / "000000" / "marker").write_text("cached")
+    assert run_shard(ctx, uuid.UUID(job["id"]), 1) == "succeeded"
+    assert seen[1] == folder and (folder / "samples" / "000000" / "marker").exists()  # fetched once
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+# ------------------------------------------------------------------ a ControlNet over the API
+def controlnet_zip(weights: str = "diffusion_pytorch_model.safetensors") -> bytes:
+    return zip_of({"cn/config.json": b'{"_class_name": "ControlNetModel"}', f"cn/{weights}": b"\0" * 64})
+
+
+def test_a_controlnet_is_an_upload_never_a_server_path(client, headers, other_headers):
+    s = m2i_spec({"upload": client.post("/v1/sources", content=zip_of({"a.png": b"x"}), headers=headers).json()["id"]})
+    s["mask2image"].update(backend="controlnet", controlnet="/srv/controlnets/seg")
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.controlnet"
+    assert "POST it to /v1/sources" in r.json()["detail"] and "upload:<id>" in r.json()["detail"]
+    up = client.post("/v1/sources", content=controlnet_zip(), headers=headers)
+    assert up.status_code == 201 and up.json()["format"] == "controlnet", up.text
+    s["mask2image"]["controlnet"] = f"upload:{up.json()['id']}"
+    other = copy.deepcopy(s)
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 201, r.text
+    # another tenant's ControlNet is a missing one
+    other["mask2image"]["source"] = {"upload": client.post("/v1/sources", content=zip_of({"a.png": b"x"}),
+                                                           headers=other_headers).json()["id"]}
+    r = client.post("/v1/jobs", json=other, headers=other_headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.controlnet" and "no upload" in r.json()["detail"]
+    # an upload that is not a ControlNet
+    s["mask2image"]["controlnet"] = f"upload:{s['mask2image']['source']['upload']}"
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "mask2image.controlnet" and "not a ControlNet" in r.json()["detail"]
+
+
+def test_a_controlnet_with_only_pickled_weights_is_refused_at_upload(client, headers, store):
+    r = client.post("/v1/sources", content=controlnet_zip("diffusion_pytorch_model.bin"), headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "archive"
+    assert "safetensors" in r.json()["detail"] and ".bin" in r.json()["detail"]
+    assert store.list("sources/") == []

@@ -108,3 +108,50 @@ def test_layout_detection():
     assert detect_layout(["seg/segmenter.json", "seg/segmenter.pt"]) == "segmenter"
     with pytest.raises(DomainError, match="no masks, images"):
         detect_layout(["readme.txt"])
+
+
+def test_a_controlnet_folder_is_recognised_before_the_coco_rule():
+    assert detect_layout(["cn/config.json", "cn/diffusion_pytorch_model.safetensors"]) == "controlnet"
+    assert detect_layout(["config.json", "diffusion_pytorch_model.safetensors"]) == "controlnet"
+    sharded = ["cn/config.json", "cn/diffusion_pytorch_model.safetensors.index.json",
+               "cn/diffusion_pytorch_model-00001-of-00002.safetensors", "cn/diffusion_pytorch_model-00002-of-00002.safetensors"]
+    assert detect_layout(sharded) == "controlnet"
+    # a config.json with weights elsewhere, or no weights at all, is not a ControlNet
+    assert detect_layout(["x/config.json", "y/diffusion_pytorch_model.safetensors", "x/a.jpg"]) == "coco"
+    assert detect_layout(["x/config.json", "x/a.png"]) == "coco"
+    # safetensors beside a .bin: accepted (only the safetensors file is ever loaded)
+    assert detect_layout(["cn/config.json", "cn/diffusion_pytorch_model.bin",
+                          "cn/diffusion_pytorch_model.safetensors"]) == "controlnet"
+
+
+def test_a_controlnet_with_only_pickled_weights_is_refused():
+    with pytest.raises(DomainError, match="only pickled weights") as err:
+        detect_layout(["cn/config.json", "cn/diffusion_pytorch_model.bin"])
+    assert err.value.status == 422 and err.value.field == "archive"
+
+
+def test_a_source_spec_names_a_dataset_version():
+    from shared.spec import SourceSpec
+
+    assert SourceSpec(dataset="cats").version is None  # latest, resolved by the server at submit
+    assert SourceSpec(dataset="cats", version="latest").version == "latest"
+    assert SourceSpec(dataset="cats", version="v3").version == 3
+    assert SourceSpec(dataset="cats", version="3").version == 3
+    assert SourceSpec(dataset="cats", version=2).version == 2
+    for bad in ({"dataset": "cats", "version": 0}, {"dataset": "cats", "version": "newest"},
+                {"dataset": "cats", "version": True}, {"dataset": "cats", "version": "v-1"},
+                {"dataset": "../cats"}, {"dataset": "cats\n"}, {"upload": "0" * 32, "version": 1},
+                {"dataset": "cats", "path": "/x"}, {"dataset": "cats", "format": "voc"}):
+        with pytest.raises(ValueError):
+            SourceSpec(**bad)
+
+
+def test_image2image_names_a_dataset_alone():
+    from shared.spec import Image2ImageSpec
+
+    assert Image2ImageSpec(dataset="cats", version="v2").version == 2
+    assert Image2ImageSpec(dataset="cats").version is None
+    for bad in ({"dataset": "cats", "images": "x"}, {"dataset": "cats", "upload": "0" * 32},
+                {"upload": "0" * 32, "version": 1}, {"dataset": "a/b"}, {"dataset": "cats", "version": "last"}):
+        with pytest.raises(ValueError):
+            Image2ImageSpec(**bad)

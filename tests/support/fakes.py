@@ -42,9 +42,10 @@ class FakeEngine:
 
     calls: list[list[int]] = []
 
-    def __init__(self, spec, uploads=None):
+    def __init__(self, spec, uploads=None, datasets=None):
         self.spec = spec
         self.uploads = uploads  # EngineSession's upload fetcher (specs naming uploads)
+        self.datasets = datasets  # EngineSession's dataset-version fetcher (specs naming a dataset)
 
     def generate(self, indexes):
         FakeEngine.calls.append(list(indexes))

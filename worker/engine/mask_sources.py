@@ -257,6 +257,8 @@ def detect_format(root: Path) -> str:
         return "dsgen"
     if (root / "SegmentationClass").is_dir():
         return "voc"
+    if (root / "config.json").is_file() and any(root.glob("diffusion_pytorch_model*")):
+        return "controlnet"  # a diffusers model folder (mask2image.controlnet), not a COCO file
     if any(root.glob("*.json")) or any(root.glob("annotations/*.json")):
         return "coco"
     if any(root.glob("*.png")) or (root / "semantic").is_dir():

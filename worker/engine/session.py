@@ -64,6 +64,8 @@ class EngineSession:
     # upload id -> local folder of the extracted source archive (the service's workers set it)
     uploads: Callable[[str], Path] | None = field(default=None, repr=False)
     concepts: list[str] = field(default_factory=list, repr=False)  # local folders of spec.concepts
+    # (dataset name, version) -> local dsgen folder of that version of the job's tenant (the service sets it)
+    datasets: Callable[..., Path] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -90,15 +92,24 @@ class EngineSession:
         self.filters = build_filters(self.spec, self)
 
     def source_root(self, source: SourceSpec) -> Path:
-        """The local folder of a method's source data (a path, or an upload fetched by the service)."""
+        """The local folder of a method's source data (a path, or an upload or a dataset version fetched by the service)."""
         if source.path is not None:
             return Path(source.path)
+        if source.dataset is not None:
+            return self.dataset_root(source.dataset, source.version, f"{self.spec.method}.source.dataset")
         if self.uploads is None:
             raise SpecError(
                 f"{self.spec.method}.source.upload: uploads are read by the service's workers; "
                 "on this machine give source.path (a folder)", field=f"{self.spec.method}.source.upload",
             )
         return self.uploads(source.upload)
+
+    def dataset_root(self, name: str, version: int | str | None, field: str) -> Path:
+        """The local dsgen folder of a version of one of the job's tenant's datasets (fetched by the service)."""
+        if self.datasets is None:
+            raise SpecError(f"{field}: dataset versions are read by the service's workers; on this machine give "
+                            "a folder (source.path, image2image.images), e.g. one written by `dsgen run`", field=field)
+        return self.datasets(name, None if version in (None, "latest") else int(version), field=field)
 
     def resolve_folder(self, ref: str, field: str) -> str:
         """A folder reference: a local path, or `upload:<id>` (an uploaded archive, e.g. a segmenter)."""

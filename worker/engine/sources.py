@@ -24,6 +24,7 @@ _STREAM_STRENGTH = 0x1261  # distinct from the seed (0) and prompt (1) streams o
 class Source:
     path: Path
     caption: str | None
+    name: str | None = None  # what records call it (default: the file name)
 
 
 class SourceError(SpecError):
@@ -49,9 +50,26 @@ def load_sources(spec: Image2ImageSpec, base: Path | None = None) -> tuple[Sourc
         # Class-name prompts are a training fallback; for generation the spec's prompt is better.
         return tuple(Source(it.path, it.caption if it.caption_source != "classes" else None) for it in data.items)
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files and (images / "samples").is_dir():  # a dsgen folder (`dsgen run`, a dataset version)
+        found = _dsgen_images(images)
+        if found:
+            return found
     if not files:
         raise SourceError(f"image2image.images: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images}")
     return tuple(Source(p, None) for p in files)
+
+
+def _dsgen_images(root: Path) -> tuple[Source, ...]:
+    """The images of a dsgen folder's samples (dropped ones left out), each with its prompt as caption."""
+    import json
+
+    out = []
+    for rec_path in sorted(root.glob("samples/*/record.json")):
+        rec = json.loads(rec_path.read_text())
+        image = rec_path.parent / ((rec.get("files") or {}).get("image") or "image.png")
+        if not (rec.get("quality") or {}).get("dropped") and image.is_file():
+            out.append(Source(image, rec.get("prompt") or None, str(image.relative_to(root))))
+    return tuple(out)
 
 
 def sample_strength(spec: Image2ImageSpec, job_seed: int, index: int) -> float:

@@ -20,14 +20,15 @@ from shared.storage import ObjectStore, make_store
 Exporter = Callable[[Path, JobSpec, list[SampleRecord]], Path]
 
 
-def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None = None) -> Engine:
+def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None = None,
+                           datasets: Callable[..., Path] | None = None) -> Engine:
     from worker.engine.standin import StandinEngine, is_standin
 
     if is_standin(spec):  # builtin:fleet-standin: no weights, no diffusion (fleet benchmarks)
         return StandinEngine(spec)
     from worker.engine.session import EngineSession  # torch: only in the process that generates
 
-    return EngineSession(spec, uploads=uploads)
+    return EngineSession(spec, uploads=uploads, datasets=datasets)
 
 
 def default_exporter(root: Path, spec: JobSpec, records: list[SampleRecord]) -> Path:
@@ -57,6 +58,28 @@ class WorkerContext:
 
             self._uploads = UploadCache(self.store, self.settings.source_cache_dir, Limits.from_settings(self.settings))
         return self._uploads.fetch
+
+    def datasets(self, tenant_id) -> Callable[..., Path]:
+        """Fetches (dataset name, version) of this tenant as a local dsgen folder: resolved to its
+        job in the database (only this tenant's datasets), materialised from the object store once."""
+        if getattr(self, "_datasets", None) is None:
+            from worker.service.sources import DatasetCache
+
+            self._datasets = DatasetCache(self.store, self.settings.source_cache_dir, self.settings.upload_concurrency)
+
+        def fetch(name: str, version: int | None, field: str = "source.dataset") -> Path:
+            from shared.datasets import source_job
+            from shared.spec import SpecError
+
+            with self.uow() as uow:
+                job = source_job(uow, tenant_id, name, version)
+                found = None if job is None else (job.id, job.shard_size, job.num_images, dict(job.spec))
+            if found is None:
+                what = "its latest version" if version is None else f"version v{version}"
+                raise SpecError(f"{field}: dataset {name!r} has no {what} for this tenant (was it deleted?)", field=field)
+            return self._datasets.fetch(*found, field=field)
+
+        return fetch
 
 
 def build_context(settings: Settings, dispatcher: Dispatcher, **overrides: Any) -> WorkerContext:

@@ -114,7 +114,7 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     todo = [i for i in range(claim.start, claim.stop) if i not in done]
     times = StageTimes()
     with times.stage("engine_load"):
-        engine = _engine(ctx, spec) if todo else None
+        engine = _engine(ctx, spec, claim.job_id) if todo else None
     with tempfile.TemporaryDirectory(prefix="dsgen-shard-") as local:
         outcome = _generate_into(ctx, claim, lost, spec, engine, todo, times, Path(local))
         if outcome is not None:
@@ -187,15 +187,26 @@ def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec
     return None
 
 
-def _engine(ctx: WorkerContext, spec: JobSpec) -> Engine:
-    """The engine for a spec; specs that name uploads get the worker's upload cache."""
+def _engine(ctx: WorkerContext, spec: JobSpec, job_id: uuid.UUID | None = None) -> Engine:
+    """The engine for a spec; specs that name uploads get the worker's upload cache, specs that
+    name a dataset version get the dataset cache of the job's own tenant."""
     from shared.sources import spec_sources
 
     uses_uploads = (any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
                     or (spec.image2image is not None and spec.image2image.upload is not None)
                     or (spec.mask2image is not None and "upload:" in str(spec.mask2image.resample and spec.mask2image.resample.segmenter)))
     uses_uploads = uses_uploads or any(c.startswith("upload:") for c in spec.concepts)
-    return ctx.engine_factory(spec, uploads=ctx.uploads()) if uses_uploads else ctx.engine_factory(spec)
+    uses_uploads = uses_uploads or (spec.mask2image is not None and str(spec.mask2image.controlnet or "").startswith("upload:"))
+    kwargs: dict[str, object] = {"uploads": ctx.uploads()} if uses_uploads else {}
+    names_dataset = any(src.dataset for _, src in spec_sources(spec)) or (
+        spec.image2image is not None and spec.image2image.dataset is not None)
+    if job_id is not None and names_dataset:
+        with ctx.uow() as uow:
+            job = repo.get_job(uow.session, job_id)
+            tenant_id = job.tenant_id if job is not None else None
+        if tenant_id is not None:
+            kwargs["datasets"] = ctx.datasets(tenant_id)
+    return ctx.engine_factory(spec, **kwargs)
 
 
 def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future], times: StageTimes) -> bool:

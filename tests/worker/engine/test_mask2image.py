@@ -163,6 +163,62 @@ def test_controlnet_backend_with_a_tiny_controlnet(tmp_path):
     assert plain[0].image.tobytes() != samples[0].image.tobytes()
 
 
+def _tiny_controlnet(folder, safe_serialization=True):
+    from diffusers import ControlNetModel
+
+    from worker.engine.models import load_model
+
+    net = ControlNetModel.from_unet(load_model("builtin:tiny-random").unet, conditioning_embedding_out_channels=(16, 32))
+    net.save_pretrained(folder, safe_serialization=safe_serialization)
+    return folder
+
+
+def test_an_uploaded_controlnet_is_resolved_and_loaded_from_safetensors_only(tmp_path, monkeypatch):
+    """`controlnet: upload:<id>` goes through the session's upload fetcher (an archive wraps the folder);
+    the weights come from safetensors (use_safetensors=True), a .bin is never unpickled."""
+    from diffusers import ControlNetModel
+
+    from worker.engine.methods.mask2image import load_controlnet
+
+    _tiny_controlnet(tmp_path / "up" / "wrapped" / "cn")
+    folder, masks = _masks_folder(tmp_path)
+    calls = []
+    real = ControlNetModel.from_pretrained.__func__
+
+    def spy(cls, path, **kwargs):
+        calls.append((str(path), kwargs.get("use_safetensors")))
+        return real(cls, path, **kwargs)
+
+    monkeypatch.setattr(ControlNetModel, "from_pretrained", classmethod(spy))
+    load_controlnet.cache_clear()
+    upload_id = "c" * 32
+    fetched = []
+    spec = _spec({"path": str(folder)}, backend="controlnet", controlnet=f"upload:{upload_id}")
+    session = EngineSession(spec, uploads=lambda i: fetched.append(i) or tmp_path / "up" / "wrapped")
+    samples = list(session.generate(range(1)))
+    np.testing.assert_array_equal(samples[0].semantic, masks["a.png"])
+    assert fetched == [upload_id] and calls == [(str(tmp_path / "up" / "wrapped" / "cn"), True)]
+    # an uploaded folder with only pickled weights: refused before diffusers reads anything
+    _tiny_controlnet(tmp_path / "pickle" / "cn", safe_serialization=False)
+    assert not list((tmp_path / "pickle" / "cn").glob("*.safetensors"))
+    calls.clear()
+    load_controlnet.cache_clear()
+    session = EngineSession(spec, uploads=lambda i: tmp_path / "pickle")
+    with pytest.raises(SpecError, match="no diffusion_pytorch_model.safetensors") as err:
+        list(session.generate(range(1)))
+    assert err.value.field == "mask2image.controlnet" and calls == []
+    # the CLI with a local folder may still read a .bin (the user's own file)
+    load_controlnet.cache_clear()
+    local = _spec({"path": str(folder)}, backend="controlnet", controlnet=str(tmp_path / "pickle" / "cn"))
+    assert len(list(EngineSession(local).generate(range(1)))) == 1 and calls[-1][1] is None
+
+
+def test_a_dataset_source_needs_the_service(tmp_path):
+    with pytest.raises(SpecError, match="source.dataset: dataset versions are read by the service") as err:
+        EngineSession(_spec({"dataset": "cats", "version": 1}))
+    assert err.value.field == "mask2image.source.dataset"
+
+
 def test_spec_errors_name_the_field():
     with pytest.raises(SpecError, match="mask2image: method 'mask2image' needs"):
         parse_spec({"model": "m", "method": "mask2image", "classes": [{"name": "a"}], "num_images": 1})
@@ -207,6 +263,27 @@ def test_image2image_reads_an_uploaded_archive(tmp_path, shapes_dir):
     })
     samples = list(EngineSession(spec, uploads=lambda i: tmp_path / "uploads" / i).generate(range(2)))
     assert all(s.record.parameters["image2image"]["source"].endswith(".png") for s in samples)
+
+
+def test_image2image_reads_a_dataset_version(shapes_dir):
+    """image2image: {dataset, version}: the session's dataset fetcher gives a dsgen folder; its samples'
+    images are the sources (in index order), each with its record's prompt as the caption."""
+    asked = []
+    spec = parse_spec({
+        "model": "builtin:tiny-random", "method": "image2image", "classes": [{"name": s} for s in SHAPES],
+        "num_images": 2, "labels": {"mode": "none"},
+        "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2},
+        "image2image": {"dataset": "shapes", "version": 2},
+    })
+    session = EngineSession(spec, datasets=lambda name, version, field: asked.append((name, version, field)) or shapes_dir)
+    samples = list(session.generate(range(2)))
+    assert asked == [("shapes", 2, "image2image.dataset")]
+    assert [s.record.parameters["image2image"]["source"] for s in samples] == \
+        ["samples/000000/image.png", "samples/000001/image.png"]
+    caption = json.loads((shapes_dir / "samples" / "000001" / "record.json").read_text())["prompt"]
+    assert samples[1].record.prompt.startswith(caption)  # the source caption (plus the class words)
+    with pytest.raises(SpecError, match="image2image.dataset: dataset versions are read by the service"):
+        EngineSession(spec)
 
 
 def test_modifiers_bind_to_their_class_word_and_stop_at_the_phrase():

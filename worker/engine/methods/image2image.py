@@ -27,6 +27,8 @@ class Image2Image:
         base = None
         if self.options.upload is not None:  # an uploaded archive: images / coco are paths inside it
             base = Path(session.resolve_folder(f"upload:{self.options.upload}", "image2image.upload"))
+        elif self.options.dataset is not None:  # a dataset version: a dsgen folder, its samples' images
+            base = session.dataset_root(self.options.dataset, self.options.version, "image2image.dataset")
         self.sources = src.load_sources(self.options, base)
 
     def plan(self, index: int) -> SamplePlan:
@@ -58,9 +60,10 @@ class Image2Image:
 
     def parameters(self, plan: SamplePlan) -> dict[str, Any]:
         strength = self._strength(plan)
+        source = src.source_of(self.sources, plan.index)
         return {
             "image2image": {
-                "source": src.source_of(self.sources, plan.index).path.name,
+                "source": source.name or source.path.name,
                 "strength": strength,
                 "start_step": InitImages(torch.zeros(0), strength).start_step(self.spec.generation.steps),
             }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,11 +33,17 @@ from worker.engine.text import token_groups, tokenize
 
 
 @functools.lru_cache(maxsize=2)
-def load_controlnet(path: str, device: str, dtype: torch.dtype):
+def load_controlnet(path: str, device: str, dtype: torch.dtype, safetensors_only: bool = False):
+    """A ControlNet folder; `safetensors_only` (a tenant's upload): never unpickle a .bin."""
     from diffusers import ControlNetModel
 
+    if safetensors_only and not any(Path(path).glob("diffusion_pytorch_model*.safetensors")):
+        raise SpecError("mask2image.controlnet: the uploaded ControlNet has no diffusion_pytorch_model.safetensors; "
+                        "pickled .bin weights are never loaded from uploads (save it with safe_serialization=True)",
+                        field="mask2image.controlnet")
     try:
-        model = ControlNetModel.from_pretrained(path, torch_dtype=dtype)
+        extra = {"use_safetensors": True} if safetensors_only else {}
+        model = ControlNetModel.from_pretrained(path, torch_dtype=dtype, **extra)
     except (OSError, ValueError) as err:
         raise SpecError(f"mask2image.controlnet: cannot load a ControlNet from {path}: {err}".splitlines()[0],
                         field="mask2image.controlnet") from None
@@ -119,7 +126,9 @@ class Mask2Image:
             colours = palettes.class_colours(self.options.palette, [c.name for c in self.spec.classes])
             images = np.stack([palettes.draw(s, colours) for s in semantic])
             cond = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-            net = load_controlnet(self.options.controlnet, str(self.model.device), self.model.dtype)
+            ref = self.options.controlnet
+            net = load_controlnet(self.session.resolve_folder(ref, "mask2image.controlnet"), str(self.model.device),
+                                  self.model.dtype, ref.startswith("upload:"))
             return [BatchInputs(members, controlnet=ControlNetInput(net, cond, self.options.conditioning_scale))]
         enc = tokenize(self.model.tokenizer, [p.prompt for p in plans])
         offsets = [[tuple(o) for o in row] for row in enc["offset_mapping"].tolist()]
