@@ -36,7 +36,7 @@ def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int
         "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
                        "scheduler": "ddim", "batch_size": 16},
         "augment": {"source": {"path": str(source), "format": "dsgen"}, "variants": variants,
-                    "template": "a {classes}", **options},
+                    "prompt": "source", "template": "a {classes}", **options},
         "export": {"formats": []},
     })
     session = EngineSession(spec, load_model(model_id))

@@ -619,8 +619,9 @@ class AugmentSpec(StrictModel):
         "inpaint_outside: only the background (latents outside the region are the source's, noised, at every step)",
     )
     grow: int = Field(default=0, ge=0, le=256, description="inpaint: grow the objects' masks by this many pixels")
-    prompt: Literal["classes", "template"] = Field(
-        default="template", description="classes: the class words present; template: `template` with {classes}"
+    prompt: Literal["classes", "template", "source"] = Field(
+        default="template", description="classes: the class words present; template: `template` with {classes}; "
+        "source: the source image's caption (classes it does not name appended after '; '), the template where it has none"
     )
     template: str = Field(default="a photo of a {classes}", description="{classes}: the words of the classes present")
     keep_labels_below: float = Field(

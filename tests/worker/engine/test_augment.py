@@ -101,3 +101,15 @@ def test_spec_errors_name_the_field(shapes_dir):
     with pytest.raises(SpecError) as err:
         EngineSession(_spec(shapes_dir.parent / "missing"))
     assert err.value.field.startswith("augment.source")
+
+
+def test_source_prompt_is_the_captions_with_its_classes_found(shapes_dir):
+    import json
+
+    session = EngineSession(_spec(shapes_dir, num=4, variants=2, prompt="source"))
+    for i in range(4):
+        plan = session.plan(i)
+        record = json.loads((shapes_dir / "samples" / f"{i // 2:06d}" / "record.json").read_text())
+        assert plan.prompt == record["prompt"]  # every class is named in a render's caption: nothing appended
+        assert {m.name for m in plan.mentions} == set(record["classes"])
+        assert all(plan.prompt[a:b] == m.name for m in plan.mentions for a, b in m.spans)

@@ -29,7 +29,7 @@ from shared.records import IGNORE
 from worker.engine.generate import InitImages
 from worker.engine.mask_sources import LabelMaps, MaskSource, MaskSourceError, load_mask_sources
 from worker.engine.methods import BatchInputs
-from worker.engine.methods.mask2image import _resize_nearest
+from worker.engine.methods.mask2image import _caption_with_classes, _resize_nearest
 
 _STREAM_STRENGTH = 0xDAF0  # distinct from the seed/prompt streams (shared.prompts) and image2image's
 
@@ -103,11 +103,16 @@ class Augment:
         source_index, _ = self.entry(index)
         present = [int(c) for c in np.unique(self._maps(source_index).semantic) if 0 < c <= len(self.spec.classes)]
         words = [(self.spec.classes[c - 1].name, c, self.spec.classes[c - 1].prompt_words[0]) for c in present]
+        caption = self.sources[source_index].caption
+        if self.options.prompt == "source" and caption:
+            prompt, mentions = _caption_with_classes(caption, words)
+            return SamplePlan(index, sample_seed(self.spec.seed, index), prompt, self.spec.prompts.negative, tuple(mentions))
         prefix, suffix = ("", "") if self.options.prompt == "classes" else self.options.template.split("{classes}", 1)
+        # (prompt: source without a caption falls back to the template)
         prompt, mentions = prefix, []
         for i, (name, cid, word) in enumerate(words):
             if i:
-                prompt += " and a " if self.options.prompt == "template" else " "
+                prompt += " and a " if self.options.prompt != "classes" else " "
             mentions.append(ClassMention(name, cid, ((len(prompt), len(prompt) + len(word)),)))
             prompt += word
         prompt += suffix
