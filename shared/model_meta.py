@@ -217,15 +217,37 @@ def spec_texts(spec: Any) -> list[tuple[str, str]]:
     for i, c in enumerate(spec.classes):
         for w in c.prompt_words:
             out.append((f"classes.{i}.words" if c.words else f"classes.{i}.name", w))
-    if p.source == "templates":
-        out += [("prompts.templates", SLOT_PATTERN.sub(" ", t)) for t in p.templates]
-        for name, values in p.slots.items():
-            out += [(f"prompts.slots.{name}", v) for v in values]
-    elif p.source == "list":
-        out += [("prompts.prompts", t) for t in p.prompts]
+    # `prompts` makes the prompts of text2image and image2image only; the other methods build
+    # theirs from their own fields (a caption, a template, a phrase), checked here instead.
+    if spec.method in ("text2image", "image2image"):
+        if p.source == "templates":
+            out += [("prompts.templates", SLOT_PATTERN.sub(" ", t)) for t in p.templates]
+            for name, values in p.slots.items():
+                out += [(f"prompts.slots.{name}", v) for v in values]
+        elif p.source == "list":
+            out += [("prompts.prompts", t) for t in p.prompts]
+    out += _method_texts(spec, SLOT_PATTERN)
     if p.negative:
         out.append(("prompts.negative", p.negative))
     return out
+
+
+def _method_texts(spec: Any, slots) -> list[tuple[str, str]]:
+    """(field, text) of the prompt texts a method's own options carry."""
+    method = spec.method
+    opts = getattr(spec, method, None) if method not in ("text2image", "image2image") else None
+    if opts is None:
+        return []
+    out: list[tuple[str, str]] = []
+    if method in ("mask2image", "augment") and opts.prompt == "template":
+        out.append((f"{method}.template", slots.sub(" ", opts.template)))
+    elif method == "edit":
+        out += [("edit.inside", slots.sub(" ", t)) for t in opts.inside]
+        out += [("edit.outside", opts.outside), ("edit.inversion", slots.sub(" ", opts.inversion))]
+    elif method == "layout":
+        out += [("layout.phrase", slots.sub(" ", opts.phrase)), ("layout.joiner", opts.joiner)]
+        out += [(f"layout.objects.{i}.phrase", slots.sub(" ", o.phrase)) for i, o in enumerate(opts.objects or []) if o.phrase]
+    return [(f, t) for f, t in out if t and t.strip()]
 
 
 def check_spec_fits_model(spec: Any, meta: ModelMeta) -> list[tuple[str, str]]:
