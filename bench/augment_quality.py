@@ -20,6 +20,7 @@ from PIL import Image
 AUGMENT_STREAM = 910_007
 MODES = {
     "inpaint_inside": {"mode": "inpaint_inside", "strengths": [0.5, 0.75, 1.0]},
+    "inpaint_inside_rectified": {"mode": "inpaint_inside", "strengths": [0.5, 0.75, 1.0], "rectify": True},
     "sdedit_low": {"mode": "sdedit", "strengths": [0.25], "keep_labels_below": 0.3},
 }
 

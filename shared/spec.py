@@ -624,6 +624,9 @@ class AugmentSpec(StrictModel):
         "source: the source image's caption (classes it does not name appended after '; '), the template where it has none"
     )
     template: str = Field(default="a photo of a {classes}", description="{classes}: the words of the classes present")
+    rectify: bool = Field(
+        default=False, description="rectified cross-attention from the source's masks (as mask2image): each class's "
+        "words (and the words before them) stay inside its objects, so re-drawn objects keep their labels' shape")
     keep_labels_below: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="sdedit: at strength <= this the source's labels are carried over (geometry kept); above it "

@@ -113,3 +113,22 @@ def test_source_prompt_is_the_captions_with_its_classes_found(shapes_dir):
         assert plan.prompt == record["prompt"]  # every class is named in a render's caption: nothing appended
         assert {m.name for m in plan.mentions} == set(record["classes"])
         assert all(plan.prompt[a:b] == m.name for m in plan.mentions for a, b in m.spans)
+
+
+def test_rectify_keeps_each_class_word_inside_its_source_objects(shapes_dir):
+    from worker.engine.controls import RectifiedCrossAttention
+
+    session = EngineSession(_spec(shapes_dir, model="builtin:shapes-v2", num=2, variants=1, mode="inpaint_inside",
+                                  strengths=[0.5], prompt="source", rectify=True))
+    plans = [session.plan(i) for i in range(2)]
+    batches = session.method.batch_inputs(plans)
+    controls = [c for b in batches for c in b.controls]
+    assert controls and all(isinstance(c, RectifiedCrossAttention) for c in controls)
+    for b in batches:
+        (control,) = b.controls
+        categories = {k for tokens in control.class_tokens for _, k in tokens}
+        truth = set(np.unique(np.concatenate([_truth(shapes_dir, plans[m].index) for m in b.members]))) - {0, 255}
+        assert categories == truth  # one rectified class per class present in the sources
+    (sample,) = EngineSession(session.spec).generate([0])
+    assert sample.record.parameters["augment"]["rectify"] is True
+    assert np.array_equal(sample.semantic, _truth(shapes_dir, 0))  # labels carried over

@@ -29,7 +29,7 @@ from shared.records import IGNORE
 from worker.engine.generate import InitImages
 from worker.engine.mask_sources import LabelMaps, MaskSource, MaskSourceError, load_mask_sources
 from worker.engine.methods import BatchInputs
-from worker.engine.methods.mask2image import _caption_with_classes, _resize_nearest
+from worker.engine.methods.mask2image import _caption_with_classes, _resize_nearest, rectified_control
 
 _STREAM_STRENGTH = 0xDAF0  # distinct from the seed/prompt streams (shared.prompts) and image2image's
 
@@ -41,6 +41,7 @@ class Augment:
     def __init__(self, session):
         self.spec = session.spec
         self.options = session.spec.augment
+        self.model = session.model
         names = tuple(c.name for c in self.spec.classes)
         from worker.engine.mask_sources import source_root
 
@@ -128,7 +129,12 @@ class Augment:
             sources = [self.entry(plans[k].index)[0] for k in members]
             images = torch.stack([self._image(s) for s in sources])
             keep = None if self.options.mode == "sdedit" else torch.stack([self._keep(s) for s in sources])
-            out.append(BatchInputs(members, init=InitImages(images, self.strength(plans[members[0]].index), keep)))
+            controls = []
+            if self.options.rectify:  # the re-drawn objects stay inside their source masks
+                semantic = np.stack([self._maps(s).semantic for s in sources])
+                controls.append(rectified_control(self.model, [plans[k] for k in members], semantic))
+            out.append(BatchInputs(members, init=InitImages(images, self.strength(plans[members[0]].index), keep),
+                                   controls=controls))
         return out
 
     def given_labels(self, plan: SamplePlan) -> LabelMaps | None:
@@ -146,6 +152,7 @@ class Augment:
                 "strength": self.strength(plan.index),
                 "mode": self.options.mode,
                 "labels": "carried" if self.carries_labels(plan.index) else "attention",
+                "rectify": self.options.rectify,
             },
             "synthetic": True,
         }

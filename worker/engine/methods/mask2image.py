@@ -130,16 +130,8 @@ class Mask2Image:
             net = load_controlnet(self.session.resolve_folder(ref, "mask2image.controlnet"), str(self.model.device),
                                   self.model.dtype, ref.startswith("upload:"))
             return [BatchInputs(members, controlnet=ControlNetInput(net, cond, self.options.conditioning_scale))]
-        enc = tokenize(self.model.tokenizer, [p.prompt for p in plans])
-        offsets = [[tuple(o) for o in row] for row in enc["offset_mapping"].tolist()]
-        rectified = [with_modifiers(p.prompt, p.mentions) if self.options.bind_modifiers else p.mentions for p in plans]
-        class_tokens = [
-            [(t, m.category_id) for m, group in zip(mentions, token_groups(off, mentions)) for t in group]
-            for mentions, off in zip(rectified, offsets)
-        ]
-        labels = torch.from_numpy(semantic.astype(np.int64)).to(self.model.device)
         resolutions = None if self.options.resolutions == "all" else self.options.resolutions
-        control = RectifiedCrossAttention(labels, class_tokens, enc["input_ids"].shape[1], resolutions)
+        control = rectified_control(self.model, plans, semantic, self.options.bind_modifiers, resolutions)
         return [BatchInputs(members, controls=[control])]
 
     def given_labels(self, plan: SamplePlan) -> LabelMaps:
@@ -156,6 +148,21 @@ class Mask2Image:
                 "backend": self.options.backend,
             }
         }
+
+
+def rectified_control(model, plans: list[SamplePlan], semantic: np.ndarray, bind_modifiers: bool = True,
+                      resolutions=None) -> RectifiedCrossAttention:
+    """Each plan's class tokens (with their modifiers) kept inside their class's region of
+    `semantic` [B, H, W] (FreestyleNet's rectified cross-attention)."""
+    enc = tokenize(model.tokenizer, [p.prompt for p in plans])
+    offsets = [[tuple(o) for o in row] for row in enc["offset_mapping"].tolist()]
+    rectified = [with_modifiers(p.prompt, p.mentions) if bind_modifiers else p.mentions for p in plans]
+    class_tokens = [
+        [(t, m.category_id) for m, group in zip(mentions, token_groups(off, mentions)) for t in group]
+        for mentions, off in zip(rectified, offsets)
+    ]
+    labels = torch.from_numpy(semantic.astype(np.int64)).to(model.device)
+    return RectifiedCrossAttention(labels, class_tokens, enc["input_ids"].shape[1], resolutions)
 
 
 # Words that end a class word's phrase when walking back from it: what comes before them is
