@@ -11,16 +11,16 @@ The record keeps the asked boxes (pixels, COCO xywh) either way.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 
 from shared.prompts import ClassMention, SamplePlan, sample_seed
 from worker.engine.mask_sources import LabelMaps
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.methods import BatchInputs
-from worker.engine.methods.mask2image import with_modifiers
+from worker.engine.methods.mask2image import rectified_control
 from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
 from worker.engine.text import token_groups, tokenize
 
@@ -149,17 +149,16 @@ class Layout:
 def box_mask(model, plans: list[SamplePlan], boxes: list[list[tuple[int, int, int, int]]],
              hw: tuple[int, int], step_window: tuple[float, float] = (0.0, 1.0)) -> RectifiedCrossAttention:
     """Rectified cross-attention keeping each object's words (its mention, with the words before
-    the class word in its phrase) inside its box (pixels x0, y0, x1, y1; later objects on top)."""
-    enc = tokenize(model.tokenizer, [p.prompt for p in plans])
+    the class word in its phrase) inside its box (pixels x0, y0, x1, y1; later objects on top):
+    object k's region is value k, so two objects of one class keep their own boxes."""
     regions = np.zeros((len(plans), *hw), np.int64)
-    tokens = []
-    for b, (p, row) in enumerate(zip(plans, enc["offset_mapping"].tolist())):
-        groups = token_groups([tuple(o) for o in row], with_modifiers(p.prompt, p.mentions))
+    per_object = []
+    for b, p in enumerate(plans):
         for k, (x0, y0, x1, y1) in enumerate(boxes[b], start=1):
             regions[b, y0:y1, x0:x1] = k
-        tokens.append([(t, k) for k, group in enumerate(groups, start=1) for t in group])
-    return RectifiedCrossAttention(torch.from_numpy(regions).to(model.device), tokens, enc["input_ids"].shape[1],
-                                   step_window=step_window)
+        mentions = tuple(ClassMention(m.name, k, m.spans) for k, m in enumerate(p.mentions, start=1))
+        per_object.append(replace(p, mentions=mentions))
+    return rectified_control(model, per_object, regions, step_window=step_window)
 
 
 def _square(centroid: tuple[float, float], side: float) -> tuple[float, float, float, float]:

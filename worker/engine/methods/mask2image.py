@@ -151,9 +151,9 @@ class Mask2Image:
 
 
 def rectified_control(model, plans: list[SamplePlan], semantic: np.ndarray, bind_modifiers: bool = True,
-                      resolutions=None) -> RectifiedCrossAttention:
-    """Each plan's class tokens (with their modifiers) kept inside their class's region of
-    `semantic` [B, H, W] (FreestyleNet's rectified cross-attention)."""
+                      resolutions=None, step_window: tuple[float, float] = (0.0, 1.0)) -> RectifiedCrossAttention:
+    """Each plan's class tokens (with their modifiers) kept inside the region of `semantic`
+    [B, H, W] whose value is their mention's category id (FreestyleNet's rectified cross-attention)."""
     enc = tokenize(model.tokenizer, [p.prompt for p in plans])
     offsets = [[tuple(o) for o in row] for row in enc["offset_mapping"].tolist()]
     rectified = [with_modifiers(p.prompt, p.mentions) if bind_modifiers else p.mentions for p in plans]
@@ -162,7 +162,7 @@ def rectified_control(model, plans: list[SamplePlan], semantic: np.ndarray, bind
         for mentions, off in zip(rectified, offsets)
     ]
     labels = torch.from_numpy(semantic.astype(np.int64)).to(model.device)
-    return RectifiedCrossAttention(labels, class_tokens, enc["input_ids"].shape[1], resolutions)
+    return RectifiedCrossAttention(labels, class_tokens, enc["input_ids"].shape[1], resolutions, step_window)
 
 
 # Words that end a class word's phrase when walking back from it: what comes before them is
