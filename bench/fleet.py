@@ -257,7 +257,8 @@ def finalize_child(job_id: str) -> None:
 
 def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, direct: bool = False) -> dict:
     job_id, seed_s = seed_job(env, n, formats, size, procs=2, direct=direct)
-    proc = subprocess.run([sys.executable, __file__, "--finalize-only", job_id], env=env, cwd=REPO,
+    profile = ["-m", "cProfile", "-o", env["DSGEN_BENCH_PROFILE"]] if env.get("DSGEN_BENCH_PROFILE") else []
+    proc = subprocess.run([sys.executable, *profile, __file__, "--finalize-only", job_id], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=7200)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])

@@ -1,0 +1,85 @@
+"""Same-budget ablations of the shapes world and recipe: one metric for every run.
+
+    python bench/shapes_ablation.py /work/runs/abl/base /work/runs/abl/bg-texture ... \
+        --out docs/bench/shapes-v2-ablations.json
+
+Each RUN is a `worker.shapes.train` folder trained for the same wall budget (`--max-minutes`,
+one thread). Its `latest.pt` EMA is exported and measured by bench/quality.py's attention and
+fidelity parts against renders of the run's *own* world (the world is what is being ablated,
+so each model is judged on what it was asked to learn). Runs already in the output are kept,
+so the script can be re-run as more runs finish.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float) -> dict:
+    import quality
+    import torch
+
+    from worker.shapes.train import export_checkpoint
+
+    ckpt = run / "latest.pt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    config = json.loads((run / "train_config.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_checkpoint(ckpt, Path(tmp) / "model")
+        r = quality.run(str(folder), Path(tmp) / "out", n_real, n_synth, 1500, 100, steps, guidance, False, 15, 6,
+                        log=lambda m: None, parts=("attention", "fidelity"))
+    fidelity = r["prompt_fidelity"]
+    return {
+        "run": run.name,
+        "world_overrides": {k: config[k] for k in ("world", "background", "count_weights", "size_frac") if config.get(k)},
+        "rectify": config["rectify"],
+        "steps": int(state["step"]), "training_seconds": round(float(state.get("elapsed", 0.0)), 1),
+        "images_seen": int(state["step"]) * int(config["batch_size"]),
+        "refined": att(r, "refined"), "daam": att(r, "daam"),
+        "colour_and_shape": fidelity["colour_and_shape"], "colour": fidelity["colour"], "shape": fidelity["shape"],
+        "all_objects_in_image": fidelity["all_objects_in_image"],
+        "final_loss": last_loss(run),
+    }
+
+
+def att(r: dict, key: str) -> float:
+    return r["attention_miou_real"][key]
+
+
+def last_loss(run: Path, window: int = 50) -> float:
+    """Mean training loss of the last `window` steps (noisy per step; this is the run's level)."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()[-window:]]
+    return round(sum(r["loss"] for r in rows) / len(rows), 5)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n-real", type=int, default=100)
+    p.add_argument("--n-synth", type=int, default=96)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=3.0)
+    a = p.parse_args(argv)
+    table = json.loads(a.out.read_text()) if a.out.is_file() else {"settings": vars(a) | {"runs": None, "out": None},
+                                                                  "rows": []}
+    done = {row["run"] for row in table["rows"]}
+    for run in a.runs:
+        if run.name in done or not (run / "latest.pt").is_file():
+            continue
+        row = measure(run, a.n_real, a.n_synth, a.steps, a.guidance)
+        print(json.dumps(row), flush=True)
+        table["rows"].append(row)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(table, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
