@@ -23,6 +23,8 @@ same shard code, but only the export fragments are stored, not each sample's obj
 (finalisation from fragments never reads them; see FragmentsOnly). Formats: all five (coco, yolo, voc, hf, masks) unless
 --formats says otherwise.
 
+DSGEN_BENCH_PROFILE=FILE runs the finalize child under cProfile (stats written to FILE).
+
 Postgres: DSGEN_TEST_POSTGRES_URL (a fresh database); Redis: DSGEN_BENCH_REDIS_URL (default
 redis://127.0.0.1:6379/14, flushed).
 """
