@@ -71,18 +71,19 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
 
 
 WORLD: World = get_world("v2")
+SIZE = 32  # side of the real renders and generated images: the model's own (dsgen.json)
 
 
-def use_world(world: World) -> None:
-    """Measure against `world` (the one the model was trained on, from its dsgen.json)."""
-    global WORLD, COLOURS, SHAPES, N_PAIRS, OBJ_RE
-    WORLD, COLOURS, SHAPES = world, world.colours, world.shapes
+def use_world(world: World, size: int = 32) -> None:
+    """Measure against `world` at `size` px (what the model was trained on, from its dsgen.json)."""
+    global WORLD, COLOURS, SHAPES, N_PAIRS, OBJ_RE, SIZE
+    WORLD, COLOURS, SHAPES, SIZE = world, world.colours, world.shapes, int(size)
     N_PAIRS = len(COLOURS) * len(SHAPES)
     OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
 
 
-def real_scenes(stream: int, n: int, size: int = 32):
-    return [render_scene(scene_seed(stream, i), size, world=WORLD) for i in range(n)]
+def real_scenes(stream: int, n: int, size: int | None = None):
+    return [render_scene(scene_seed(stream, i), size or SIZE, world=WORLD) for i in range(n)]
 
 
 def caption_mentions(caption: str, suffix: bool) -> tuple[str, tuple[ClassMention, ...]]:
@@ -318,7 +319,7 @@ def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance
         "classes": [{"name": s} for s in SHAPES],
         "prompts": {"source": "list", "prompts": captions, "append_class_names": suffix},
         "num_images": len(captions),
-        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
+        "generation": {"width": SIZE, "height": SIZE, "steps": steps, "guidance_scale": guidance,
                        "scheduler": "ddim", "batch_size": 16},
         "labels": {"mode": "refined", **rec},
         "export": {"formats": []},
@@ -371,7 +372,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
     torch.manual_seed(seed)
     started = time.time()
     model = load_model(model_id)
-    use_world(get_world(model.extras.get("world")))
+    use_world(get_world(model.extras.get("world")), model.extras.get("default_generation", {}).get("width", 32))
     test = real_scenes(TEST_STREAM, n_real)
     extras = model.extras.get("training", {})
     result = {"model": model_id, "model_revision": model.info.revision, "training_steps": extras.get("steps"),
@@ -523,7 +524,7 @@ def _m2i_samples(model_id: str, masks_dir: Path, n: int, steps: int, guidance: f
     spec = parse_spec({
         "name": "bench-m2i", "model": model_id, "seed": seed, "method": "mask2image",
         "classes": [{"name": s} for s in SHAPES], "num_images": n,
-        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
+        "generation": {"width": SIZE, "height": SIZE, "steps": steps, "guidance_scale": guidance,
                        "scheduler": "ddim", "batch_size": 16},
         "mask2image": m2i, "labels": labels, "export": {"formats": []},
     })
@@ -556,7 +557,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="bench-m2i-"))
     masks_dir = tmp / "masks"
-    write_real_dataset(masks_dir, n, seed=MASK_STREAM, size=32, formats=[], world=WORLD)
+    write_real_dataset(masks_dir, n, seed=MASK_STREAM, size=SIZE, formats=[], world=WORLD)
     session, samples = _m2i_samples(model_id, masks_dir, n, steps, guidance, seed)
     images = [np.asarray(s.image.convert("RGB")) for s in samples]
     labels = [s.semantic for s in samples]
@@ -577,7 +578,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     # FreeMask's segmenter (dsgen segmenter) trained on real renders -> class mean loss
     real = real_scenes(FILTER_REAL_STREAM, n)
     fm, summary = train_freemask_segmenter([(Image.fromarray(s.image), s.semantic) for s in real], list(SHAPES),
-                                           image_size=32, epochs=seg_epochs, seed=seed)
+                                           image_size=SIZE, epochs=seg_epochs, seed=seed)
     seg_dir = tmp / "freemask-seg"
     fm.save(seg_dir)
     result = {
@@ -601,7 +602,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     # hardness-aware vs uniform variants, about the same number of images
     m = max(4, n // 4)
     pool = tmp / "pool"
-    write_real_dataset(pool, m, seed=MASK_STREAM + 1, size=32, formats=[], world=WORLD)
+    write_real_dataset(pool, m, seed=MASK_STREAM + 1, size=SIZE, formats=[], world=WORLD)
     loss = fm.class_loss_by_id(list(SHAPES))
     from worker.engine.mask_sources import load_mask_sources
     from shared.spec import SourceSpec

@@ -68,6 +68,8 @@ class TrainConfig:
     background: str = ""
     count_weights: str = ""  # e.g. "0.45,0.4,0.15"
     size_frac: str = ""  # e.g. "0.34,0.55"
+    colours: str = ""  # e.g. "red,green,blue,yellow,purple" (the trained palette)
+    image_size: int = 0  # 0 = the preset's side in pixels
     prediction: str = ""  # "" = the preset's; "epsilon" | "v_prediction"
     # An exported model folder (e.g. worker/engine/builtin/shapes-v2) to continue from when the
     # run folder's latest.pt is gone: its weights seed both the live and the EMA model, the step
@@ -87,6 +89,8 @@ def train_world(tc: TrainConfig, preset: ShapesModelConfig) -> World:
         changes["count_weights"] = tuple(float(v) for v in tc.count_weights.split(","))
     if tc.size_frac:
         changes["size_frac"] = tuple(float(v) for v in tc.size_frac.split(","))
+    if tc.colours:
+        changes["colours"] = tuple(c.strip() for c in tc.colours.split(",") if c.strip())
     return world.with_(**changes) if changes else world
 
 
@@ -119,7 +123,9 @@ class Trainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cfg = model_cfg or PRESETS[tc.preset]
         self.world = train_world(tc, self.cfg)
-        self.cfg = replace(self.cfg, world=self.world.to_json(), **({"prediction_type": tc.prediction} if tc.prediction else {}))
+        overrides = ({"prediction_type": tc.prediction} if tc.prediction else {}) | (
+            {"image_size": tc.image_size} if tc.image_size else {})
+        self.cfg = replace(self.cfg, world=self.world.to_json(), **overrides)
         torch.manual_seed(tc.seed)
         self.tokenizer = build_tokenizer(self.world)
         self.unet = build_unet(self.cfg).to(self.device)

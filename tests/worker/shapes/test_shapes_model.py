@@ -169,3 +169,15 @@ def test_localisation_loss_rewards_attention_inside_the_mask():
     inside[0, mask.flatten(), 1] = 0.9
     targets = [[(1, mask)]]
     assert localisation_loss([inside], targets, "cpu") < localisation_loss([uniform], targets, "cpu")
+
+
+def test_ablation_overrides_change_the_trained_world_and_side(tmp_path):
+    tc = _tc(tmp_path / "run", 1)
+    tc.colours, tc.image_size, tc.background = "red,green,blue,yellow,purple", 48, "gradient"
+    trainer = Trainer(tc)
+    assert trainer.world.colours[-1] == "purple" and trainer.world.background == "gradient"
+    assert "purple" in trainer.tokenizer.get_vocab()
+    trainer.train_step()
+    folder = trainer.export(tmp_path / "model")
+    extras = json.loads((folder / "dsgen.json").read_text())
+    assert extras["default_generation"]["width"] == 48 and "purple" in extras["colours"]
