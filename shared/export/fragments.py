@@ -95,10 +95,13 @@ def _write_around(out: TextIO, template: str, blocks: dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------- fragments
 class Fragment:
-    """One shard's export folder (as `write_exports` left it)."""
+    """One shard's export folder (as `write_exports` left it); or, unpacked from a stored
+    fragment, a folder of its shared files beside the fragment's `archive`, from which the
+    per-sample files are read when merged (never written out one by one)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, archive: Path | None = None):
         self.root = Path(root)
+        self.archive = Path(archive) if archive else None
         self._manifest: dict | None = None
         self.rebuilt = False  # made from the samples at finalisation (no current stored fragment)
 
@@ -127,6 +130,57 @@ class Fragment:
         info = self.info()
         return bool(info) and info.get("fragment_version") == FRAGMENT_VERSION \
             and self.manifest.get("spec") == spec.model_dump(mode="json")
+
+    def has_format(self, fmt: str) -> bool:
+        return (self.root / fmt).is_dir()
+
+    def files(self, fmt: str, stems: set[str], archive) -> Iterator[tuple[str, bool, Path | bytes]]:  # noqa: ANN001
+        """(path relative to the format folder, whether it is one sample's own file, its file
+        or bytes) in walk order; `archive`: this fragment's open zip (None for a folder)."""
+        if archive is None:
+            if (self.root / fmt).is_dir():
+                for path in _walk(self.root / fmt):
+                    rel = path.relative_to(self.root / fmt).as_posix()
+                    yield rel, _sample_file(fmt, rel, path.stem, stems), path
+            return
+        prefix = fmt + "/"
+        for info in archive.infolist():  # packed in walk order
+            if info.filename.startswith(prefix) and not info.is_dir():
+                rel = info.filename[len(prefix):]
+                if _sample_file(fmt, rel, Path(rel).stem, stems):
+                    yield rel, True, archive.read(info)
+                else:  # shared files were unpacked
+                    yield rel, False, self.root / info.filename
+
+    def open_archive(self):  # noqa: ANN201
+        import contextlib
+        import zipfile
+
+        return zipfile.ZipFile(self.archive) if self.archive else contextlib.nullcontext()
+
+
+class FolderSink:
+    """Where a merge puts each sample's own files by default: under `root`, as the single-pass
+    writers leave them (finalisation streams them into archives instead: `ArchiveSink`)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def add(self, fmt: str, rel: str, source: Path | bytes) -> None:
+        dest = self.root / fmt / rel
+        if dest.exists():
+            raise FragmentError(f"{fmt}/{rel} is in two fragments")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, Path):
+            os.replace(source, dest)
+        else:
+            dest.write_bytes(source)
+
+    def subdirs(self, fmt: str, rel_dir: str) -> set[str]:
+        return set()  # every file is on disk under root
+
+    def listing(self, fmt: str, rel_dir: str) -> Iterator[tuple[str, int, str]]:
+        return iter(())
 
 
 def _sample_file(fmt: str, rel: str, name_stem: str, stems: set[str]) -> bool:
@@ -167,17 +221,34 @@ def pack_fragment(root: Path) -> bytes:
 
 
 def unpack_fragment(data: bytes, dest: Path) -> Fragment:
+    """A stored fragment: kept as one file (`<dest>.zip`), with only its shared files, its
+    manifest and its WebDataset tars unpacked under `dest`; the per-sample files stay in the
+    archive until the merge reads them (unpacking them would create thousands of files)."""
     import io
     import zipfile
 
+    dest = Path(dest)
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        for name in zf.namelist():
+        names = zf.namelist()
+        for name in names:
             if name.startswith("/") or ".." in name.split("/"):
                 raise FragmentError(f"fragment entry {name!r} leaves its folder")
-        zf.extractall(dest)
-    if not (Path(dest) / layout.MANIFEST_FILE).is_file():
-        raise FragmentError("fragment without manifest.json")
-    return Fragment(dest)
+        if layout.MANIFEST_FILE not in names:
+            raise FragmentError("fragment without manifest.json")
+        manifest = json.loads(zf.read(layout.MANIFEST_FILE))
+        stems = {layout.sample_stem(s["index"]) for s in manifest.get(FRAGMENT_SAMPLES, [])}
+        formats: set[str] = set()
+        for info in zf.infolist():
+            fmt, _, rel = info.filename.partition("/")
+            if rel and fmt not in formats:  # the format is there, if only in the archive
+                (dest / fmt).mkdir(parents=True, exist_ok=True)
+                formats.add(fmt)
+            if info.is_dir() or (rel and fmt not in _FOLDER_MERGES and _sample_file(fmt, rel, Path(rel).stem, stems)):
+                continue
+            zf.extract(info, dest)
+    archive = dest.with_name(dest.name + ".zip")
+    archive.write_bytes(data)  # a scratch copy for this finalisation (no fsync: nothing to recover)
+    return Fragment(dest, archive)
 
 
 # ------------------------------------------------------------------- merge rules
@@ -304,11 +375,13 @@ class _open_text:
 
 
 # ------------------------------------------------------------------------------ merge
-def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) -> Path:
+def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment], sink=None) -> Path:  # noqa: ANN001
     """Build in `root` what `write_exports(root, spec, all records)` builds, from the shards'
-    fragments (in shard order; their files are moved, so they are used up). Returns the
-    manifest's path (written last)."""
+    fragments (in shard order; their files are moved, so they are used up). Each sample's own
+    files go to `sink` (default: `FolderSink(root)`, files under `root`; finalisation passes an
+    `shared.export.archives.ArchiveSink`). Returns the manifest's path (written last)."""
     root = Path(root)
+    sink = sink or FolderSink(root)
     (root / layout.MANIFEST_FILE).unlink(missing_ok=True)
     categories = [c.name for c in spec.classes]
     formats = [f for f in EXPORT_FORMATS if f in spec.export.formats]
@@ -317,24 +390,21 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
     annotations_before = 0
     for fragment in fragments:
         stems = fragment.stems()
-        for fmt in formats:
-            if fmt in _FOLDER_MERGES:
-                continue
-            src_dir = fragment.root / fmt
-            if not src_dir.is_dir():
-                if stems:  # a fragment whose samples were all dropped may have no files
-                    raise FragmentError(f"fragment {fragment.root.name} has no {fmt} folder")
-                continue
-            for path in _walk(src_dir):
-                rel = path.relative_to(src_dir).as_posix()
-                if _sample_file(fmt, rel, path.stem, stems):  # a sample's own file: moved as it is
-                    dest = root / fmt / rel
-                    if dest.exists():
-                        raise FragmentError(f"{fmt}/{rel} is in two fragments")
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(path, dest)
-                else:
-                    shared.setdefault((fmt, rel), []).append((path, annotations_before))
+        with fragment.open_archive() as archive:
+            for fmt in formats:
+                if fmt in _FOLDER_MERGES:
+                    continue
+                if not fragment.has_format(fmt):
+                    if stems:  # a fragment whose samples were all dropped may have no files
+                        raise FragmentError(f"fragment {fragment.root.name} has no {fmt} folder")
+                    continue
+                for rel, own, source in fragment.files(fmt, stems, archive):
+                    if own:  # a sample's own file: moved as it is
+                        sink.add(fmt, rel, source)
+                    else:
+                        shared.setdefault((fmt, rel), []).append((source, annotations_before))
+        if fragment.archive:
+            fragment.archive.unlink(missing_ok=True)  # read: used up like the moved files
         annotations_before += fragment.num_annotations()
         fragment.release()
     for fmt in formats:
@@ -346,12 +416,14 @@ def merge_fragments(root: Path, spec: JobSpec, fragments: Sequence[Fragment]) ->
         dest = root / fmt / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         _rule(fmt, rel, categories, [offset for _, offset in parts])([path for path, _ in parts], dest)
-    return write_merged_manifest(root, spec, fragments, formats)
+    return write_merged_manifest(root, spec, fragments, formats, sink)
 
 
-def write_merged_manifest(root: Path, spec: JobSpec, fragments: Sequence[Fragment], formats: Sequence[str]) -> Path:
+def write_merged_manifest(root: Path, spec: JobSpec, fragments: Sequence[Fragment], formats: Sequence[str],
+                          sink=None) -> Path:  # noqa: ANN001
     """manifest.json with the bytes `write_manifest` gives, streamed: the samples come from the
-    fragments' manifests, the file table from the merged folders."""
+    fragments' manifests, the file table from the merged folders and what `sink` received."""
+    sink = sink or FolderSink(root)
     splits: Counter[str] = Counter()
     for fragment in fragments:
         splits.update(s["split"] for s in fragment.manifest[FRAGMENT_SAMPLES])
@@ -372,10 +444,8 @@ def write_merged_manifest(root: Path, spec: JobSpec, fragments: Sequence[Fragmen
     def table(out: TextIO) -> None:
         n = 0
         for fmt in sorted(formats):
-            for path in _walk(root / fmt):
-                rel = path.relative_to(root).as_posix()
-                entry = {"bytes": path.stat().st_size, "sha256": files.sha256_file(path)}
-                out.write(("{\n" if n == 0 else ",\n") + "    " + _compact(rel) + ": " + _indented(entry, 2))
+            for rel, entry in _file_table(root, fmt, sink):
+                out.write(("{\n" if n == 0 else ",\n") + "    " + _compact(f"{fmt}/{rel}") + ": " + _indented(entry, 2))
                 n += 1
         out.write("\n  }" if n else "{}")
 
@@ -383,3 +453,37 @@ def write_merged_manifest(root: Path, spec: JobSpec, fragments: Sequence[Fragmen
     with _open_text(dest) as out:
         _write_around(out, template, {_compact("\x00samples\x00"): samples, _compact("\x00files\x00"): table})
     return dest
+
+
+def _file_table(root: Path, fmt: str, sink, rel_dir: str = "") -> Iterator[tuple[str, dict]]:  # noqa: ANN001
+    """(path in the format folder, {bytes, sha256}) of every file of format `fmt`, on disk under
+    `root` or received by `sink`, in the order `_walk` gives over the single-pass folder (each
+    directory's entries by name, directories entered where they sort)."""
+    import heapq
+
+    folder = root / fmt / rel_dir
+    entries: list[tuple[str, str]] = []
+    if folder.is_dir():
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    entries.append((e.name, "dir"))
+                elif e.is_file(follow_symlinks=False) and not e.name.startswith(".tmp-"):
+                    entries.append((e.name, "file"))
+    on_disk = {name for name, _ in entries}
+    entries += [(name, "dir") for name in sink.subdirs(fmt, rel_dir) if name not in on_disk]
+    entries.sort()
+    received = ((name, (size, sha)) for name, size, sha in sink.listing(fmt, rel_dir))
+    previous = None
+    for name, what in heapq.merge(entries, received, key=lambda item: item[0]):
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        if name == previous:
+            raise FragmentError(f"{fmt}/{rel} is in two fragments")
+        previous = name
+        if what == "dir":
+            yield from _file_table(root, fmt, sink, rel)
+        elif what == "file":
+            path = folder / name
+            yield rel, {"bytes": path.stat().st_size, "sha256": files.sha256_file(path)}
+        else:
+            yield rel, {"bytes": what[0], "sha256": what[1]}

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import uuid
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shared import datasets, keys, layout
 from shared.db import repositories as repo
 from shared.db.models import FAILED, FINALIZING, utcnow
+from shared.export.archives import ArchiveSink, zip_folder  # noqa: F401  (zip_folder: this module's archives)
 from shared.export.files import sha256_file
 from shared.lifecycle import finish_job
 from shared.records import SampleRecord
@@ -25,21 +25,6 @@ from shared.spec import JobSpec
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
-
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def zip_folder(folder: Path, dest: Path) -> None:
-    """A deterministic archive: sorted entries, fixed timestamps (same bytes every time)."""
-    from shared.export.fragments import walk_files
-
-    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in walk_files(folder):  # sorted paths, streamed (no list of every file)
-            info = zipfile.ZipInfo(path.relative_to(folder).as_posix(), date_time=_ZIP_TIME)
-            info.compress_type = zipfile.ZIP_DEFLATED
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, path.read_bytes())
-
 
 def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
     with ctx.uow() as uow:
@@ -92,14 +77,19 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
         rebuilt = sum(1 for f in fragments if f.rebuilt)
         if rebuilt:
             log.info("fragments rebuilt from samples", extra={"job_id": str(job_id), "shards": rebuilt})
-        manifest = merge_fragments(root, spec, fragments)
+        # each sample's files go from its fragment straight into its format's archive
+        sink = ArchiveSink(archives, list(spec.export.formats))
+        try:
+            manifest = merge_fragments(root, spec, fragments, sink)
+            paths = sink.close(root)
+        except BaseException:
+            sink.abort()
+            raise
         uploaded = []
         for fmt in spec.export.formats:
-            folder = layout.export_dir(root, fmt)
-            if not folder.is_dir():
+            if not (root / fmt).is_dir():
                 raise RuntimeError(f"the {fmt} writer produced no folder")
-            archive = archives / f"{fmt}.zip"
-            zip_folder(folder, archive)
+            archive = paths[fmt]
             key = keys.export_key(job_id, fmt)
             ctx.store.put_file(key, archive)
             uploaded.append({"job_id": job_id, "format": fmt, "key": key, "size_bytes": archive.stat().st_size,
@@ -131,6 +121,7 @@ def _fragment(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: 
     except ObjectNotFound:
         pass
     shutil.rmtree(folder, ignore_errors=True)
+    folder.with_name(folder.name + ".zip").unlink(missing_ok=True)
     records = fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), folder)
     ctx.exporter(folder, spec, records)
     shutil.rmtree(folder / layout.SAMPLES_DIR)
