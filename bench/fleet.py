@@ -201,7 +201,19 @@ class FragmentsOnly:
             self.inner.put(key, data)
 
 
-def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: bool = False) -> float:
+class NoFragments(FragmentsOnly):
+    """`--single-pass` seeding: every object but the fragments is stored, so finalisation
+    exports every shard from its downloaded samples with the single-pass writers: the design
+    before fragments (four object GETs per sample, every file written), measured today."""
+
+    def put(self, key: str, data: bytes) -> None:
+        from shared import keys
+
+        if not key.endswith("/" + keys.FRAGMENT_FILE):
+            self.inner.put(key, data)
+
+
+def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: bool | str = False) -> float:
     """Run shards in this process as a worker would (no broker); returns seconds."""
     os.environ.update(env)
     from tests.support.fakes import RecordingDispatcher
@@ -209,7 +221,9 @@ def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: b
     from worker.service.shards import run_shard
 
     ctx = build_context(settings_of(env), RecordingDispatcher())
-    if direct:
+    if direct == "single-pass":
+        ctx.store = NoFragments(ctx.store)
+    elif direct:
         ctx.store = FragmentsOnly(ctx.store)
     started = time.perf_counter()
     for i in indexes:
@@ -220,7 +234,7 @@ def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: b
 
 
 def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: int,
-             direct: bool = False) -> tuple[str, float]:
+             direct: bool | str = False) -> tuple[str, float]:
     from shared import auth, jobs
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
     from tests.support.fakes import RecordingDispatcher
@@ -257,7 +271,7 @@ def finalize_child(job_id: str) -> None:
         resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": base_rss / 1024}))
 
 
-def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, direct: bool = False) -> dict:
+def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, direct: bool | str = False) -> dict:
     job_id, seed_s = seed_job(env, n, formats, size, procs=2, direct=direct)
     profile = ["-m", "cProfile", "-o", env["DSGEN_BENCH_PROFILE"]] if env.get("DSGEN_BENCH_PROFILE") else []
     proc = subprocess.run([sys.executable, *profile, __file__, "--finalize-only", job_id], env=env, cwd=REPO,
@@ -274,7 +288,9 @@ def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, dir
         exports = {f: b for f, b in c.execute(text("SELECT format, size_bytes FROM exports WHERE job_id = :j"),
                                               {"j": job_id})}
     engine.dispose()
-    return {"samples": n, "seeding": "direct (shard code, fragments only stored)" if direct else "shards (all objects)",
+    seeding = {"single-pass": "shards, no fragments: finalize runs the single-pass writers over downloaded samples",
+               True: "direct (shard code, fragments only stored)", False: "shards (all objects)"}[direct]
+    return {"samples": n, "seeding": seeding,
             "seed_s": round(seed_s, 2), "seed_samples_per_s": round(n / seed_s, 1),
             "finalize_s": round(child["seconds"], 2), "finalize_cpu_s": round(child["cpu_seconds"], 2),
             "load_average": [round(x, 2) for x in os.getloadavg()], "finalize_peak_rss_mib": round(child["peak_rss_mib"], 1),
@@ -294,6 +310,9 @@ def main() -> None:
     ap.add_argument("--direct-from", type=int, default=100000,
                     help="finalize sizes from this one up are seeded directly, fragments only (see FragmentsOnly): "
                          "finalize merges the shards' fragments and reads no sample object")
+    ap.add_argument("--single-pass", action="store_true",
+                    help="store no fragments: measure finalize as the design before fragments (every shard "
+                         "exported from its downloaded samples)")
     ap.add_argument("--finalize-only", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.finalize_only:
@@ -323,7 +342,8 @@ def main() -> None:
             result["finalize_formats"] = formats
             result["finalize"] = {}
             for n in sizes:  # the JSON so far is kept after each size (a 100k run takes long)
-                result["finalize"][str(n)] = finalize_run(env, n, formats, args.size, direct=n >= args.direct_from)
+                seeding = "single-pass" if args.single_pass else n >= args.direct_from
+                result["finalize"][str(n)] = finalize_run(env, n, formats, args.size, direct=seeding)
                 if args.out:
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -35,3 +35,20 @@ def test_fleet_bench_runs_end_to_end_and_reports_the_data_plane_and_finalize(tmp
         assert run["finalize_s"] > 0 and run["finalize_peak_rss_mib"] > 0
         assert 0 < run["finalize_cpu_s"]  # the finalising process's own CPU time (robust to a loaded machine)
         assert set(run["export_bytes"]) == {"coco", "yolo", "voc", "hf", "masks"}
+
+
+def test_single_pass_seeding_measures_the_design_before_fragments(tmp_path):
+    """--single-pass stores no fragment: finalize exports every shard from its downloaded
+    samples (the baseline beside the fragment merge), with the same archives."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DSGEN_BENCH_REDIS_URL": "redis://127.0.0.1:6379/12"}
+    runs = {}
+    for mode in ("--single-pass", None):
+        out = tmp_path / f"{mode or 'fragments'}.json"
+        args = [sys.executable, "bench/fleet.py", "--workers", "", "--shard-size", "16", "--finalize", "40",
+                "--size", "32", "--out", str(out)] + ([mode] if mode else [])
+        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[mode] = json.loads(out.read_text())["finalize"]["40"]
+    assert runs["--single-pass"]["seeding"].startswith("shards, no fragments")
+    assert runs[None]["seeding"] == "shards (all objects)"
+    assert runs["--single-pass"]["export_bytes"] == runs[None]["export_bytes"]
