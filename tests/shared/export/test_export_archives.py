@@ -85,3 +85,34 @@ def test_a_sample_file_in_two_fragments_is_refused(tmp_path, samples):
     with pytest.raises(FragmentError, match="in two fragments"):
         merge_fragments(tmp_path / "merged", spec, fragments, sink)
     sink.abort()
+
+
+def test_zip_writer_archives_read_back_with_zipfile_crc_checked(tmp_path):
+    from shared.export.archives import ZipWriter
+
+    files = {"a.json": b'{"x": 1}' * 50, "images/0001.png": bytes(range(256)), "ümlaut/b.txt": b"b\n", "empty.txt": b""}
+    with ZipWriter(tmp_path / "a.zip") as zw:
+        for name, data in files.items():
+            zw.add(name, data)
+    with zipfile.ZipFile(tmp_path / "a.zip") as zf:
+        assert zf.testzip() is None
+        assert {n: zf.read(n) for n in zf.namelist()} == files
+        assert zf.getinfo("images/0001.png").compress_type == zipfile.ZIP_STORED
+        assert zf.getinfo("a.json").compress_type == zipfile.ZIP_DEFLATED
+        assert zf.getinfo("a.json").date_time == (1980, 1, 1, 0, 0, 0)
+    with ZipWriter(tmp_path / "b.zip") as zw:
+        for name, data in files.items():
+            zw.add(name, data)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+
+
+def test_zip_writer_past_65535_entries_writes_zip64_records(tmp_path):
+    from shared.export.archives import ZipWriter
+
+    n = 70_000
+    with ZipWriter(tmp_path / "big.zip") as zw:
+        for i in range(n):
+            zw.add(f"labels/{i:06d}.txt", str(i).encode())
+    with zipfile.ZipFile(tmp_path / "big.zip") as zf:
+        names = zf.namelist()
+        assert len(names) == n and zf.read(names[-1]) == str(n - 1).encode()
