@@ -5,11 +5,10 @@ from the settings, unless a caller (tests, embedded mode) passes its own.
 """
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from api.body_limit import BodyLimit
 from api.deps import Resources
@@ -86,15 +85,9 @@ def create_app(settings: Settings | None = None, *, dispatcher: Dispatcher | Non
     app.state.settings = settings
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def metrics(request: Request, call_next):  # noqa: ANN001, ANN202
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        m = request.app.state.metrics
-        m.requests.labels(request.method, route, str(response.status_code)).inc()
-        m.latency.labels(request.method, route).observe(time.perf_counter() - started)
-        return response
+    from api.metrics import RequestMetrics
+
+    app.add_middleware(RequestMetrics, metrics=lambda: app.state.metrics)
 
     # Outermost: a body over the limit is refused before anything else reads it.
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes,

@@ -63,23 +63,32 @@ class KeyCache:
             self._entries[key_hash] = (time.monotonic() + self.ttl_s, tenant_id)
 
 
-def resources(request: Request) -> Resources:
+# The two dependencies of every route are coroutines: FastAPI runs a plain `def` dependency in
+# the thread pool, and each hop there costs a status poll more CPU than its database query.
+async def resources(request: Request) -> Resources:
     return request.app.state.resources
 
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `dsgen keys create`")
 
 
-def current_tenant(request: Request,
-                   credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> uuid.UUID:
-    """`Authorization: Bearer <api key>` -> tenant id (401 otherwise)."""
-    from shared.db import repositories as repo
+async def current_tenant(request: Request,
+                         credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> uuid.UUID:
+    """`Authorization: Bearer <api key>` -> tenant id (401 otherwise); a cached key needs no
+    database, a lookup runs in the thread pool (off the event loop)."""
+    from starlette.concurrency import run_in_threadpool
 
     res: Resources = request.app.state.resources
     key = credentials.credentials.strip() if credentials is not None else ""
     cached = res.keys.get(auth.hash_key(key)) if key else None
     if cached is not None:
         return cached
+    return await run_in_threadpool(_lookup_tenant, res, key)
+
+
+def _lookup_tenant(res: Resources, key: str) -> uuid.UUID:
+    from shared.db import repositories as repo
+
     with res.uow() as uow:
         if res.settings.embedded_tenant and not key:
             return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id

@@ -117,7 +117,7 @@ def spec_hash(spec: JobSpec) -> str:
 def _progress(uow: UnitOfWork, job: Job, with_shards: bool,
               shards: list[Shard] | None = None) -> tuple[Progress, list[ShardView]]:
     if shards is None:
-        shards = repo.list_shards(uow.session, job.id)  # progress is kept on the shards (`done`)
+        shards = repo.shard_progress_rows(uow.session, job.id)  # progress is kept on the shards (`done`)
     done = sum(s.done for s in shards)
     counts: dict[str, int] = {}
     for s in shards:
