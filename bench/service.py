@@ -213,9 +213,10 @@ def open_loop(bench: Bench, client, port: int, key: str, rates: list[int], secon
         bench.start(f"gpu{i}", ["worker", "--queues", "gpu", "-n", f"ol{i}@%h"], core=i)
     polled = client.submit(standin_spec(512, "polled"))
     client.wait(polled["id"], poll_s=0.5, timeout_s=900)
-    for i in range(30):  # a tenant with a page of jobs to list
-        client.submit(standin_spec(8, f"small-{i}"))
-    time.sleep(5)
+    small = [client.submit(standin_spec(8, f"small-{i}")) for i in range(30)]  # a page of jobs to list
+    for job in small:  # "idle" means idle: every job (and its finalisation) is done before measuring
+        client.wait(job["id"], poll_s=0.5, timeout_s=900)
+    time.sleep(2)
     paths = {"status": f"/v1/jobs/{polled['id']}", "list": "/v1/jobs?limit=50",
              "samples": f"/v1/jobs/{polled['id']}/samples?limit=50"}
     out: dict = {"job_samples": 512, "seconds_per_point": seconds}

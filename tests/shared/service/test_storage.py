@@ -63,6 +63,29 @@ def test_s3_presigned_urls_download_and_use_the_public_endpoint(s3_endpoint, mon
     assert httpx.get(url2).content == b"PNGDATA"
 
 
+def test_s3_presigned_urls_are_reused_for_a_share_of_their_lifetime(s3_store, monkeypatch):
+    """A polled samples page does not re-sign every URL (botocore: 0.14 ms each); a reused URL
+    still has most of its lifetime left, and another key, lifetime or file name is signed anew."""
+    import datetime as dt
+
+    import botocore.auth
+
+    start = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    elapsed = [0.0]  # both clocks: the cache's and botocore's (it signs to the second)
+    monkeypatch.setattr(time, "monotonic", lambda: 1000.0 + elapsed[0])
+    monkeypatch.setattr(botocore.auth, "get_current_datetime",
+                        lambda *a, **k: start + dt.timedelta(seconds=elapsed[0]))
+    s3_store.put("jobs/p/a.png", b"A")
+    first = s3_store.presign("jobs/p/a.png", expires_s=400)
+    elapsed[0] = 99  # within a quarter of 400 s: the same URL (signing now would give another)
+    assert s3_store.presign("jobs/p/a.png", expires_s=400) == first
+    assert s3_store.presign("jobs/p/a.png", expires_s=400, download_name="a.png") != first
+    assert s3_store.presign("jobs/p/b.png", expires_s=400) != first
+    elapsed[0] = 101  # past a quarter: signed again
+    again = s3_store.presign("jobs/p/a.png", expires_s=400)
+    assert again != first and httpx.get(again).content == b"A"
+
+
 def test_s3_down_is_service_unavailable(monkeypatch):
     for k, v in s3_env(f"http://127.0.0.1:{closed_port()}").items():
         monkeypatch.setenv(k, v)
