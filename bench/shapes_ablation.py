@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float) -> dict:
+def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float, seed: int = 0) -> dict:
     import quality
     import torch
 
@@ -34,10 +34,10 @@ def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float) -
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_checkpoint(ckpt, Path(tmp) / "model")
         r = quality.run(str(folder), Path(tmp) / "out", n_real, n_synth, 1500, 100, steps, guidance, False, 15, 6,
-                        log=lambda m: None, parts=("attention", "fidelity"))
+                        seed=seed, log=lambda m: None, parts=("attention", "fidelity"))
     fidelity = r["prompt_fidelity"]
     return {
-        "run": run.name,
+        "run": run.name + (f"@seed{seed}" if seed else ""), "measure_seed": seed,
         "world_overrides": {k: config[k] for k in ("world", "background", "count_weights", "size_frac") if config.get(k)},
         "rectify": config["rectify"],
         "steps": int(state["step"]), "training_seconds": round(float(state.get("elapsed", 0.0)), 1),
@@ -67,14 +67,16 @@ def main(argv=None) -> None:
     p.add_argument("--n-synth", type=int, default=96)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--seed", type=int, default=0, help="generation seed of the measurement (another seed: the noise "
+                                                       "of the metric on the same run; rows named RUN@seedK)")
     a = p.parse_args(argv)
     table = json.loads(a.out.read_text()) if a.out.is_file() else {"settings": vars(a) | {"runs": None, "out": None},
                                                                   "rows": []}
     done = {row["run"] for row in table["rows"]}
     for run in a.runs:
-        if run.name in done or not (run / "latest.pt").is_file():
+        if run.name + (f"@seed{a.seed}" if a.seed else "") in done or not (run / "latest.pt").is_file():
             continue
-        row = measure(run, a.n_real, a.n_synth, a.steps, a.guidance)
+        row = measure(run, a.n_real, a.n_synth, a.steps, a.guidance, a.seed)
         print(json.dumps(row), flush=True)
         table["rows"].append(row)
         a.out.parent.mkdir(parents=True, exist_ok=True)
