@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,11 +80,15 @@ def test_interrupted_run_resumes_to_identical_files(tmp_path, reference_run, sig
     spec_path = tmp_path / "job.json"
     spec_path.write_text(json.dumps(SPEC))
     out = tmp_path / "data"
-    proc = _spawn(spec_path, out)
-    _wait_for_records(out, 3, proc)
-    os.killpg(proc.pid, sig)
-    proc.wait(timeout=60)
-    done_before = len(list(out.glob("samples/*/record.json")))
+    for _attempt in range(3):  # on a loaded machine the run may finish before the signal lands: again
+        shutil.rmtree(out, ignore_errors=True)
+        proc = _spawn(spec_path, out)
+        _wait_for_records(out, 3, proc)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=60)
+        done_before = len(list(out.glob("samples/*/record.json")))
+        if done_before < 16:
+            break
     assert 3 <= done_before < 16, "the interruption should land mid-run"
     assert not (out / "manifest.json").exists()
 
