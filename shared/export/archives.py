@@ -28,7 +28,7 @@ SPOOL_SORT_CHUNK = 200_000  # lines sorted in memory at a time when a listing mu
 
 def compressed(name: str) -> bool:
     """Whether an archive entry is deflated (not for formats that are compressed already)."""
-    return Path(name).suffix.lower() not in STORED_SUFFIXES
+    return os.path.splitext(name)[1].lower() not in STORED_SUFFIXES  # no pathlib: it interns every part
 
 
 def zip_entry(name: str) -> zipfile.ZipInfo:
