@@ -23,7 +23,8 @@ same shard code, but only the export fragments are stored, not each sample's obj
 (finalisation from fragments never reads them; see FragmentsOnly). Formats: all five (coco, yolo, voc, hf, masks) unless
 --formats says otherwise.
 
-DSGEN_BENCH_PROFILE=FILE runs the finalize child under cProfile (stats written to FILE).
+DSGEN_BENCH_PROFILE=FILE runs the finalize child under cProfile (stats written to FILE);
+DSGEN_BENCH_TRACEMALLOC=N traces its Python allocations (peak, and the N largest sites left).
 
 Postgres: DSGEN_TEST_POSTGRES_URL (a fresh database); Redis: DSGEN_BENCH_REDIS_URL (default
 redis://127.0.0.1:6379/14, flushed).
@@ -264,11 +265,23 @@ def finalize_child(job_id: str) -> None:
 
     ctx = build_context(settings_of(dict(os.environ)), RecordingDispatcher())
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    trace = int(os.environ.get("DSGEN_BENCH_TRACEMALLOC", "0") or 0)
+    if trace:
+        import tracemalloc
+
+        tracemalloc.start(8)
     started, cpu_started = time.perf_counter(), time.process_time()
     status = finalize_job(ctx, uuid.UUID(job_id))
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    print(json.dumps({"status": status, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": resource.getrusage(
-        resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": base_rss / 1024}))
+    out = {"status": status, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mib": resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mib": base_rss / 1024}
+    if trace:  # what is still allocated after finalisation, by the line that allocated it
+        snapshot = tracemalloc.take_snapshot()
+        out["traced_after_mib"] = round(tracemalloc.get_traced_memory()[0] / 2**20, 2)
+        out["traced_peak_mib"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 2)
+        out["top_allocations"] = [f"{st.traceback[0].filename}:{st.traceback[0].lineno} {st.size / 2**20:.2f} MiB x{st.count}"
+                                  for st in snapshot.statistics("lineno")[:trace]]
+    print(json.dumps(out))
 
 
 def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, direct: bool | str = False) -> dict:
@@ -294,7 +307,8 @@ def finalize_run(env: dict[str, str], n: int, formats: list[str], size: int, dir
             "seed_s": round(seed_s, 2), "seed_samples_per_s": round(n / seed_s, 1),
             "finalize_s": round(child["seconds"], 2), "finalize_cpu_s": round(child["cpu_seconds"], 2),
             "load_average": [round(x, 2) for x in os.getloadavg()], "finalize_peak_rss_mib": round(child["peak_rss_mib"], 1),
-            "rss_before_finalize_mib": round(child["rss_before_mib"], 1), "export_bytes": exports}
+            "rss_before_finalize_mib": round(child["rss_before_mib"], 1), "export_bytes": exports,
+            **{k: child[k] for k in ("traced_after_mib", "traced_peak_mib", "top_allocations") if k in child}}
 
 
 def main() -> None:
