@@ -289,8 +289,10 @@ class LabelSpec(StrictModel):
         if isinstance(v, list):
             if not v:
                 raise ValueError("give at least one resolution or 'auto'")
-            if any(r < 1 or r & (r - 1) for r in v):
-                raise ValueError("resolutions are powers of two, e.g. [16, 32]")
+            # Any side the model's attention layers have (a 768-px SD job has 96/48/24, a 48-px
+            # model 48/24); the engine checks them against the loaded model, naming this field.
+            if any(r < 1 for r in v):
+                raise ValueError("resolutions are attention map sides in cells (>= 1), e.g. [16, 32]")
         return v
 
     @model_validator(mode="after")

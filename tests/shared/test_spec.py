@@ -45,7 +45,7 @@ def test_minimal_spec_gets_documented_defaults():
         ({"labels__tau": -1}, "labels.tau", "greater than or equal to 0"),
         ({"labels__uncertain_threshold": 0.7}, "labels.uncertain_threshold", "must be <="),
         ({"labels__step_window": [0.5, 0.2]}, "labels.step_window", "start < end"),
-        ({"labels__cross_resolutions": [12]}, "labels.cross_resolutions", "powers of two"),
+        ({"labels__cross_resolutions": [0]}, "labels.cross_resolutions", "sides in cells"),
         ({"export__formats": ["coco", "tfrecord"]}, "export.formats.1", "'coco', 'yolo'"),
         ({"export__splits": {"train": 0.5, "val": 0.1}}, "export.splits", "add up to 1"),
         ({"model": {"id": "x", "dtype": "int8"}}, "model.dtype", "float16"),

