@@ -89,7 +89,9 @@ def test_interrupted_run_resumes_to_identical_files(tmp_path, reference_run, sig
         done_before = len(list(out.glob("samples/*/record.json")))
         if done_before < 16:
             break
-    assert 3 <= done_before < 16, "the interruption should land mid-run"
+    # SIGKILL lands mid-run. After Ctrl-C the writes already queued still finish (nothing made
+    # is lost): on a fast machine that can be every sample; the run still never finalises.
+    assert 3 <= done_before < 16 or (sig == signal.SIGINT and done_before == 16), done_before
     assert not (out / "manifest.json").exists()
 
     resumed = subprocess.run(
