@@ -15,7 +15,6 @@ import json
 import os
 import struct
 import tempfile
-import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +28,6 @@ SPOOL_SORT_CHUNK = 200_000  # lines sorted in memory at a time when a listing mu
 def compressed(name: str) -> bool:
     """Whether an archive entry is deflated (not for formats that are compressed already)."""
     return os.path.splitext(name)[1].lower() not in STORED_SUFFIXES  # no pathlib: it interns every part
-
-
-def zip_entry(name: str) -> zipfile.ZipInfo:
-    """The entry `ZipWriter` writes, as `zipfile` describes it (for readers and tests)."""
-    info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
-    info.compress_type = zipfile.ZIP_DEFLATED if compressed(name) else zipfile.ZIP_STORED
-    info.external_attr = 0o644 << 16
-    return info
 
 
 class ZipWriter:

@@ -8,7 +8,7 @@ import pytest
 
 from shared import layout
 from shared.export import write_exports
-from shared.export.archives import ArchiveSink, zip_entry
+from shared.export.archives import ArchiveSink
 from shared.export.fragments import FragmentError, merge_fragments, pack_fragment, unpack_fragment
 from shared.spec import EXPORT_FORMATS
 from tests.shared.export.test_export_fragments import N, _dropped, _spec, _tree, _write_samples
@@ -52,12 +52,6 @@ def test_archives_from_stored_fragments_hold_the_single_pass_files_and_manifest(
             got = {f"{fmt}/{name}": zf.read(name) for name in zf.namelist()}
         assert got == {k: v for k, v in expected.items() if k.startswith(f"{fmt}/")}, fmt
     assert not list((tmp_path / "archives").glob("listings-*"))  # scratch listings removed
-
-
-def test_compressed_files_are_stored_and_text_is_deflated():
-    assert zip_entry("images/train/000001.jpg").compress_type == zipfile.ZIP_STORED
-    assert zip_entry("train/metadata.parquet").compress_type == zipfile.ZIP_STORED
-    assert zip_entry("annotations/instances_train.json").compress_type == zipfile.ZIP_DEFLATED
 
 
 def test_a_listing_received_out_of_name_order_is_read_back_sorted(tmp_path, monkeypatch):
