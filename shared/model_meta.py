@@ -250,6 +250,35 @@ def _method_texts(spec: Any, slots) -> list[tuple[str, str]]:
     return [(f, t) for f, t in out if t and t.strip()]
 
 
+def recommended_label_resolutions(extras: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    """The model's recommended `cross_resolutions` / `self_resolution` (its dsgen.json), for an
+    image of width x height.
+
+    The recommendation is written for the model's default size; its layers sit at fixed
+    fractions of the image, so at another size the same layers are at scaled resolutions
+    (shapes-v2 at 48 px reads 24+48; asked for 32 px, the same layers are 16+32). A resolution
+    that does not scale to a whole number is left as written (the fit check names it).
+    """
+    rec = {k: v for k, v in (extras.get("recommended_labels") or {}).items()
+           if k in ("cross_resolutions", "self_resolution")}
+    gen = extras.get("default_generation") or {}
+    if not rec or "width" not in gen or "height" not in gen:
+        return rec
+    num, den = min(width, height), min(int(gen["width"]), int(gen["height"]))
+    if num == den:
+        return rec
+
+    def scaled(r: int) -> int:
+        return r * num // den if (r * num) % den == 0 and r * num >= den else r
+
+    out = dict(rec)
+    if "cross_resolutions" in rec:
+        out["cross_resolutions"] = [scaled(int(r)) for r in rec["cross_resolutions"]]
+    if "self_resolution" in rec:
+        out["self_resolution"] = scaled(int(rec["self_resolution"]))
+    return out
+
+
 def check_spec_fits_model(spec: Any, meta: ModelMeta) -> list[tuple[str, str]]:
     """(field, message) for each thing of `spec` the model cannot do: words outside a
     word-level vocabulary, a size it does not make, attention resolutions it does not have."""
@@ -279,7 +308,7 @@ def check_spec_fits_model(spec: Any, meta: ModelMeta) -> list[tuple[str, str]]:
         return errors
     labels = spec.labels
     if labels.mode != "none" and labels.boxes != "adaptor" and meta.blocks:
-        recommended = meta.extras.get("recommended_labels") or {}
+        recommended = recommended_label_resolutions(meta.extras, gen.width, gen.height)
         cross = labels.cross_resolutions if labels.cross_resolutions != "auto" else recommended.get("cross_resolutions")
         self_ = labels.self_resolution if labels.self_resolution != "auto" else recommended.get("self_resolution")
         have = meta.attention_resolutions(gen.width, gen.height)

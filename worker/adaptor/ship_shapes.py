@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=2400, help="real images rendered (80% train, 10% val)")
     p.add_argument("--epochs", type=int, default=48)  # the shipped adaptor: val AP50 0.913 (0.845 at 16)
     p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--width", type=int, default=None, help="image side (default: the model's own)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-install", action="store_true", help="train only; do not copy into the package")
@@ -47,12 +47,14 @@ def main(argv: list[str] | None = None) -> None:
     from worker.adaptor.train import TrainConfig, Trainer
     from worker.engine.models import load_model
 
-    world = get_world(load_model(a.model).extras.get("world"))
+    model = load_model(a.model)
+    world = get_world(model.extras.get("world"))
+    a.width = a.width or int(model.extras.get("default_generation", {}).get("width", 32))
 
     coco = a.data / "coco"
     if not (coco / "annotations" / "instances_train.json").is_file():
         print(f"rendering {a.n} real shapes images into {a.data}")
-        write_real_dataset(a.data, a.n, seed=61, world=world)
+        write_real_dataset(a.data, a.n, seed=61, size=a.width, world=world)
     if a.run.exists():
         shutil.rmtree(a.run)  # a fresh run: the base weights may have changed
     cfg = TrainConfig(model=a.model, coco=str(coco / "annotations" / "instances_train.json"), images=str(coco / "images" / "train"),

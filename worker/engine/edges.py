@@ -27,7 +27,8 @@ def guided_filter(scores: torch.Tensor, image: np.ndarray | torch.Tensor, radius
     """Filter `scores` [C, H, W] guided by `image` [H, W, 3] (uint8 or floats in [0, 1]).
 
     Returns [C, H, W] clipped to [0, 1]."""
-    guide = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    # torch.tensor copies: a PIL image's array view is read-only, and torch warns on those.
+    guide = image.float() if isinstance(image, torch.Tensor) else torch.tensor(np.asarray(image), dtype=torch.float32)
     if guide.max() > 1.0:
         guide = guide / 255.0
     guide = guide.permute(2, 0, 1).contiguous()  # [3, H, W]

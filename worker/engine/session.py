@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from shared.engine import GeneratedSample
+from shared.model_meta import recommended_label_resolutions
 from shared.prompts import SamplePlan
 from shared.records import IGNORE, SampleFiles, SampleRecord
 from shared.spec import JobSpec, LabelSpec, SourceSpec, SpecError
@@ -35,13 +36,17 @@ from worker.engine.models import LoadedModel, load_model
 from worker.engine.text import token_groups
 
 
-def effective_labels(labels: LabelSpec, extras: dict) -> LabelSpec:
-    """Resolve "auto" resolutions with the model's own recommendation (dsgen.json), if any.
+def effective_labels(labels: LabelSpec, extras: dict, size: tuple[int, int] | None = None) -> LabelSpec:
+    """Resolve "auto" resolutions with the model's own recommendation (dsgen.json), if any,
+    scaled to the generation size (width, height) when it is not the model's default.
 
     A model may know which of its layers carry semantics (the shapes model's 8x8 maps carry
     nothing); the resolved values are what the samples record, so a re-run is exact.
     """
-    recommended = extras.get("recommended_labels") or {}
+    if size is None:
+        recommended = extras.get("recommended_labels") or {}
+    else:
+        recommended = recommended_label_resolutions(extras, *size)
     update = {
         name: recommended[name]
         for name in ("cross_resolutions", "self_resolution")
@@ -84,7 +89,8 @@ class EngineSession:
             from worker.adaptor.labeler import AdaptorLabeler
 
             self.adaptor = AdaptorLabeler.for_job(self.spec, self.model)
-        self.labels = effective_labels(self.spec.labels, self.model.extras)
+        gen = self.spec.generation
+        self.labels = effective_labels(self.spec.labels, self.model.extras, (gen.width, gen.height))
         self.method = method_for(self)
         if self.method.labels_from_inputs and self.spec.labels.boxes != "attention":
             raise SpecError(f"labels.boxes: {self.spec.method}'s labels are its input masks; leave labels.boxes at 'attention'",

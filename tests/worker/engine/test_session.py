@@ -94,3 +94,20 @@ def test_auto_resolutions_follow_the_models_recommendation_and_are_recorded():
     explicit = LabelSpec(cross_resolutions=[8], self_resolution=8)
     assert effective_labels(explicit, extras) == explicit
     assert effective_labels(LabelSpec(), {}) == LabelSpec()
+
+
+def test_auto_resolutions_scale_with_the_generation_size():
+    from shared.spec import LabelSpec
+    from worker.engine.session import effective_labels
+
+    extras = {"recommended_labels": {"cross_resolutions": [24, 48], "self_resolution": 24},
+              "default_generation": {"width": 48, "height": 48}}
+    native = effective_labels(LabelSpec(), extras, (48, 48))
+    assert (native.cross_resolutions, native.self_resolution) == ([24, 48], 24)
+    smaller = effective_labels(LabelSpec(), extras, (32, 32))
+    assert (smaller.cross_resolutions, smaller.self_resolution) == ([16, 32], 16)
+    larger = effective_labels(LabelSpec(), extras, (96, 64))  # the short side sets the scale
+    assert (larger.cross_resolutions, larger.self_resolution) == ([32, 64], 32)
+    # 24 * 25/48 is not whole: left as written (the fit check then names the field)
+    partial = effective_labels(LabelSpec(), extras, (25, 25))
+    assert (partial.cross_resolutions, partial.self_resolution) == ([24, 25], 24)
