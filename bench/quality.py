@@ -61,6 +61,7 @@ from shared.shapes.world import World, get_world  # noqa: E402
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
 MASK_STREAM, FILTER_REAL_STREAM = 910_005, 910_006
+VALIDATION_STREAM = 910_007  # label settings are chosen here (bench/label_sweep.py), never on TEST_STREAM
 N_CLASSES = len(SHAPES) + 1
 CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
@@ -133,20 +134,25 @@ class IoU:
 # ------------------------------------------------------------------ attention on real images
 
 @torch.no_grad()
-def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed: int = 0):
+def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed: int = 0, specs=None):
+    """IoU against the truth of label settings on real renders noised to `t`, one capture per
+    batch shared by every setting. `specs` (name -> LabelSpec) defaults to the model's
+    recommended settings (dsgen.json) in refined and DAAM mode, as a job using it gets them.
+    The capture is at the model's recommended resolutions (label_image reads what the store
+    captured), so settings differ in thresholds, tau, edges and mode only."""
     from shared.spec import LabelSpec
     from worker.engine.attention import CaptureConfig, capture_attention
     from worker.engine.labeling import label_image
     from worker.engine.text import encode_prompts, token_groups
 
     rec = model.extras.get("recommended_labels", {})
+    size = scenes[0].image.shape[0]
+    if specs is None:
+        rec = {k: v for k, v in rec.items() if k in LabelSpec.model_fields and k != "mode"}
+        specs = {"refined": LabelSpec(**{**rec, "mode": "refined"}), "daam": LabelSpec(**{**rec, "mode": "daam"})}
     cross = tuple(rec.get("cross_resolutions", (16, 32)))
     self_res = int(rec.get("self_resolution", 16))
-    size = scenes[0].image.shape[0]
     cfg = CaptureConfig(latent_hw=(size, size), cross_resolutions=cross, self_resolutions=(self_res,))
-    # The model's recommended label settings (dsgen.json), as a job using it would get them.
-    rec = {k: v for k, v in rec.items() if k in LabelSpec.model_fields and k != "mode"}
-    specs = {"refined": LabelSpec(**{**rec, "mode": "refined"}), "daam": LabelSpec(**{**rec, "mode": "daam"})}
     ious = {k: IoU() for k in specs}
     ignored = []
     examples = []
@@ -173,8 +179,9 @@ def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed
                                   spec, (size, size), image=scene.image)
                 ious[k].add(res.semantic, scene.semantic)
                 preds[k] = res.semantic
-            ignored.append(float((preds["refined"] == 255).mean()))
-            if len(examples) < 16:
+            first = next(iter(preds.values()))
+            ignored.append(float((preds.get("refined", first) == 255).mean()))
+            if len(examples) < 16 and "refined" in preds and "daam" in preds:
                 examples.append((scene.image, scene.semantic, preds["refined"], preds["daam"]))
     return ious, float(np.mean(ignored)), examples
 
