@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from quality import caption_mentions, to_tensor  # noqa: E402
 from shared.shapes import SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
+from shared.shapes.world import get_world  # noqa: E402
 
 REAL_STREAM, GEN_STREAM = 910_101, 910_102  # disjoint from training (61) and bench/quality streams
 
@@ -89,8 +90,9 @@ def run(model_id: str, adaptor_ref: str, n_real: int, n_gen: int, strength: floa
 
     # ---------------------------------------------------------------- real
     t0 = time.perf_counter()
-    scenes = [render_scene(scene_seed(REAL_STREAM, i), 32) for i in range(n_real)]
-    size = 32
+    size = int(model.extras.get("default_generation", {}).get("width", 32))  # the model's own side and world
+    world = get_world(model.extras.get("world"))
+    scenes = [render_scene(scene_seed(REAL_STREAM, i), size, world=world) for i in range(n_real)]
     cfg = CaptureConfig(latent_hw=(size, size), cross_resolutions=cross, self_resolutions=(self_res,))
     a = model.scheduler.alphas_cumprod[adaptor.config.timestep].float()
     dets = {"adaptor": [], "attention": []}
@@ -121,7 +123,7 @@ def run(model_id: str, adaptor_ref: str, n_real: int, n_gen: int, strength: floa
     gen = GenerationSpec(width=size, height=size, steps=int(gen_defaults.get("steps", 20)),
                          guidance_scale=float(gen_defaults.get("guidance_scale", 3.0)),
                          scheduler=gen_defaults.get("scheduler", "default"), batch_size=batch)
-    scenes = [render_scene(scene_seed(GEN_STREAM, i), 32) for i in range(n_gen)]
+    scenes = [render_scene(scene_seed(GEN_STREAM, i), size, world=world) for i in range(n_gen)]
     dets = {"adaptor": [], "attention": []}
     cfg_g = CaptureConfig(latent_hw=(size, size), cross_resolutions=cross, self_resolutions=(self_res,), guidance=True)
     for b0 in range(0, n_gen, batch):

@@ -26,7 +26,7 @@ MODES = {
 
 
 def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int, options: dict, steps: int,
-                     guidance: float, seed: int) -> list:
+                     guidance: float, seed: int, size: int) -> list:
     from shared.spec import parse_spec
     from worker.engine.models import load_model
     from worker.engine.session import EngineSession
@@ -34,7 +34,7 @@ def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int
     spec = parse_spec({
         "name": "bench-augment", "model": model_id, "seed": seed, "method": "augment",
         "classes": [{"name": c} for c in classes], "num_images": n * variants,
-        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance,
+        "generation": {"width": size, "height": size, "steps": steps, "guidance_scale": guidance,
                        "scheduler": "ddim", "batch_size": 16},
         "augment": {"source": {"path": str(source), "format": "dsgen"}, "variants": variants,
                     "prompt": "source", "template": "a {classes}", **options},
@@ -51,12 +51,12 @@ def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, gu
 
     started = time.time()
     source = Path(tempfile.mkdtemp(prefix="bench-augment-")) / "real"
-    write_real_dataset(source, n_real, seed=AUGMENT_STREAM, size=32, formats=[], world=q.WORLD)
+    write_real_dataset(source, n_real, seed=AUGMENT_STREAM, size=q.SIZE, formats=[], world=q.WORLD)
     real_x = [np.asarray(Image.open(p / "image.png").convert("RGB")) for p in sorted((source / "samples").iterdir())]
     real_y = [np.asarray(Image.open(p / "semantic.png")) for p in sorted((source / "samples").iterdir())]
     result: dict = {"n_real": n_real, "variants": variants}
     for name, options in MODES.items():
-        samples = _augment_samples(model_id, source, q.SHAPES, n_real, variants, options, steps, guidance, seed)
+        samples = _augment_samples(model_id, source, q.SHAPES, n_real, variants, options, steps, guidance, seed, q.SIZE)
         carried = sum(s.record.parameters["augment"]["labels"] == "carried" for s in samples)
         images = [np.asarray(s.image.convert("RGB")) for s in samples]
         labels = [s.semantic for s in samples]

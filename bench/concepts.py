@@ -39,6 +39,14 @@ from shared.shapes.world import World, get_world  # noqa: E402
 CONCEPT_STREAM, JUDGE_STREAM, JUDGE_TEST_STREAM = 920_001, 920_002, 920_003
 
 
+SIDE = 32  # renders and generated images: the measured model's own side (set by run / run_augment)
+
+
+def use_model_side(model) -> None:
+    global SIDE
+    SIDE = int(model.extras.get("default_generation", {}).get("width", 32))
+
+
 def judge_world(world: World) -> World:
     """Every drawable colour and shape as a 'training' concept: what the judge can name."""
     return World(name=f"{world.name}-judge", colours=world.drawable_colours, shapes=world.drawable_shapes,
@@ -52,7 +60,7 @@ def judge_scenes(world: World, stream: int, n: int, held: tuple[str, str]):
     for i in range(n):
         seed = scene_seed(stream, i)
         if i % 2 == 0:
-            out.append(render_scene(seed, 32, world=world))
+            out.append(render_scene(seed, SIDE, world=world))
             continue
         k = int(rng.integers(1, 3))
         objs = []
@@ -60,7 +68,7 @@ def judge_scenes(world: World, stream: int, n: int, held: tuple[str, str]):
             colour = held[0] if (j == 0 and rng.random() < 0.7) else str(rng.choice(world.drawable_colours))
             shape = held[1] if (j == 0 and rng.random() < 0.7) else str(rng.choice(world.drawable_shapes))
             objs.append((colour, shape))
-        out.append(render_scene(seed, 32, world=world, objects=objs))
+        out.append(render_scene(seed, SIDE, world=world, objects=objs))
     return out
 
 
@@ -74,7 +82,7 @@ def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str
         "classes": [{"name": c.strip("<>"), "words": [c]} for c in classes],
         "prompts": {"source": "list", "prompts": [prompt], "append_class_names": False},
         "num_images": n, "concepts": [str(concept)] if concept else [],
-        "generation": {"width": 32, "height": 32, "steps": steps, "guidance_scale": guidance, "scheduler": "ddim",
+        "generation": {"width": SIDE, "height": SIDE, "steps": steps, "guidance_scale": guidance, "scheduler": "ddim",
                        "batch_size": 16},
         "labels": {"mode": "none"}, "export": {"formats": []},
     })
@@ -89,6 +97,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
 
     torch.manual_seed(seed)
     model = load_model(model_id)
+    use_model_side(model)
     world = get_world(model.extras.get("world"))
     held = (world.held_out_colours[0], world.held_out_shapes[0])
     folder = out / "concepts-bench"
@@ -97,7 +106,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     paths = []
     for i in range(n_learn):
         p = images_dir / f"{i:02d}.png"
-        render_scene(scene_seed(CONCEPT_STREAM, i), 32, world=world, objects=[held]).to_pil().save(p)
+        render_scene(scene_seed(CONCEPT_STREAM, i), SIDE, world=world, objects=[held]).to_pil().save(p)
         paths.append(p)
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
     init = ["blue", "star"]
@@ -110,10 +119,10 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     log(f"learned in {learn_s:.0f}s")
 
     jw = judge_world(world)
-    q.use_world(jw)
+    q.use_world(jw, SIDE)
     t1 = time.time()
     judge = q.PairJudge(judge_scenes(world, JUDGE_STREAM, n_judge, held), judge_epochs, seed)
-    test = [render_scene(scene_seed(JUDGE_TEST_STREAM, i), 32, world=world, objects=[held]) for i in range(100)]
+    test = [render_scene(scene_seed(JUDGE_TEST_STREAM, i), SIDE, world=world, objects=[held]) for i in range(100)]
     pair = q.pair_index(*held)
     judge_acc = float(judge.presence([s.image for s in test])[:, pair].mean())
     log(f"judge trained in {time.time() - t1:.0f}s; finds {held} in {judge_acc:.2f} of real renders")
@@ -160,10 +169,11 @@ def run_augment(model_id: str, out: Path, judge, n_real: int, variants: int, gen
     from worker.engine.session import EngineSession
 
     model = load_model(model_id)
+    use_model_side(model)
     world = get_world(model.extras.get("world"))
     real_dir = out / "augment-bench" / "real"
     if not (real_dir / "samples").is_dir():
-        write_real_dataset(real_dir, n_real, seed=q.SEG_REAL_STREAM, size=32, formats=["coco"], world=world)
+        write_real_dataset(real_dir, n_real, seed=q.SEG_REAL_STREAM, size=SIDE, formats=["coco"], world=world)
     shapes = list(world.shapes)
     result, synthetic = {}, []
     for name, aug in (("inpaint_inside", {"mode": "inpaint_inside", "strengths": [1.0]}),
@@ -171,7 +181,7 @@ def run_augment(model_id: str, out: Path, judge, n_real: int, variants: int, gen
         spec = parse_spec({
             "model": model_id, "method": "augment", "seed": seed, "num_images": n_real * variants,
             "classes": [{"name": c} for c in shapes],
-            "generation": {"width": 32, "height": 32, "steps": gen_steps, "guidance_scale": guidance, "scheduler": "ddim",
+            "generation": {"width": SIDE, "height": SIDE, "steps": gen_steps, "guidance_scale": guidance, "scheduler": "ddim",
                            "batch_size": 16},
             "labels": {"mode": "refined", **model.extras.get("recommended_labels", {})},
             "augment": {"source": {"path": str(real_dir), "format": "dsgen"}, "variants": variants, "template": "a {classes}",

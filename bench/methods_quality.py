@@ -72,7 +72,7 @@ def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, s
     from worker.engine.shape_guided import EditOptions, edit_images
 
     rng = np.random.default_rng(seed)
-    scenes = [render_scene(q.scene_seed(EDIT_STREAM, i), 32, world=world) for i in range(n)]
+    scenes = [render_scene(q.scene_seed(EDIT_STREAM, i), gen.width, world=world) for i in range(n)]
     ious, colour_ious, hits, outside, started = [], [], [], [], time.time()
     for b0 in range(0, n, batch):
         chunk = scenes[b0:b0 + batch]
@@ -128,17 +128,18 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
         seeds = [seed * 1000 + b0 + k for k in range(len(chunk))]
         plans = [SamplePlan(k, sd, pr, "", (ClassMention(s, 1, ((len(pr) - len(s), len(pr)),)),))
                  for k, (sd, pr, (_, s, _)) in enumerate(zip(seeds, prompts, chunk))]
-        pixel_boxes = [[tuple(int(round(v * 32)) for v in box)] for _, _, box in chunk]
+        side = gen.width
+        pixel_boxes = [[tuple(int(round(v * side)) for v in box)] for _, _, box in chunk]
         for mode in modes:  # interleaved per batch
             t0 = time.perf_counter()
-            controls = [box_mask(model, plans, pixel_boxes, (32, 32), box_window)] if "box_mask" in mode else []
+            controls = [box_mask(model, plans, pixel_boxes, (side, side), box_window)] if "box_mask" in mode else []
             out = layout_images(model, prompts, seeds, gen, targets,
                                 GuidanceOptions(scale=scale if "guided" in mode else 0.0, resolutions=res),
                                 controls=controls)
             times[mode].append((time.perf_counter() - t0) / len(chunk))
             for (c, s, box), img in zip(chunk, out.images):
                 region = pair_region(judge, np.asarray(img.convert("RGB")), c, s)
-                asked = [v * 32 for v in box]
+                asked = [v * side for v in box]
                 got = _box(region)
                 if got is None:
                     result[mode]["centroid"].append(99.0)
@@ -186,11 +187,12 @@ def main() -> None:
     torch.manual_seed(a.seed)
     model = load_model(a.model)
     world = get_world(model.extras.get("world"))
-    q.use_world(world)
+    side = int(model.extras.get("default_generation", {}).get("width", 32))  # the model's own side
+    q.use_world(world, side)
     t0 = time.time()
     judge = q.PairJudge(q.real_scenes(q.CLASSIFIER_STREAM, a.n_classifier), a.cls_epochs, a.seed)
     result = {"model": a.model, "model_revision": model.info.revision, "judge_seconds": round(time.time() - t0, 1)}
-    gen = GenerationSpec(width=32, height=32, steps=a.steps, guidance_scale=a.guidance, scheduler="ddim", batch_size=a.batch)
+    gen = GenerationSpec(width=side, height=side, steps=a.steps, guidance_scale=a.guidance, scheduler="ddim", batch_size=a.batch)
     parts = a.parts.split(",")
     if "edit" in parts:
         result["edit"] = edit_quality(model, judge, world, a.n_edit, gen.model_copy(update={"guidance_scale": a.edit_guidance}),

@@ -4,10 +4,11 @@
         --out docs/bench/shapes-v2-ablations.json
 
 Each RUN is a `worker.shapes.train` folder trained for the same wall budget (`--max-minutes`,
-one thread). Its `latest.pt` EMA is exported and measured by bench/quality.py's attention and
-fidelity parts against renders of the run's *own* world (the world is what is being ablated,
-so each model is judged on what it was asked to learn). Runs already in the output are kept,
-so the script can be re-run as more runs finish.
+one thread), or one of its `ema-*.pt` snapshots (a training curve). Its `latest.pt` EMA (or the
+snapshot's) is exported and measured by bench/quality.py's attention and fidelity parts against
+renders of the run's *own* world (the world is what is being ablated, so each model is judged on
+what it was asked to learn). Runs already in the output are kept, so the script can be re-run
+as more runs finish.
 """
 from __future__ import annotations
 
@@ -28,16 +29,16 @@ def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float, s
 
     from worker.shapes.train import export_checkpoint
 
-    ckpt = run / "latest.pt"
+    ckpt = run if run.suffix == ".pt" else run / "latest.pt"
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = json.loads((run / "train_config.json").read_text())
+    config = json.loads((ckpt.parent / "train_config.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         folder = export_checkpoint(ckpt, Path(tmp) / "model")
         r = quality.run(str(folder), Path(tmp) / "out", n_real, n_synth, 1500, 100, steps, guidance, False, 15, 6,
                         seed=seed, log=lambda m: None, parts=("attention", "fidelity"))
     fidelity = r["prompt_fidelity"]
     return {
-        "run": run.name + (f"@seed{seed}" if seed else ""), "measure_seed": seed,
+        "run": row_name(run, seed), "measure_seed": seed,
         "world_overrides": {k: config[k] for k in ("world", "background", "count_weights", "size_frac") if config.get(k)},
         "rectify": config["rectify"],
         "steps": int(state["step"]), "training_seconds": round(float(state.get("elapsed", 0.0)), 1),
@@ -47,6 +48,12 @@ def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float, s
         "all_objects_in_image": fidelity["all_objects_in_image"],
         "final_loss": last_loss(run),
     }
+
+
+def row_name(run: Path, seed: int) -> str:
+    """A run folder's name, or `folder/snapshot` for one snapshot of it (a training curve)."""
+    name = f"{run.parent.name}/{run.stem}" if run.suffix == ".pt" else run.name
+    return name + (f"@seed{seed}" if seed else "")
 
 
 def att(r: dict, key: str) -> float:
@@ -74,7 +81,8 @@ def main(argv=None) -> None:
                                                                   "rows": []}
     done = {row["run"] for row in table["rows"]}
     for run in a.runs:
-        if run.name + (f"@seed{a.seed}" if a.seed else "") in done or not (run / "latest.pt").is_file():
+        ckpt = run if run.suffix == ".pt" else run / "latest.pt"
+        if row_name(run, a.seed) in done or not ckpt.is_file():
             continue
         row = measure(run, a.n_real, a.n_synth, a.steps, a.guidance, a.seed)
         print(json.dumps(row), flush=True)
