@@ -10,6 +10,8 @@
     .outside_mad         mean |edited - source| outside the mask (0..255);
   layout   one object per image at a random asked box (side 0.4-0.55), guided vs plain:
     .centroid_within_2px, .box_iou_ge_0.70, .both   shares of objects (judge's region of the pair);
+    ..._by_colour        the same with the region read from the pixels' colour (the largest
+                         component of the asked palette colour: one object per image);
     .seconds_per_image   guided vs plain, interleaved; .time_ratio.
 The judge is bench.quality.PairJudge (a segmenter trained on real renders only).
 """
@@ -58,14 +60,37 @@ def pair_region(judge, image: np.ndarray, colour: str, shape: str) -> np.ndarray
     return pred == q.pair_index(colour, shape) + 1
 
 
-def colour_region(edited: np.ndarray, source: np.ndarray, colour: str, tolerance: int = 120) -> np.ndarray:
-    """Pixels the edit turned into `colour` (the shapes world draws flat palette colours): near
-    the palette colour now and not before (other objects of that colour are not the edit)."""
+def near_colour(image: np.ndarray, colour: str, tolerance: int = 120) -> np.ndarray:
+    """Pixels within `tolerance` (L1 over RGB) of a palette colour (the world draws flat colours)."""
     from shared.shapes.world import PALETTE
 
-    target = np.asarray(PALETTE[colour], dtype=int)
-    near = lambda img: np.abs(img.astype(int) - target).sum(-1) < tolerance  # noqa: E731
-    return near(edited) & ~near(source)
+    return np.abs(image.astype(int) - np.asarray(PALETTE[colour], dtype=int)).sum(-1) < tolerance
+
+
+def colour_region(edited: np.ndarray, source: np.ndarray, colour: str, tolerance: int = 120) -> np.ndarray:
+    """Pixels the edit turned into `colour`: near the palette colour now and not before (other
+    objects of that colour are not the edit)."""
+    return near_colour(edited, colour, tolerance) & ~near_colour(source, colour, tolerance)
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component (stray pixels of the colour elsewhere are not the object)."""
+    import cv2
+
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return mask & False
+    return comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def placement(region: np.ndarray, asked: list[float]) -> tuple[float, float]:
+    """(centroid error in px, box IoU) of a region against an asked box; (99, 0) for no region."""
+    got = _box(region)
+    if got is None:
+        return 99.0, 0.0
+    ys, xs = np.nonzero(region)
+    cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
+    return float(np.hypot(cx - (asked[0] + asked[2]) / 2, cy - (asked[1] + asked[3]) / 2)), _box_iou(got, asked)
 
 
 def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int) -> dict:
@@ -118,7 +143,7 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
     res = tuple((model.extras.get("recommended_labels") or {}).get("cross_resolutions") or ()) or None
     result, times = {}, {m: [] for m in modes}
     for mode in modes:
-        result[mode] = {"centroid": [], "box": []}
+        result[mode] = {"centroid": [], "box": [], "centroid_by_colour": [], "box_by_colour": []}
     for b0 in range(0, n, batch):
         chunk = items[b0:b0 + batch]
         prompts = [f"a {c} {s}" for c, s, _ in chunk]
@@ -138,24 +163,25 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
                                 controls=controls)
             times[mode].append((time.perf_counter() - t0) / len(chunk))
             for (c, s, box), img in zip(chunk, out.images):
-                region = pair_region(judge, np.asarray(img.convert("RGB")), c, s)
+                pixels = np.asarray(img.convert("RGB"))
                 asked = [v * side for v in box]
-                got = _box(region)
-                if got is None:
-                    result[mode]["centroid"].append(99.0)
-                    result[mode]["box"].append(0.0)
-                    continue
-                ys, xs = np.nonzero(region)
-                cx, cy = xs.mean() + 0.5, ys.mean() + 0.5
-                result[mode]["centroid"].append(float(np.hypot(cx - (asked[0] + asked[2]) / 2, cy - (asked[1] + asked[3]) / 2)))
-                result[mode]["box"].append(_box_iou(got, asked))
+                # the judge's region of the (colour, shape) pair, and (one object per image, flat
+                # palette colours) the largest region of the asked colour: where it was drawn
+                for suffix, region in (("", pair_region(judge, pixels, c, s)),
+                                       ("_by_colour", largest_component(near_colour(pixels, c)))):
+                    err, iou = placement(region, asked)
+                    result[mode]["centroid" + suffix].append(err)
+                    result[mode]["box" + suffix].append(iou)
     out = {"n_objects": n, "scale": scale, "resolutions": None if res is None else list(res), "box_window": list(box_window)}
     for mode, r in result.items():
-        c, b = np.asarray(r["centroid"]), np.asarray(r["box"])
-        out[mode] = {"centroid_within_2px": round(float((c <= 2).mean()), 4), "box_iou_ge_0.70": round(float((b >= 0.7).mean()), 4),
-                     "both": round(float(((c <= 2) & (b >= 0.7)).mean()), 4), "centroid_error_px_median": round(float(np.median(c)), 2),
-                     "box_iou_median": round(float(np.median(b)), 4),
-                     "seconds_per_image_median": round(float(np.median(times[mode])), 3)}
+        out[mode] = {"seconds_per_image_median": round(float(np.median(times[mode])), 3)}
+        for suffix in ("", "_by_colour"):
+            c, b = np.asarray(r["centroid" + suffix]), np.asarray(r["box" + suffix])
+            out[mode] |= {f"centroid_within_2px{suffix}": round(float((c <= 2).mean()), 4),
+                          f"box_iou_ge_0.70{suffix}": round(float((b >= 0.7).mean()), 4),
+                          f"both{suffix}": round(float(((c <= 2) & (b >= 0.7)).mean()), 4),
+                          f"centroid_error_px_median{suffix}": round(float(np.median(c)), 2),
+                          f"box_iou_median{suffix}": round(float(np.median(b)), 4)}
     for mode in modes:
         if mode != "plain" and "plain" in modes:
             out[f"time_ratio_{mode}_vs_plain"] = round(out[mode]["seconds_per_image_median"] / out["plain"]["seconds_per_image_median"], 2)
