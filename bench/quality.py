@@ -390,7 +390,8 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
     samples = seg_real = None
     if "fidelity" in parts or "synthetic" in parts:
         samples, seg_real = _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix,
-                                              seg_epochs, cls_epochs, seed, log, started, result, n_few_real)
+                                              seg_epochs, cls_epochs, seed, log, started, result, n_few_real,
+                                              segmenters="synthetic" in parts)
     if "mask2image" in parts:
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
@@ -430,7 +431,7 @@ def _attention_part(model, test, t, suffix, out, log, started) -> dict:
 
 
 def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix, seg_epochs, cls_epochs,
-                      seed, log, started, result, n_few_real: int = 50):
+                      seed, log, started, result, n_few_real: int = 50, segmenters: bool = True):
     # 2. generation with dsgen: captions of another real stream (realistic object counts)
     captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
     samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)
@@ -469,20 +470,22 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
         iou_gen.add(np.where(keep, lab, 254), np.where(keep, truth, 254))
     for sc, truth in zip(test, judge.semantic([s.image for s in test])):
         iou_judge_real.add(truth, sc.semantic)
-    # 4. synthetic vs real: same segmenter, same real test set
-    seg_real_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
-    seg_real = train_segmenter([s.image for s in seg_real_scenes], [s.semantic for s in seg_real_scenes], seg_epochs, seed)
-    seg_synth = train_segmenter(gen_images, gen_labels, seg_epochs, seed)
-    iou_real, iou_synth = evaluate_segmenter(seg_real, test), evaluate_segmenter(seg_synth, test)
-    # 5. real + synthetic vs real only, at a small real N (FreeMask's claim): the real images
-    # are repeated so both sets have the same size and the segmenters the same updates.
-    few = seg_real_scenes[:n_few_real]
-    reps = max(1, round((n_few_real + len(gen_images)) / n_few_real))
-    few_x, few_y = [s.image for s in few], [s.semantic for s in few]
-    seg_few = train_segmenter(few_x * reps, few_y * reps, seg_epochs, seed)
-    seg_mix = train_segmenter(few_x + gen_images, few_y + gen_labels, seg_epochs, seed)
-    iou_few, iou_mix = evaluate_segmenter(seg_few, test), evaluate_segmenter(seg_mix, test)
-    log(f"segmenters done ({time.time() - started:.0f}s)")
+    seg_real = None
+    if segmenters:  # the 'synthetic' part (a curve or an ablation asks only for fidelity)
+        # 4. synthetic vs real: same segmenter, same real test set
+        seg_real_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
+        seg_real = train_segmenter([s.image for s in seg_real_scenes], [s.semantic for s in seg_real_scenes], seg_epochs, seed)
+        seg_synth = train_segmenter(gen_images, gen_labels, seg_epochs, seed)
+        iou_real, iou_synth = evaluate_segmenter(seg_real, test), evaluate_segmenter(seg_synth, test)
+        # 5. real + synthetic vs real only, at a small real N (FreeMask's claim): the real images
+        # are repeated so both sets have the same size and the segmenters the same updates.
+        few = seg_real_scenes[:n_few_real]
+        reps = max(1, round((n_few_real + len(gen_images)) / n_few_real))
+        few_x, few_y = [s.image for s in few], [s.semantic for s in few]
+        seg_few = train_segmenter(few_x * reps, few_y * reps, seg_epochs, seed)
+        seg_mix = train_segmenter(few_x + gen_images, few_y + gen_labels, seg_epochs, seed)
+        iou_few, iou_mix = evaluate_segmenter(seg_few, test), evaluate_segmenter(seg_mix, test)
+        log(f"segmenters done ({time.time() - started:.0f}s)")
     # grids
     save_grid([gen_images[r * 8:(r + 1) * 8] for r in range(min(4, len(gen_images) // 8))], out / "samples.png")
     save_grid([[g_img, overlay(g_img, lab)] for g_img, lab in list(zip(gen_images, gen_labels))[:8]],
@@ -501,18 +504,21 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
             "judge_miou_on_real": iou_judge_real.miou(),
             "uncertain_fraction": round(float(np.mean([(lab == 255).mean() for lab in gen_labels])), 4),
         },
-        "real_plus_synthetic": {
-            "miou_real_only": iou_few.miou(), "miou_real_plus_synthetic": iou_mix.miou(),
-            "gain": round(iou_mix.miou() - iou_few.miou(), 4),
-            "n_real": n_few_real, "real_repeats_in_real_only": reps, "n_synthetic": len(gen_images),
-        },
-        "synthetic_vs_real": {
-            "miou_synthetic": iou_synth.miou(), "miou_real": iou_real.miou(),
-            "ratio": round(iou_synth.miou() / max(iou_real.miou(), 1e-9), 4),
-            "miou_synthetic_with_background": iou_synth.miou(True), "miou_real_with_background": iou_real.miou(True),
-            "n_train": n_synth, "n_test": len(test), "epochs": seg_epochs,
-        },
     })
+    if segmenters:
+        result.update({
+            "real_plus_synthetic": {
+                "miou_real_only": iou_few.miou(), "miou_real_plus_synthetic": iou_mix.miou(),
+                "gain": round(iou_mix.miou() - iou_few.miou(), 4),
+                "n_real": n_few_real, "real_repeats_in_real_only": reps, "n_synthetic": len(gen_images),
+            },
+            "synthetic_vs_real": {
+                "miou_synthetic": iou_synth.miou(), "miou_real": iou_real.miou(),
+                "ratio": round(iou_synth.miou() / max(iou_real.miou(), 1e-9), 4),
+                "miou_synthetic_with_background": iou_synth.miou(True), "miou_real_with_background": iou_real.miou(True),
+                "n_train": n_synth, "n_test": len(test), "epochs": seg_epochs,
+            },
+        })
     return samples, seg_real
 
 
