@@ -46,7 +46,7 @@ def measure(run: Path, n_real: int, n_synth: int, steps: int, guidance: float, s
         "refined": att(r, "refined"), "daam": att(r, "daam"),
         "colour_and_shape": fidelity["colour_and_shape"], "colour": fidelity["colour"], "shape": fidelity["shape"],
         "all_objects_in_image": fidelity["all_objects_in_image"],
-        "final_loss": last_loss(run),
+        "final_loss": last_loss(ckpt.parent, int(state["step"])),
     }
 
 
@@ -60,10 +60,12 @@ def att(r: dict, key: str) -> float:
     return r["attention_miou_real"][key]
 
 
-def last_loss(run: Path, window: int = 50) -> float:
-    """Mean training loss of the last `window` steps (noisy per step; this is the run's level)."""
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()[-window:]]
-    return round(sum(r["loss"] for r in rows) / len(rows), 5)
+def last_loss(folder: Path, step: int, window: int = 50) -> float | None:
+    """Mean training loss of the `window` steps up to `step` (noisy per step; this is the run's
+    level there)."""
+    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if r["step"] <= step][-window:]
+    return round(sum(r["loss"] for r in rows) / len(rows), 5) if rows else None
 
 
 def main(argv=None) -> None:
