@@ -23,7 +23,7 @@ setup: $(STAMP)
 ## out/methods/concept-cyan-cross/ (a concept the model never saw, learned from 16 renders).
 SHAPES_MODEL ?= builtin:shapes-v2
 demo-augment: setup
-	$(BIN)/dsgen shapes render --out out/methods/augment-real --n 8 --seed 7 --overwrite
+	$(BIN)/dsgen shapes render --out out/methods/augment-real --n 8 --seed 7 --size 48 --overwrite
 	$(BIN)/dsgen run examples/methods/augment.yaml --out out/methods/augment --overwrite
 	PYTHONPATH=. $(BIN)/python examples/methods/concept_images.py out/methods/concept-images 16
 	$(BIN)/dsgen concepts learn --model $(SHAPES_MODEL) --images out/methods/concept-images --token "<cyan>" \
@@ -38,7 +38,7 @@ demo: setup
 ## real renders of `dsgen shapes render`, plus a grid per method (out/methods/<method>/grid.png).
 METHODS := text2image image2image mask2image edit layout
 demo-methods: setup
-	$(BIN)/dsgen shapes render --out out/methods/_real --n 16 --seed 5 --formats coco --overwrite
+	$(BIN)/dsgen shapes render --out out/methods/_real --n 16 --seed 5 --size 48 --formats coco --overwrite
 	for m in $(METHODS); do $(BIN)/dsgen run examples/methods/$$m.yaml --out out/methods/$$m --overwrite || exit 1; done
 	$(BIN)/python examples/methods/grids.py $(addprefix out/methods/,$(METHODS))
 

@@ -8,5 +8,5 @@ from shared.shapes.render import render_scene
 out, n = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 16
 out.mkdir(parents=True, exist_ok=True)
 for i in range(n):
-    render_scene(5000 + i, 32, world="v2", objects=[("cyan", "cross")]).to_pil().save(out / f"{i:02d}.png")
+    render_scene(5000 + i, 48, world="v2", objects=[("cyan", "cross")]).to_pil().save(out / f"{i:02d}.png")
 print(f"wrote {n} renders of a cyan cross to {out}")

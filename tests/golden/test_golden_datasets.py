@@ -40,7 +40,8 @@ def test_dataset_matches_the_golden_fingerprints(tmp_path, name):
     spec = json.loads((HERE / f"{name}.json").read_text())
     if spec.get("method") == "mask2image":
         # A real source folder, rendered deterministically, at a path relative to the spec.
-        _dsgen("shapes", "render", "--out", "real", "--n", "2", "--seed", "4", "--formats", "coco", cwd=tmp_path)
+        _dsgen("shapes", "render", "--out", "real", "--n", "2", "--seed", "4", "--size", str(spec["generation"]["width"]),
+               "--formats", "coco", cwd=tmp_path)
         spec["mask2image"]["source"]["path"] = "real"
     (tmp_path / "job.json").write_text(json.dumps(spec))
     _dsgen("run", "job.json", "--out", "data", cwd=tmp_path)

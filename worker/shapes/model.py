@@ -69,9 +69,11 @@ PRESETS: dict[str, ShapesModelConfig] = {
     "tiny": ShapesModelConfig(block_out_channels=(16, 32, 32), attention_head_dim=2, text_dim=16, text_heads=2, norm_num_groups=8),
     "small": ShapesModelConfig(block_out_channels=(32, 64, 64), attention_head_dim=4, norm_num_groups=16),
     "base": ShapesModelConfig(),
-    # shapes-v2: the small UNet without 32x32 self-attention, v-prediction, the v2 world.
+    # shapes-v2: the small UNet without top-level self-attention, v-prediction, the v2 world at
+    # 48 px (the ablations' strongest lever: docs/shapes-model.md).
     "v2": ShapesModelConfig(block_out_channels=(32, 64, 64), attention_head_dim=4, norm_num_groups=16,
-                            only_cross_top=True, prediction_type="v_prediction", world=get_world("v2").to_json()),
+                            only_cross_top=True, prediction_type="v_prediction", image_size=48,
+                            world=get_world("v2").to_json()),
 }
 
 

@@ -30,16 +30,18 @@ def model(request):
 def test_loads_offline_as_a_pixel_model(model):
     assert model.vae is None and model.pixel_space
     assert model.extras["vocabulary"] == list(get_world(model.extras.get("world")).vocabulary)
-    assert model.unet.config.in_channels == 3 and model.unet.config.sample_size == 32
+    side = model.extras["default_generation"]["width"]  # 32 (v1), 48 (v2)
+    assert model.unet.config.in_channels == 3 and model.unet.config.sample_size == side
 
 
 def test_generates_an_image(model):
     from worker.engine.generate import generate
 
+    side = model.extras["default_generation"]["width"]
     out = generate(model, ["a red circle"], [1],
-                   GenerationSpec(width=32, height=32, steps=4, guidance_scale=3.0, scheduler="ddim", batch_size=1))
+                   GenerationSpec(width=side, height=side, steps=4, guidance_scale=3.0, scheduler="ddim", batch_size=1))
     img = np.asarray(out.images[0])
-    assert img.shape == (32, 32, 3) and img.std() > 5  # a picture, not a constant
+    assert img.shape == (side, side, 3) and img.std() > 5  # a picture, not a constant
 
 
 def _bench():
