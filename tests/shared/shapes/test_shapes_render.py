@@ -145,5 +145,13 @@ def test_world_round_trips_through_json_and_v1_is_default_for_unrecorded_models(
 def test_object_counts_follow_the_world():
     from collections import Counter
 
-    counts = Counter(len(render_scene(i).objects) for i in range(600))
-    assert counts[1] > counts[2] > counts[3] > 0  # v2: mostly one or two objects
+    from shared.shapes.world import get_world
+
+    n = 600
+    for weights in ((1.0, 1.0, 1.0), (0.45, 0.40, 0.15)):  # v2's (uniform), and v2's first skewed counts
+        world = get_world("v2").with_(count_weights=weights)
+        counts = Counter(len(render_scene(i, world=world).objects) for i in range(n))
+        for k, w in zip((1, 2, 3), weights):
+            expected = n * w / sum(weights)
+            # 4 binomial standard deviations: a count that ignores the weights is far outside
+            assert abs(counts[k] - expected) < 4 * (expected * (1 - w / sum(weights))) ** 0.5, (weights, counts)

@@ -53,20 +53,23 @@ def _bench():
 
 def test_quick_quality_benchmark_clears_floor(tmp_path):
     q = _bench()
+    # The 'synthetic' part (segmenters trained on generated vs real data) is left out: at a test's
+    # size its segmenters take a few optimizer steps and read nothing (docs/benchmarks.md has the
+    # full-size figures); the attention and generated-label floors below are what can be read here.
     r = q.run("builtin:shapes-v2", tmp_path, n_real=24, n_synth=24, n_classifier=600, t=100, steps=10, guidance=3.0,
-              suffix=False, seg_epochs=4, cls_epochs=4, log=lambda m: None)
+              suffix=False, seg_epochs=4, cls_epochs=4, log=lambda m: None, parts=("attention", "fidelity"))
     json.dumps(r)  # one JSON object
     att = r["attention_miou_real"]
     # Chance level (a random blob per class) is ~0.1; the shipped model localises class words.
     print(json.dumps(att))
     assert att["refined"] >= FLOOR_REFINED, att
     assert att["daam"] >= FLOOR_DAAM, att
-    print(json.dumps({k: r[k] for k in ("prompt_fidelity", "labels_on_generated", "synthetic_vs_real")}))
+    print(json.dumps({k: r[k] for k in ("prompt_fidelity", "labels_on_generated")}))
+    assert "synthetic_vs_real" not in r  # its segmenters did not run
     # Generated images: the prompted colours are drawn, and dsgen's labels agree with a judge
     # trained on real renders reading the generated pixels (chance is ~0.2 / ~0.05).
     assert r["prompt_fidelity"]["colour"] >= FLOOR_COLOUR, r["prompt_fidelity"]
     assert r["labels_on_generated"]["miou_vs_judge"] >= FLOOR_GENERATED_LABELS, r["labels_on_generated"]
-    assert r["synthetic_vs_real"]["miou_synthetic"] > 0.0
     assert {p.name for p in tmp_path.glob("*.png")} == {"samples.png", "generated_overlay.png", "real_attention.png"}
 
 
