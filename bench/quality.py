@@ -25,6 +25,7 @@ Prints one JSON object:
                          against the input masks (the labels mask2image claims are exact);
     .synthetic_vs_real   the small segmenter trained on N mask2image samples vs on N real renders,
                          both evaluated on the held-out real set (ratio synthetic / real);
+    .real_plus_synthetic the segmenter on 50 real renders + the N samples vs on the 50 repeated;
     .filter              FreeMask's segmenter filter (dsgen segmenter, tolerance 1.25): the same
                          segmenter trained on filtered vs unfiltered labels, for text2image and
                          mask2image data (mIoU on real, fraction of pixels ignored);
@@ -585,6 +586,12 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     iou_real = evaluate_segmenter(seg_real, test)
     seg_m2i = train_segmenter(images, labels, seg_epochs, seed)
     iou_m2i = evaluate_segmenter(seg_m2i, test)
+    # real + mask2image vs real only at a small real N (FreeMask's claim), as for text2image
+    few = real_scenes(SEG_REAL_STREAM, min(50, n))
+    reps = max(1, round((len(few) + len(images)) / len(few)))
+    few_x, few_y = [s.image for s in few], [s.semantic for s in few]
+    iou_few = evaluate_segmenter(train_segmenter(few_x * reps, few_y * reps, seg_epochs, seed), test).miou()
+    iou_mix = evaluate_segmenter(train_segmenter(few_x + images, few_y + labels, seg_epochs, seed), test).miou()
     save_grid([[img, overlay(img, lab)] for img, lab in list(zip(images, labels))[:8]], out / "mask2image_overlay.png",
               labels=["mask2image", "input mask"])
     log(f"mask2image fidelity done ({time.time() - started:.0f}s)")
@@ -598,6 +605,9 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
         "mask_fidelity": fidelity.miou(), "mask_fidelity_per_class": fidelity.per_class(),
         "synthetic_vs_real": {"miou_synthetic": iou_m2i.miou(), "miou_real": iou_real.miou(),
                               "ratio": round(iou_m2i.miou() / max(iou_real.miou(), 1e-9), 4), "n_train": n},
+        "real_plus_synthetic": {"miou_real_only": iou_few, "miou_real_plus_mask2image": iou_mix,
+                                "gain": round(iou_mix - iou_few, 4), "n_real": len(few), "real_repeats_in_real_only": reps,
+                                "n_synthetic": len(images)},
         "freemask_segmenter": {"class_mean_loss": {k: round(v, 4) for k, v in fm.class_mean_loss.items()}, **summary},
         "filter": {},
     }
