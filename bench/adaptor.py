@@ -31,6 +31,7 @@ from quality import caption_mentions, to_tensor  # noqa: E402
 from shared.shapes import SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
 from shared.shapes.world import get_world  # noqa: E402
+from shared.model_meta import model_side  # noqa: E402
 
 REAL_STREAM, GEN_STREAM = 910_101, 910_102  # disjoint from training (61) and bench/quality streams
 
@@ -90,7 +91,7 @@ def run(model_id: str, adaptor_ref: str, n_real: int, n_gen: int, strength: floa
 
     # ---------------------------------------------------------------- real
     t0 = time.perf_counter()
-    size = int(model.extras.get("default_generation", {}).get("width", 32))  # the model's own side and world
+    size = model_side(model.extras)  # the model's own side and world
     world = get_world(model.extras.get("world"))
     scenes = [render_scene(scene_seed(REAL_STREAM, i), size, world=world) for i in range(n_real)]
     cfg = CaptureConfig(latent_hw=(size, size), cross_resolutions=cross, self_resolutions=(self_res,))

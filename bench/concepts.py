@@ -35,6 +35,7 @@ import quality as q  # noqa: E402  (bench/quality.py: the judge and the scene st
 from shared.shapes import render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
 from shared.shapes.world import World, get_world  # noqa: E402
+from shared.model_meta import model_side  # noqa: E402
 
 CONCEPT_STREAM, JUDGE_STREAM, JUDGE_TEST_STREAM = 920_001, 920_002, 920_003
 
@@ -44,7 +45,7 @@ SIDE = 32  # renders and generated images: the measured model's own side (set by
 
 def use_model_side(model) -> None:
     global SIDE
-    SIDE = int(model.extras.get("default_generation", {}).get("width", 32))
+    SIDE = model_side(model.extras)
 
 
 def judge_world(world: World) -> World:

@@ -37,6 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.model_meta import model_side  # noqa: E402
+
 MODES = ("plain", "engine", "capture", "mask2image")
 
 
@@ -224,7 +226,7 @@ def bench_sd15(rounds: int) -> dict:
 
 def child_memory(args, mode: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        masks = _masks(Path(tmp) / "masks", 8, _extras(args.model).get("default_generation", {}).get("width", 32), 4)
+        masks = _masks(Path(tmp) / "masks", 8, model_side(_extras(args.model)), 4)
         runner = _runners(args, masks)[mode]
         for r in range(args.rounds + 1):
             runner(list(range(r * args.batch, (r + 1) * args.batch)))
@@ -254,7 +256,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        size = _extras(args.model).get("default_generation", {}).get("width", 32)
+        size = model_side(_extras(args.model))
         masks = _masks(Path(tmp) / "masks", 16, size, 4)
         runners = _runners(args, masks)
         seconds = interleave(runners, args.rounds, lambda r: list(range(r * args.batch, (r + 1) * args.batch)))

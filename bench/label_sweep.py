@@ -33,13 +33,14 @@ def sweep_grid(class_thresholds, gaps, taus, edges) -> dict[str, dict]:
 
 def run(model_id: str, n: int, t: int = 100, grid: dict[str, dict] | None = None) -> dict:
     import quality
+    from shared.model_meta import model_side
     from shared.shapes.world import get_world
     from shared.spec import LabelSpec
     from worker.engine.models import load_model
 
     model = load_model(model_id)
     rec = model.extras.get("recommended_labels", {})
-    side = int(model.extras.get("default_generation", {}).get("width", 32))
+    side = model_side(model.extras)
     quality.use_world(get_world(model.extras.get("world")), side)
     scenes = quality.real_scenes(quality.VALIDATION_STREAM, n)
     base = {k: v for k, v in rec.items() if k in LabelSpec.model_fields and k != "mode"}

@@ -33,6 +33,7 @@ from bench import quality as q  # noqa: E402
 from shared.shapes import render_scene  # noqa: E402
 from shared.shapes.world import get_world  # noqa: E402
 from shared.spec import GenerationSpec  # noqa: E402
+from shared.model_meta import model_side  # noqa: E402
 
 EDIT_STREAM, LAYOUT_STREAM = 920_001, 920_002
 
@@ -213,7 +214,7 @@ def main() -> None:
     torch.manual_seed(a.seed)
     model = load_model(a.model)
     world = get_world(model.extras.get("world"))
-    side = int(model.extras.get("default_generation", {}).get("width", 32))  # the model's own side
+    side = model_side(model.extras)  # the model's own side
     q.use_world(world, side)
     t0 = time.time()
     judge = q.PairJudge(q.real_scenes(q.CLASSIFIER_STREAM, a.n_classifier), a.cls_epochs, a.seed)

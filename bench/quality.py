@@ -58,6 +58,7 @@ from shared.prompts import ClassMention  # noqa: E402
 from shared.shapes import COLOURS, SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
 from shared.shapes.world import World, get_world  # noqa: E402
+from shared.model_meta import model_side  # noqa: E402
 
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
@@ -380,7 +381,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
     torch.manual_seed(seed)
     started = time.time()
     model = load_model(model_id)
-    use_world(get_world(model.extras.get("world")), model.extras.get("default_generation", {}).get("width", 32))
+    use_world(get_world(model.extras.get("world")), model_side(model.extras))
     test = real_scenes(TEST_STREAM, n_real)
     extras = model.extras.get("training", {})
     result = {"model": model_id, "model_revision": model.info.revision, "training_steps": extras.get("steps"),

@@ -338,3 +338,9 @@ def check_spec_fits_model(spec: Any, meta: ModelMeta) -> list[tuple[str, str]]:
                                f"self-attention at resolution {self_} has {cells} cells{hint}; the limit is "
                                f"{MAX_SELF_CELLS}: use a smaller self resolution"))
     return errors
+
+
+def model_side(extras: dict[str, Any], default: int = 32) -> int:
+    """The image side a model makes by default (its dsgen.json `default_generation.width`): what
+    benchmarks render and generate at, so a model is measured at its own size."""
+    return int((extras.get("default_generation") or {}).get("width", default))

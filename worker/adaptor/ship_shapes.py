@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from worker.adaptor.io import CONFIG_FILE, WEIGHTS_FILE
+from shared.model_meta import model_side
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = ROOT / "worker" / "engine" / "builtin"
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
     model = load_model(a.model)
     world = get_world(model.extras.get("world"))
-    a.width = a.width or int(model.extras.get("default_generation", {}).get("width", 32))
+    a.width = a.width or model_side(model.extras)
 
     coco = a.data / "coco"
     if not (coco / "annotations" / "instances_train.json").is_file():
