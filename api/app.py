@@ -46,10 +46,12 @@ def build_resources(settings: Settings, *, dispatcher: Dispatcher | None = None,
         dispatcher = CeleryDispatcher(publisher)
         closers.append(publisher.close)
     from api.deps import KeyCache
+    from api.status_cache import StatusCache
     from shared.db.session import make_read_session_factory
 
     return Resources(settings=settings, session_factory=session_factory, store=store or make_store(settings),
                      dispatcher=dispatcher, closers=closers, keys=KeyCache(settings.api_key_cache_s),
+                     status=StatusCache(settings.api_status_cache_s),
                      read_session_factory=make_read_session_factory(session_factory))
 
 

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.status_cache import StatusCache
 from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork
@@ -27,6 +28,7 @@ class Resources:
     closers: list[Callable[[], None]] = field(default_factory=list)
     keys: "KeyCache" = field(default_factory=lambda: KeyCache(0))
     read_session_factory: Callable[[], Any] | None = None
+    status: StatusCache = field(default_factory=lambda: StatusCache(0))
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.session_factory)

@@ -101,7 +101,7 @@ def open_loop_process(server: str, key: str, paths: dict[str, str], rates: list[
         async with httpx.AsyncClient(base_url=server, headers={"Authorization": f"Bearer {key}"}, timeout=10,
                                      limits=limits) as client:
             for _ in range(20):  # warm connections and caches
-                await client.get(paths["status"])
+                await client.get(next(iter(paths.values())))
             for kind, path in paths.items():
                 for rate in rates:
                     lat: list[float] = []
@@ -207,7 +207,7 @@ def standin_spec(n: int, name: str) -> dict:
 
 
 def open_loop(bench: Bench, client, port: int, key: str, rates: list[int], seconds: float,  # noqa: ANN001
-              states: tuple[str, ...] = ("idle", "busy")) -> dict:
+              states: tuple[str, ...] = ("idle", "busy"), kinds: tuple[str, ...] = ("status", "list", "samples")) -> dict:
     """Open-loop latency of status, list and samples; workers idle, then busy."""
     for i in range(2):
         bench.start(f"gpu{i}", ["worker", "--queues", "gpu", "-n", f"ol{i}@%h"], core=i)
@@ -219,6 +219,7 @@ def open_loop(bench: Bench, client, port: int, key: str, rates: list[int], secon
     time.sleep(2)
     paths = {"status": f"/v1/jobs/{polled['id']}", "list": "/v1/jobs?limit=50",
              "samples": f"/v1/jobs/{polled['id']}/samples?limit=50"}
+    paths = {kind: path for kind, path in paths.items() if kind in kinds}
     out: dict = {"job_samples": 512, "seconds_per_point": seconds}
     ctx = mp.get_context("spawn")
     for state in states:
@@ -250,6 +251,7 @@ def main() -> None:
     ap.add_argument("--rates", default="50,100,200", help="open-loop request rates (req/s)")
     ap.add_argument("--seconds", type=float, default=4.0, help="open-loop seconds per kind and rate")
     ap.add_argument("--states", default="idle,busy", help="open-loop worker states to measure (idle, busy)")
+    ap.add_argument("--kinds", default="status,list,samples", help="open-loop endpoints to measure")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = ap.parse_args()
     sections = set(args.sections.split(","))
@@ -315,7 +317,8 @@ def main() -> None:
                 result["api_latency_ms"]["concurrency"] = args.threads
             if "open_loop" in sections:
                 result["open_loop"] = open_loop(bench, client, port, key, [int(r) for r in args.rates.split(",")],
-                                                args.seconds, tuple(x for x in args.states.split(",") if x))
+                                                args.seconds, tuple(x for x in args.states.split(",") if x),
+                                                tuple(x for x in args.kinds.split(",") if x))
             client.close()
         finally:
             bench.stop_all()

@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     )
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
     api_key_cache_s: float = Field(default=10.0, ge=0, description="how long the API trusts a looked-up key (0: never)")
+    api_status_cache_s: float = Field(
+        default=1.0, ge=0, le=60,
+        description="a job's serialised status is sent again while its rows are unchanged (checked by one small "
+        "query per poll); a running job's rate/ETA are reused for at most this long (0: no cache)")
     api_max_in_flight: int = Field(
         default=64, ge=1,
         description="requests one API process serves at once; past that it answers 503 + Retry-After at once "

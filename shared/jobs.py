@@ -251,6 +251,18 @@ def get_job(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobView
     return job_view(uow, _own_job(uow, tenant_id, job_id))
 
 
+def get_job_json(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> tuple[bytes, bool]:
+    """`get_job` serialised, and whether the job is terminal (its view then no longer changes
+    with the clock: no rate or ETA is computed at read time)."""
+    view = get_job(uow, tenant_id, job_id)
+    return view.model_dump_json().encode(), view.status in JOB_TERMINAL
+
+
+def status_stamp(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str | None:
+    """A token that changes whenever `get_job`'s answer can (see `repositories.job_status_stamp`)."""
+    return repo.job_status_stamp(uow.session, job_id, tenant_id)
+
+
 def encode_cursor(created: dt.datetime, job_id: uuid.UUID) -> str:
     raw = json.dumps([created.isoformat(), str(job_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -58,9 +58,13 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
-def get_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> JobView:
+def get_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> Response:
+    """What many dashboards poll: the serialised view is sent again while the job's rows are
+    unchanged (`api.status_cache`), so most polls cost one small query."""
     with res.read_uow() as uow:
-        return jobs.get_job(uow, tenant, job_id)
+        body = res.status.read((tenant, job_id), stamp=lambda: jobs.status_stamp(uow, tenant, job_id),
+                               load=lambda: jobs.get_job_json(uow, tenant, job_id))
+    return Response(body, media_type="application/json")
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, responses={**ERRORS, 409: {"description": "job already finished"}})

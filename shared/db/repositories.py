@@ -167,6 +167,26 @@ def shard_progress_rows(session: Session, job_id: uuid.UUID) -> list:
     return list(session.execute(select(*cols).where(Shard.job_id == job_id).order_by(Shard.index)))
 
 
+_JOB_STATUS_STAMP = text("""
+    SELECT j.xmin::text,
+           (SELECT coalesce(sum(s.xmin::text::bigint), 0) || ':' || count(*) || ':' || coalesce(sum(s.done), 0)
+              FROM shards s WHERE s.job_id = j.id),
+           (SELECT v.xmin::text FROM dataset_versions v WHERE v.job_id = j.id)
+      FROM jobs j WHERE j.id = :job AND j.tenant_id = :tenant""")
+
+
+def job_status_stamp(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> str | None:
+    """A token that changes whenever anything a job's status view shows can have changed: the
+    ids of the transactions that last wrote the job row, its shards and its dataset version
+    (Postgres' `xmin`: every UPDATE writes a new row version) and the shards' summed progress.
+    One round trip, one row back. None when the job is not this tenant's, or on a database
+    without `xmin` (SQLite): then there is no token and the view is always read."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    row = session.execute(_JOB_STATUS_STAMP, {"job": job_id, "tenant": tenant_id}).first()
+    return None if row is None else "/".join(str(v) for v in row)
+
+
 def shard_status_counts(session: Session, job_id: uuid.UUID) -> dict[str, int]:
     rows = session.execute(
         select(Shard.status, func.count()).where(Shard.job_id == job_id).group_by(Shard.status)
