@@ -5,9 +5,9 @@ the object is (the idea of FastComposer's cross-attention localisation loss): fo
 token k with mask M_k, the share of its attention mass inside the mask,
 `sum_x A[x, k] M_k(x) / sum_x A[x, k]`, is pushed up with `-log`. Tokens: the colour and shape
 word of each object (its instance mask) and the class names after ";" (the union of that
-class's instances). Captured at the cross-attention layers of the chosen resolutions by a
-processor that computes the softmax explicitly (what the engine's capture does at inference);
-every other layer keeps the stock SDPA processor.
+class's instances). Captured at the cross-attention layers of the chosen resolutions by the engine's own
+controlled attention processor (`worker.engine.attention`: a `StepMapRecorder` keeps the
+maps with their graph); every other layer keeps the stock SDPA processor.
 """
 from __future__ import annotations
 
@@ -19,75 +19,23 @@ import torch.nn.functional as F
 
 from shared.shapes.render import Scene
 from shared.shapes.world import split_words
+from worker.engine.attention import Site, StepMapRecorder
 
 
-class CrossProbsProcessor:
-    """AttnProcessor2_0's math with an explicit softmax; keeps head-mean probs (with grad)."""
+class LocalisationMaps(StepMapRecorder):
+    """The engine's step-map recorder on the text attention (`attn2`) of the supervised
+    resolutions: head-mean probabilities with their graph, one [B, Q, T] tensor per layer call.
+    (Under `only_cross_attention` a block's attn1 is a cross-attention layer too; the loss has
+    only ever supervised attn2.)"""
 
-    def __init__(self, sink: list):
-        self.sink = sink
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        batch, _, _ = hidden_states.shape
-        seq = encoder_hidden_states.shape[1]
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, seq, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        query = attn.to_q(hidden_states)
-        if attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key, value = attn.to_k(encoder_hidden_states), attn.to_v(encoder_hidden_states)
-        hd = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, hd).transpose(1, 2)
-        key = key.view(batch, -1, attn.heads, hd).transpose(1, 2)
-        value = value.view(batch, -1, attn.heads, hd).transpose(1, 2)
-        scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(hd))
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        probs = scores.softmax(-1)
-        self.sink.append(probs.mean(1))  # [B, Q, T]
-        out = torch.matmul(probs, value).transpose(1, 2).reshape(batch, -1, attn.heads * hd)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+    def wants(self, site: Site) -> bool:
+        return super().wants(site) and site.name.endswith("attn2.processor")
 
 
-def install(unet, resolutions: tuple[int, ...], image_size: int) -> list:
-    """Swap in CrossProbsProcessor on cross-attention layers whose maps are in `resolutions`.
-
-    Returns the list the processors append to (clear it before each forward)."""
-    sink: list = []
-    procs = {}
-    for name, proc in unet.attn_processors.items():
-        res = _resolution(name, unet, image_size)
-        if name.endswith("attn2.processor") and res in resolutions:
-            procs[name] = CrossProbsProcessor(sink)
-        else:
-            procs[name] = proc
-    unet.set_attn_processor(procs)
-    return sink
-
-
-def _resolution(name: str, unet, image_size: int) -> int:
-    n = len(unet.config.block_out_channels)
-    if name.startswith("mid_block"):
-        return image_size >> (n - 1)
-    idx = int(name.split(".")[1])
-    if name.startswith("down_blocks"):
-        return image_size >> idx
-    return image_size >> (n - 1 - idx)
+def recorder(image_size: int) -> LocalisationMaps:
+    """The control to install (with `worker.engine.attention.control_attention`) for the loss:
+    the maps at half and full image size (a pixel-space model: the latent is the image)."""
+    return LocalisationMaps(resolutions=(image_size // 2, image_size))
 
 
 def token_targets(scene: Scene, caption: str, max_len: int) -> list[tuple[int, np.ndarray]]:

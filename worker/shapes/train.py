@@ -12,6 +12,7 @@ steps for the quality-vs-training-time curve. `DIR/log.jsonl` has the loss per s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -134,16 +135,26 @@ class Trainer:
         self.ema_te = copy.deepcopy(self.text_encoder).requires_grad_(False)
         for m in (self.unet, self.ema_unet):
             add_query_scaling(m, self.cfg)
-        self.attn_sink = None
+        # Attention controls for the whole run, on the engine's controlled processor (the same
+        # attention code as inference): the localisation loss's maps and rectified attention.
+        self.attn_maps = self.regions = None
+        controls = []
         if tc.attn_loss:
             from worker.shapes import attn_loss
 
-            self.attn_sink = attn_loss.install(self.unet, (self.cfg.image_size // 2, self.cfg.image_size), self.cfg.image_size)
-        self.regions = None
+            self.attn_maps = attn_loss.recorder(self.cfg.image_size)
+            controls.append(self.attn_maps)
         if tc.rectify:
-            from worker.shapes import rectify
+            from worker.shapes.rectify import TokenRegions
 
-            self.regions = rectify.install(self.unet)
+            self.regions = TokenRegions()
+            controls.append(self.regions)
+        self._attention = contextlib.ExitStack()
+        if controls:
+            from worker.engine.attention import control_attention
+
+            side = self.cfg.image_size
+            self._attention.enter_context(control_attention(self.unet, controls, (side, side)))
         self.params = list(self.unet.parameters()) + list(self.text_encoder.parameters())
         self.opt = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=0.01)
         self.sched = build_scheduler("ddpm", self.cfg.prediction_type)
@@ -222,14 +233,14 @@ class Trainer:
         a = self.alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         use_bf16 = tc.bf16 and self.device.type in ("cpu", "cuda")
-        if self.attn_sink is not None:
-            self.attn_sink.clear()
+        if self.attn_maps is not None:
+            self.attn_maps.maps.clear()
         if self.regions is not None:
             from worker.shapes.attn_loss import token_targets
 
             chosen = torch.rand(len(captions), generator=g) < tc.rectify
             self.regions.set([token_targets(sc, cap, MAX_LENGTH) if cap and pick else []
-                              for sc, cap, pick in zip(scenes, captions, chosen.tolist())], MAX_LENGTH)
+                              for sc, cap, pick in zip(scenes, captions, chosen.tolist())], MAX_LENGTH, self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             hidden, mask = encode_text(self.tokenizer, self.text_encoder, captions, self.device)
             pred = self.unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
@@ -243,11 +254,11 @@ class Trainer:
             weight = torch.clamp(snr, max=tc.min_snr) / snr if tc.min_snr else torch.ones_like(snr)
         loss = (F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
         self.last_attn_loss = None
-        if self.attn_sink is not None:
+        if self.attn_maps is not None:
             from worker.shapes.attn_loss import localisation_loss, token_targets
 
             targets = [token_targets(sc, cap, hidden.shape[1]) if cap else [] for sc, cap in zip(scenes, captions)]
-            la = localisation_loss(self.attn_sink, targets, self.device)
+            la = localisation_loss([probs for _, probs in self.attn_maps.maps], targets, self.device)
             self.last_attn_loss = float(la.detach())
             loss = loss + tc.attn_loss * la
         for group in self.opt.param_groups:
