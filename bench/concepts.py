@@ -92,7 +92,8 @@ def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str
 
 
 def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
-        judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print) -> dict:
+        judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
+        init: tuple[str, str] = ("blue", "star")) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.models import load_model
 
@@ -110,7 +111,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         render_scene(scene_seed(CONCEPT_STREAM, i), SIDE, world=world, objects=[held]).to_pil().save(p)
         paths.append(p)
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
-    init = ["blue", "star"]
+    init = list(init)
     concept_dir = folder / "concept"
     t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--judge-epochs", type=int, default=8)
     p.add_argument("--gen-steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--init-words", default="blue,star", help="the words the colour and shape tokens start from")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
     p.add_argument("--n-real", type=int, default=50)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.quick:
         a.n_real, a.variants, a.seg_epochs = 4, 1, 1
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
-                 a.guidance, log=log)
+                 a.guidance, log=log, init=tuple(a.init_words.split(",")))
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))
