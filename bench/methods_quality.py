@@ -94,7 +94,8 @@ def placement(region: np.ndarray, asked: list[float]) -> tuple[float, float]:
     return float(np.hypot(cx - (asked[0] + asked[2]) / 2, cy - (asked[1] + asked[3]) / 2)), _box_iou(got, asked)
 
 
-def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int) -> dict:
+def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int,
+                 cross_scale: float = 2.5) -> dict:
     from worker.engine.shape_guided import EditOptions, edit_images
 
     rng = np.random.default_rng(seed)
@@ -107,7 +108,8 @@ def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, s
         images = torch.stack([torch.from_numpy(s.image).permute(2, 0, 1).float() / 127.5 - 1 for s in chunk])
         masks = torch.from_numpy(np.stack([s.instance_mask(o) for s, o in zip(chunk, objs)]))
         out, _ = edit_images(model, images, masks, [s.caption for s in chunk],
-                             [f"a {c} {o.shape}" for c, o in zip(new, objs)], [""] * len(chunk), gen, EditOptions())
+                             [f"a {c} {o.shape}" for c, o in zip(new, objs)], [""] * len(chunk), gen,
+                             EditOptions(cross_scale=cross_scale))
         for s, o, c, img, m in zip(chunk, objs, new, out.images, masks.numpy()):
             a = np.asarray(img.convert("RGB"))
             region = pair_region(judge, a, c, o.shape)
@@ -121,7 +123,7 @@ def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, s
         "shape_iou_by_colour_mean": round(float(np.mean(colour_ious)), 4),
         "shape_iou_by_colour_ge_0.90": round(float(np.mean([i >= 0.9 for i in colour_ious])), 4),
         "appearance_hit": round(float(np.mean(hits)), 4), "outside_mad": round(float(np.mean(outside)), 3),
-        "guidance_scale": gen.guidance_scale,
+        "guidance_scale": gen.guidance_scale, "cross_scale": cross_scale,
         "seconds": round(time.time() - started, 1),
     }
 
@@ -202,6 +204,9 @@ def main() -> None:
     p.add_argument("--edit-guidance", type=float, default=1.5,
                    help="edit's guidance scale: the source is inverted without guidance, and a high scale on the way "
                    "back breaks the inversion (noisy objects); 1.5 measured on shapes-v2")
+    p.add_argument("--edit-cross-scale", type=float, default=6.0,
+                   help="edit's word scaling (edit.cross_scale; the authors' 2.5 for SD): 6.0 chosen on a validation "
+                   "stream on shapes-v2 (docs/methods.md)")
     p.add_argument("--layout-scale", type=float, default=2.0)
     p.add_argument("--layout-modes", default="guided,plain,box_mask,guided+box_mask")
     p.add_argument("--box-window", type=float, default=1.0, help="box_mask acts in steps [0, this) of the run")
@@ -223,7 +228,7 @@ def main() -> None:
     parts = a.parts.split(",")
     if "edit" in parts:
         result["edit"] = edit_quality(model, judge, world, a.n_edit, gen.model_copy(update={"guidance_scale": a.edit_guidance}),
-                                      a.batch, a.seed)
+                                      a.batch, a.seed, a.edit_cross_scale)
         print(json.dumps({"edit": result["edit"]}), file=sys.stderr)
     if "layout" in parts:
         result["layout"] = layout_quality(model, judge, world, a.n_layout, gen, a.batch, a.seed, a.layout_scale,
