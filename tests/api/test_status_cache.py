@@ -92,11 +92,13 @@ def test_polls_see_every_write_at_once_and_read_the_view_only_after_one(client, 
 
 
 def test_another_tenant_never_reads_a_cached_view(client, headers, session_factory):
-    from conftest import new_key
+    from shared import auth
 
     job_id = _submit(client, headers)
     assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200
-    other = {"Authorization": f"Bearer {new_key(session_factory)}"}
+    with UnitOfWork(session_factory) as uow:
+        _, other_key = auth.create_api_key(uow.session, f"other-{uuid.uuid4().hex[:8]}")
+    other = {"Authorization": f"Bearer {other_key}"}
     r = client.get(f"/v1/jobs/{job_id}", headers=other)
     assert r.status_code == 404 and r.json()["field"] == "job_id"
 
