@@ -5,9 +5,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
-from fastapi import Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.status_cache import StatusCache
@@ -107,3 +107,8 @@ def _lookup_tenant(res: Resources, key: str) -> uuid.UUID:
             return tenant_id
         res.keys.put(auth.hash_key(key), tenant.id)
         return tenant.id
+
+
+# What every route declares: the caller's tenant and the app's resources.
+Tenant = Annotated[uuid.UUID, Depends(current_tenant)]
+Res = Annotated[Resources, Depends(resources)]

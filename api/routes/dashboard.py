@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from api.deps import current_tenant
+from api.deps import Tenant
 from shared import jobs
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -37,6 +37,6 @@ class ParsedSpec(BaseModel):
 
 @router.post("/v1/specs/parse", response_model=ParsedSpec, tags=["jobs"],
              responses={401: {"description": "missing API key"}, 422: {"description": "not YAML/JSON (field: text)"}})
-def parse_spec(body: SpecText, _tenant=Depends(current_tenant)) -> ParsedSpec:
+def parse_spec(_tenant: Tenant, body: SpecText) -> ParsedSpec:
     """YAML or JSON text -> the spec object (syntax only; `POST /v1/jobs` validates the fields)."""
     return ParsedSpec(spec=jobs.parse_spec_text(body.text))

@@ -1,11 +1,10 @@
 """/v1/datasets: named datasets, their versions (v1, v2, ..., `latest`) and diffs."""
 from __future__ import annotations
 
-import uuid
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 
-from api.deps import Resources, current_tenant, resources
+from api.deps import Res, Tenant
 from shared import datasets
 from shared.views import DatasetDiff, DatasetList, DatasetVersionList, DatasetVersionView
 
@@ -21,29 +20,27 @@ NAME = Path(max_length=100, description="dataset name")
 
 
 @router.get("", response_model=DatasetList, responses=ERRORS)
-def list_datasets(tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> DatasetList:
+def list_datasets(tenant: Tenant, res: Res) -> DatasetList:
     with res.uow() as uow:
         return datasets.list_datasets(uow, tenant)
 
 
 @router.get("/{name}/versions", response_model=DatasetVersionList, responses=ERRORS)
-def list_versions(name: str = NAME, tenant: uuid.UUID = Depends(current_tenant),
-                  res: Resources = Depends(resources)) -> DatasetVersionList:
+def list_versions(tenant: Tenant, res: Res, name: str = NAME) -> DatasetVersionList:
     with res.uow() as uow:
         return datasets.list_versions(uow, tenant, name)
 
 
 @router.get("/{name}/versions/{version}", response_model=DatasetVersionView, responses=ERRORS)
-def get_version(name: str = NAME, version: str = Path(max_length=12, description="latest, N or vN"),
-                tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> DatasetVersionView:
+def get_version(tenant: Tenant, res: Res, name: str = NAME,
+                version: str = Path(max_length=12, description="latest, N or vN")) -> DatasetVersionView:
     with res.uow() as uow:
         return datasets.get_version(uow, res.store, res.settings, tenant, name, version)
 
 
 @router.get("/{name}/diff", response_model=DatasetDiff, responses=ERRORS)
-def diff(name: str = NAME,
+def diff(tenant: Tenant, res: Res, name: str = NAME,
          base: str = Query(max_length=12, description="older version: latest, N or vN"),
-         head: str = Query(default="latest", max_length=12, description="newer version: latest, N or vN"),
-         tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> DatasetDiff:
+         head: str = Query(default="latest", max_length=12, description="newer version: latest, N or vN")) -> DatasetDiff:
     with res.uow() as uow:
         return datasets.diff(uow, tenant, name, base, head)

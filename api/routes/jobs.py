@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
-from api.deps import Resources, current_tenant, resources
+from api.deps import Res, Tenant
 from shared import jobs
 from shared.spec import JobSpec
 from shared.views import ExportList, ExportView, JobPage, JobView, RetryResult, SamplePage
@@ -26,14 +26,13 @@ ERRORS = {
                         409: {"description": "Idempotency-Key reused with another spec"},
                         429: {"description": "too many active jobs for this tenant"}})
 def submit_job(
+    tenant: Tenant, res: Res,
     request: Request,
     response: Response,
     spec: JobSpec,
     idempotency_key: str | None = Header(default=None, alias="Idempotency-Key", max_length=200),
     dataset: str | None = Query(default=None, max_length=100,
                                 description="name of the dataset this job makes the next version of"),
-    tenant: uuid.UUID = Depends(current_tenant),
-    res: Resources = Depends(resources),
 ) -> JobView:
     with res.uow() as uow:
         view, created = jobs.submit_job(uow, res.dispatcher, res.settings, tenant,
@@ -47,18 +46,17 @@ def submit_job(
 
 @router.get("", response_model=JobPage, responses=ERRORS)
 def list_jobs(
+    tenant: Tenant, res: Res,
     status: str | None = Query(default=None, description="queued, running, finalizing, succeeded, failed, cancelling, cancelled"),
     cursor: str | None = Query(default=None, max_length=200),
     limit: int = Query(default=50, ge=1, le=200),
-    tenant: uuid.UUID = Depends(current_tenant),
-    res: Resources = Depends(resources),
 ) -> JobPage:
     with res.read_uow() as uow:
         return jobs.list_jobs(uow, tenant, status=status, cursor=cursor, limit=limit)
 
 
 @router.get("/{job_id}", response_model=JobView, responses=ERRORS)
-def get_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> Response:
+def get_job(tenant: Tenant, res: Res, job_id: uuid.UUID) -> Response:
     """What many dashboards poll: the serialised view is sent again while the job's rows are
     unchanged (`api.status_cache`), so most polls cost one small query."""
     with res.read_uow() as uow:
@@ -68,19 +66,19 @@ def get_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res:
 
 
 @router.post("/{job_id}/cancel", response_model=JobView, responses={**ERRORS, 409: {"description": "job already finished"}})
-def cancel_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> JobView:
+def cancel_job(tenant: Tenant, res: Res, job_id: uuid.UUID) -> JobView:
     with res.uow() as uow:
         return jobs.cancel_job(uow, res.dispatcher, tenant, job_id)
 
 
 @router.post("/{job_id}/retry", response_model=RetryResult, responses={**ERRORS, 409: {"description": "job is not failed"}})
-def retry_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> RetryResult:
+def retry_job(tenant: Tenant, res: Res, job_id: uuid.UUID) -> RetryResult:
     with res.uow() as uow:
         return jobs.retry_job(uow, res.dispatcher, tenant, job_id)
 
 
 @router.delete("/{job_id}", status_code=204, responses={**ERRORS, 409: {"description": "job still active"}})
-def delete_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> Response:
+def delete_job(tenant: Tenant, res: Res, job_id: uuid.UUID) -> Response:
     with res.uow() as uow:
         jobs.delete_job(uow, res.store, tenant, job_id)
     return Response(status_code=204)
@@ -88,18 +86,17 @@ def delete_job(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), r
 
 @router.get("/{job_id}/samples", response_model=SamplePage, responses=ERRORS)
 def list_samples(
+    tenant: Tenant, res: Res,
     job_id: uuid.UUID,
     cursor: str | None = Query(default=None, max_length=20),
     limit: int = Query(default=50, ge=1, le=200),
-    tenant: uuid.UUID = Depends(current_tenant),
-    res: Resources = Depends(resources),
 ) -> SamplePage:
     with res.read_uow() as uow:
         return jobs.list_samples(uow, res.store, tenant, job_id, cursor=cursor, limit=limit)
 
 
 @router.get("/{job_id}/exports", response_model=ExportList, responses=ERRORS)
-def list_exports(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> ExportList:
+def list_exports(tenant: Tenant, res: Res, job_id: uuid.UUID) -> ExportList:
     with res.uow() as uow:
         return jobs.list_exports(uow, res.store, res.settings, tenant, job_id)
 
@@ -107,11 +104,10 @@ def list_exports(job_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant),
 @router.get("/{job_id}/exports/{fmt}", response_model=ExportView,
             responses={**ERRORS, 307: {"description": "redirect to the presigned URL (?download=true)"}})
 def get_export(
+    tenant: Tenant, res: Res,
     job_id: uuid.UUID,
     fmt: str,
     download: bool = Query(default=False, description="redirect to the presigned URL"),
-    tenant: uuid.UUID = Depends(current_tenant),
-    res: Resources = Depends(resources),
 ):
     with res.uow() as uow:
         view = jobs.get_export(uow, res.store, res.settings, tenant, job_id, fmt)

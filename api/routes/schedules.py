@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Query, Response
 
-from api.deps import Resources, current_tenant, resources
+from api.deps import Res, Tenant
 from shared import schedules
 from shared.schedules import ScheduleCreate, ScheduleUpdate
 from shared.views import ScheduleList, ScheduleRunList, ScheduleView
@@ -22,8 +22,7 @@ ERRORS = {
 
 @router.post("", response_model=ScheduleView, status_code=201,
              responses={**ERRORS, 409: {"description": "a schedule with this name exists"}})
-def create_schedule(body: ScheduleCreate, response: Response, tenant: uuid.UUID = Depends(current_tenant),
-                    res: Resources = Depends(resources)) -> ScheduleView:
+def create_schedule(tenant: Tenant, res: Res, body: ScheduleCreate, response: Response) -> ScheduleView:
     with res.uow() as uow:
         view = schedules.create_schedule(uow, res.settings, tenant, body)
     response.headers["Location"] = f"/v1/schedules/{view.id}"
@@ -31,36 +30,32 @@ def create_schedule(body: ScheduleCreate, response: Response, tenant: uuid.UUID 
 
 
 @router.get("", response_model=ScheduleList, responses=ERRORS)
-def list_schedules(tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> ScheduleList:
+def list_schedules(tenant: Tenant, res: Res) -> ScheduleList:
     with res.uow() as uow:
         return schedules.list_schedules(uow, tenant)
 
 
 @router.get("/{schedule_id}", response_model=ScheduleView, responses=ERRORS)
-def get_schedule(schedule_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant),
-                 res: Resources = Depends(resources)) -> ScheduleView:
+def get_schedule(tenant: Tenant, res: Res, schedule_id: uuid.UUID) -> ScheduleView:
     with res.uow() as uow:
         return schedules.get_schedule(uow, tenant, schedule_id)
 
 
 @router.patch("/{schedule_id}", response_model=ScheduleView,
               responses={**ERRORS, 409: {"description": "a schedule with this name exists"}})
-def update_schedule(schedule_id: uuid.UUID, body: ScheduleUpdate, tenant: uuid.UUID = Depends(current_tenant),
-                    res: Resources = Depends(resources)) -> ScheduleView:
+def update_schedule(tenant: Tenant, res: Res, schedule_id: uuid.UUID, body: ScheduleUpdate) -> ScheduleView:
     with res.uow() as uow:
         return schedules.update_schedule(uow, res.settings, tenant, schedule_id, body)
 
 
 @router.delete("/{schedule_id}", status_code=204, responses=ERRORS)
-def delete_schedule(schedule_id: uuid.UUID, tenant: uuid.UUID = Depends(current_tenant),
-                    res: Resources = Depends(resources)) -> Response:
+def delete_schedule(tenant: Tenant, res: Res, schedule_id: uuid.UUID) -> Response:
     with res.uow() as uow:
         schedules.delete_schedule(uow, tenant, schedule_id)
     return Response(status_code=204)
 
 
 @router.get("/{schedule_id}/runs", response_model=ScheduleRunList, responses=ERRORS)
-def list_runs(schedule_id: uuid.UUID, limit: int = Query(default=50, ge=1, le=500),
-              tenant: uuid.UUID = Depends(current_tenant), res: Resources = Depends(resources)) -> ScheduleRunList:
+def list_runs(tenant: Tenant, res: Res, schedule_id: uuid.UUID, limit: int = Query(default=50, ge=1, le=500)) -> ScheduleRunList:
     with res.uow() as uow:
         return schedules.list_runs(uow, tenant, schedule_id, limit)

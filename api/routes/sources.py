@@ -1,12 +1,11 @@
 """/v1/sources: upload a source archive (real masks/images a method reads), read its metadata."""
 from __future__ import annotations
 
-import uuid
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Resources, current_tenant, resources
+from api.deps import Res, Tenant
 from shared import sources
 from shared.sources import SourceTooLarge, SourceView
 
@@ -32,8 +31,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 
 
 @router.post("", response_model=SourceView, status_code=201, responses=ERRORS)
-async def upload_source(request: Request, tenant: uuid.UUID = Depends(current_tenant),
-                        res: Resources = Depends(resources)) -> SourceView:
+async def upload_source(tenant: Tenant, res: Res, request: Request) -> SourceView:
     """Body: the archive's bytes (zip, tar or tar.gz). Name the returned id in a spec as
     `source: {upload: <id>}` (or `upload:<id>` for a segmenter folder)."""
     data = await _read_limited(request, res.settings.max_source_bytes)
@@ -41,6 +39,5 @@ async def upload_source(request: Request, tenant: uuid.UUID = Depends(current_te
 
 
 @router.get("/{upload_id}", response_model=SourceView, responses={**ERRORS, 404: {"description": "no such upload for this tenant"}})
-def get_source(upload_id: str = Path(max_length=64), tenant: uuid.UUID = Depends(current_tenant),
-               res: Resources = Depends(resources)) -> SourceView:
+def get_source(tenant: Tenant, res: Res, upload_id: str = Path(max_length=64)) -> SourceView:
     return sources.get_source(res.store, tenant, upload_id)

@@ -1,12 +1,12 @@
 """Health, readiness, metrics, models, and the local store's signed downloads."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 
-from api.deps import Resources, current_tenant, resources
+from api.deps import Res, Tenant
 from shared import jobs
 from shared.db import repositories as repo
 from shared.db.session import DB_UNAVAILABLE, describe_db_error
@@ -24,7 +24,7 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", tags=["system"], responses={503: {"description": "a dependency is unreachable"}})
-def readyz(res: Resources = Depends(resources)) -> JSONResponse:
+def readyz(res: Res) -> JSONResponse:
     """Database, broker and object store reachable."""
     checks: dict[str, str] = {}
     try:
@@ -49,13 +49,13 @@ def metrics(request: Request) -> Response:
 
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses={401: {"description": "missing API key"}})
-def list_models(_tenant=Depends(current_tenant), res: Resources = Depends(resources)) -> ModelList:
+def list_models(_tenant: Tenant, res: Res) -> ModelList:
     return jobs.list_models(res.settings)
 
 
 @router.get("/v1/files/{key:path}", include_in_schema=False)
-def local_file(key: str, expires: int = Query(...), sig: str = Query(..., max_length=128),
-               name: str | None = Query(default=None, max_length=200), res: Resources = Depends(resources)) -> Response:
+def local_file(res: Res, key: str, expires: int = Query(...), sig: str = Query(..., max_length=128),
+               name: str | None = Query(default=None, max_length=200)) -> Response:
     """Downloads of the local store (embedded mode), authorised by the link's signature."""
     store = res.store
     if not isinstance(store, LocalStore) or not store.verify(key, expires, sig):
