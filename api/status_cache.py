@@ -31,9 +31,13 @@ class Entry:
 
 
 class StatusCache:
-    def __init__(self, max_age_s: float, max_entries: int = 10_000):
-        self.max_age_s, self.max_entries = max_age_s, max_entries
-        self._entries: dict[Key, Entry] = {}
+    """Bounded by the bytes it holds (a view of a job with thousands of shards is large):
+    past `max_bytes` the oldest entries go first."""
+
+    def __init__(self, max_age_s: float, max_bytes: int = 64 * 2**20):
+        self.max_age_s, self.max_bytes = max_age_s, max_bytes
+        self._entries: dict[Key, Entry] = {}  # insertion order = age
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def read(self, key: Key, stamp: Callable[[], str | None], load: Callable[[], tuple[bytes, bool]]) -> bytes:
@@ -50,9 +54,16 @@ class StatusCache:
                     hit.final or time.monotonic() - hit.stored_at <= self.max_age_s):
                 return hit.body
         body, final = load()
-        if token is not None:
-            with self._lock:
-                if len(self._entries) >= self.max_entries and key not in self._entries:
-                    self._entries.clear()
-                self._entries[key] = Entry(token, body, final, time.monotonic())
+        if token is not None and len(body) <= self.max_bytes:
+            self._store(key, Entry(token, body, final, time.monotonic()))
         return body
+
+    def _store(self, key: Key, entry: Entry) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= len(old.body)
+            while self._entries and self._bytes + len(entry.body) > self.max_bytes:
+                self._bytes -= len(self._entries.pop(next(iter(self._entries))).body)
+            self._entries[key] = entry
+            self._bytes += len(entry.body)

@@ -1,7 +1,6 @@
 """/v1/datasets: named datasets, their versions (v1, v2, ..., `latest`) and diffs."""
 from __future__ import annotations
 
-
 from fastapi import APIRouter, Path, Query
 
 from api.deps import Res, Tenant

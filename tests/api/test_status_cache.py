@@ -55,6 +55,22 @@ def test_a_running_jobs_entry_ages_out_a_finished_ones_does_not(monkeypatch):
     assert running.n == 2 and finished.n == 1
 
 
+def test_the_cache_holds_at_most_max_bytes_oldest_out_first():
+    cache = StatusCache(60, max_bytes=25)
+    keys = [(uuid.UUID(int=i), uuid.UUID(int=i)) for i in range(4)]
+    loads = [Loads() for _ in keys]  # each view is 6 bytes ("view 1")
+    for k, load in zip(keys, loads):
+        cache.read(k, lambda: "a", load)
+    for k, load in zip(keys, loads):  # 4 x 6 bytes fit in 25: all still served from memory
+        cache.read(k, lambda: "a", load)
+    assert [x.n for x in loads] == [1, 1, 1, 1]
+    fifth = Loads()
+    cache.read((uuid.UUID(int=9), uuid.UUID(int=9)), lambda: "a", fifth)  # 30 bytes > 25: the oldest entry goes
+    cache.read(keys[0], lambda: "a", loads[0])
+    cache.read(keys[3], lambda: "a", loads[3])
+    assert loads[0].n == 2 and loads[3].n == 1
+
+
 def _submit(client, headers) -> str:
     r = client.post("/v1/jobs", json=copy.deepcopy(SPEC), headers=headers)
     assert r.status_code == 201, r.text
