@@ -15,15 +15,15 @@ from api.deps import Resources
 from api.errors import install_error_handlers
 from api.metrics import ApiMetrics
 from shared.config import Settings
-from shared.dispatch import Dispatcher
-from shared.storage import ObjectStore
+from shared.dispatch.dispatcher import Dispatcher
+from shared.storage.objects import ObjectStore
 
 
 def make_celery_publisher(settings: Settings) -> Any:
     """A small Celery app used only to publish tasks by name (the worker code is not imported)."""
     from celery import Celery
 
-    from shared.celery_conf import celery_config
+    from shared.dispatch.celery_conf import celery_config
 
     app = Celery("dsgen-api", set_as_current=False)
     app.conf.update(celery_config(settings))
@@ -33,8 +33,8 @@ def make_celery_publisher(settings: Settings) -> Any:
 def build_resources(settings: Settings, *, dispatcher: Dispatcher | None = None, store: ObjectStore | None = None,
                     session_factory: Callable[[], Any] | None = None) -> Resources:
     from shared.db.session import make_engine, make_session_factory
-    from shared.dispatch import CeleryDispatcher
-    from shared.storage import make_store
+    from shared.dispatch.dispatcher import CeleryDispatcher
+    from shared.storage.objects import make_store
 
     closers: list[Callable[[], None]] = []
     if session_factory is None:

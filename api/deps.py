@@ -11,12 +11,12 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.status_cache import StatusCache
-from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork
-from shared.dispatch import Dispatcher
+from shared.dispatch.dispatcher import Dispatcher
 from shared.errors import Unauthorized
-from shared.storage import ObjectStore
+from shared.storage.objects import ObjectStore
+from shared.tenants import api_keys as auth
 
 
 @dataclass
@@ -89,11 +89,11 @@ async def current_tenant(request: Request,
 
 
 def _lookup_tenant(res: Resources, key: str) -> uuid.UUID:
-    from shared.db import repositories as repo
+    from shared.tenants import repository as tenants_repo
 
     with res.uow() as uow:
         if res.settings.embedded_tenant and not key:
-            return repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
+            return tenants_repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
         if not key:
             raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (create one with `dsgen keys create`)")
         tenant = auth.tenant_for_key(uow.session, key)
@@ -102,7 +102,7 @@ def _lookup_tenant(res: Resources, key: str) -> uuid.UUID:
         if res.settings.embedded_tenant:
             # Embedded mode has one user: a valid key (the dashboard's, DSGEN_API_KEY of the
             # CLI) acts as the same tenant as no key, so the CLI and the dashboard see one list.
-            tenant_id = repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
+            tenant_id = tenants_repo.get_or_create_tenant(uow.session, res.settings.embedded_tenant).id
             res.keys.put(auth.hash_key(key), tenant_id)
             return tenant_id
         res.keys.put(auth.hash_key(key), tenant.id)

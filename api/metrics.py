@@ -2,7 +2,7 @@
 Each app gets its own registry, so several apps in one process (tests) do not collide.
 
 Besides the API's own counters, `ServiceCollector` reads the service's state at scrape time
-(`shared.stats`): jobs per status, samples, shard durations and retries, queue depths,
+(`shared.metrics.stats`): jobs per status, samples, shard durations and retries, queue depths,
 workers alive and images/s. They are gauges: they are read from rows, which deleting a job
 or retrying a shard removes or resets.
 """
@@ -26,7 +26,7 @@ class ServiceCollector:
         return []  # collected at scrape time only (describe must not query the database)
 
     def collect(self):  # noqa: ANN201
-        from shared.stats import service_stats
+        from shared.metrics.stats import service_stats
 
         res = getattr(self._state, "resources", None)
         up = GaugeMetricFamily("dsgen_database_up", "1 when the last scrape could read the database")

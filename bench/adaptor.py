@@ -26,12 +26,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
-
 from quality import caption_mentions, to_tensor  # noqa: E402
+
+from shared.formats.model_meta import model_side  # noqa: E402
 from shared.shapes import SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
 from shared.shapes.world import get_world  # noqa: E402
-from shared.model_meta import model_side  # noqa: E402
 
 REAL_STREAM, GEN_STREAM = 910_101, 910_102  # disjoint from training (61) and bench/quality streams
 
@@ -48,7 +48,7 @@ def gt_doc(scenes) -> dict:
 
 
 def attention_dets(store, j, image_id, mentions, enc_offsets, spec, size) -> list[dict]:
-    from worker.engine.labeling import label_image
+    from worker.engine.attention_labels import label_image
     from worker.engine.text import token_groups
 
     groups = token_groups(enc_offsets, mentions)
@@ -70,14 +70,14 @@ def adaptor_dets(adaptor, features, size, first_id, category_ids) -> list[dict]:
 
 @torch.no_grad()
 def run(model_id: str, adaptor_ref: str, n_real: int, n_gen: int, strength: float, batch: int, seed: int) -> dict:
-    from shared.spec import GenerationSpec, LabelSpec
+    from shared.formats.spec import GenerationSpec, LabelSpec
     from worker.adaptor.backbone import noise_seed
     from worker.adaptor.evaluate import box_ap
     from worker.adaptor.io import check_adaptor_fits, load_adaptor
     from worker.engine.attention import CaptureConfig, capture_attention
     from worker.engine.features import FeatureConfig, capture_features
     from worker.engine.generate import InitImages, generate
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
     from worker.engine.text import encode_prompts
 
     model = load_model(model_id)

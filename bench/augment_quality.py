@@ -27,8 +27,8 @@ MODES = {
 
 def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int, options: dict, steps: int,
                      guidance: float, seed: int, size: int) -> list:
-    from shared.spec import parse_spec
-    from worker.engine.models import load_model
+    from shared.formats.spec import parse_spec
+    from worker.engine.loading import load_model
     from worker.engine.session import EngineSession
 
     spec = parse_spec({

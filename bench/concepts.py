@@ -29,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+import quality as q  # noqa: E402  (bench/quality.py: the judge and the scene streams)
 import torch  # noqa: E402
 
-import quality as q  # noqa: E402  (bench/quality.py: the judge and the scene streams)
+from shared.formats.model_meta import model_side  # noqa: E402
 from shared.shapes import render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
 from shared.shapes.world import World, get_world  # noqa: E402
-from shared.model_meta import model_side  # noqa: E402
 
 CONCEPT_STREAM, JUDGE_STREAM, JUDGE_TEST_STREAM = 920_001, 920_002, 920_003
 
@@ -75,7 +75,7 @@ def judge_scenes(world: World, stream: int, n: int, held: tuple[str, str]):
 
 def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str], n: int, steps: int, guidance: float,
              seed: int) -> list[np.ndarray]:
-    from shared.spec import parse_spec
+    from shared.formats.spec import parse_spec
     from worker.engine.session import EngineSession
 
     spec = parse_spec({
@@ -95,7 +95,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
         init: tuple[str, str] = ("blue", "star")) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     torch.manual_seed(seed)
     model = load_model(model_id)
@@ -165,9 +165,9 @@ def run_augment(model_id: str, out: Path, judge, n_real: int, variants: int, gen
     """augment on real renders: label validity (carried / re-derived masks vs the judge's reading of
     the generated image) for inpaint-inside and low-strength SDEdit, and a segmenter trained on
     real N vs real N + augmented, evaluated on held-out real renders."""
+    from shared.formats.spec import parse_spec
     from shared.shapes.dataset import write_real_dataset
-    from shared.spec import parse_spec
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
     from worker.engine.session import EngineSession
 
     model = load_model(model_id)

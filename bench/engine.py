@@ -37,19 +37,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.model_meta import model_side  # noqa: E402
+from shared.formats.model_meta import model_side  # noqa: E402
 
 MODES = ("plain", "engine", "capture", "mask2image")
 
 
 def _extras(model: str) -> dict:
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     return load_model(model).extras
 
 
 def _spec(model: str, images: int, batch: int, labels: str, steps: int | None, method: dict | None = None):
-    from shared.spec import parse_spec
+    from shared.formats.spec import parse_spec
 
     ex = _extras(model)
     gen = {k: v for k, v in ex.get("default_generation", {}).items() if k in {"width", "height", "steps", "guidance_scale", "scheduler"}}
@@ -83,14 +83,14 @@ class PlainLoop:
     """Reference: text encoder + scheduler + UNet + (VAE) with diffusers' stock processors only."""
 
     def __init__(self, spec):
-        from worker.engine.models import load_model
+        from worker.engine.loading import load_model
 
         self.spec, self.m = spec, load_model(spec.model)
 
     def __call__(self, batch: list[int]) -> None:
         import torch
 
-        from shared.prompts import plan_sample
+        from shared.formats.prompts import plan_sample
         from worker.engine.text import encode_prompts
 
         m, gen = self.m, self.spec.generation
@@ -126,7 +126,7 @@ class EngineRun:
         self.tmp = tempfile.TemporaryDirectory()
 
     def __call__(self, batch: list[int]) -> None:
-        from shared.export.files import atomic_write_bytes
+        from shared.formats.export.files import atomic_write_bytes
 
         for sample in self.session.generate(batch):
             if self.write:
@@ -247,7 +247,7 @@ def main() -> None:
     p.add_argument("--child-memory", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.model is None:
-        from worker.engine.models import builtin_names
+        from worker.engine.loading import builtin_names
 
         names = builtin_names()
         args.model = next((f"builtin:{n}" for n in ("shapes-v2", "shapes-v1") if n in names), "builtin:tiny-random")

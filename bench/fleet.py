@@ -196,7 +196,7 @@ class FragmentsOnly:
         return getattr(self.inner, name)
 
     def put(self, key: str, data: bytes) -> None:
-        from shared import keys
+        from shared.storage import keys
 
         if key.endswith("/" + keys.FRAGMENT_FILE):
             self.inner.put(key, data)
@@ -208,7 +208,7 @@ class NoFragments(FragmentsOnly):
     before fragments (four object GETs per sample, every file written), measured today."""
 
     def put(self, key: str, data: bytes) -> None:
-        from shared import keys
+        from shared.storage import keys
 
         if not key.endswith("/" + keys.FRAGMENT_FILE):
             self.inner.put(key, data)
@@ -236,8 +236,9 @@ def _seed_shards(env: dict[str, str], job_id: str, indexes: list[int], direct: b
 
 def seed_job(env: dict[str, str], n: int, formats: list[str], size: int, procs: int,
              direct: bool | str = False) -> tuple[str, float]:
-    from shared import auth, jobs
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
+    from shared.jobs import usecases as jobs
+    from shared.tenants import api_keys as auth
     from tests.support.fakes import RecordingDispatcher
 
     settings = settings_of(env)
@@ -332,8 +333,8 @@ def main() -> None:
     if args.finalize_only:
         return finalize_child(args.finalize_only)
 
-    from shared import auth
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
+    from shared.tenants import api_keys as auth
     from tests.support.services import flush_redis, free_port, moto_s3_server, postgres_database
 
     workers = [int(w) for w in args.workers.split(",") if w]

@@ -52,13 +52,13 @@ def quick_configs() -> tuple[dict, dict, dict]:
     return unet, vae, text
 
 
-def build_model(device: str, dtype_name: str, quick: bool):  # noqa: ANN201 - worker.engine.models.LoadedModel
+def build_model(device: str, dtype_name: str, quick: bool):  # noqa: ANN201 - worker.engine.loading.LoadedModel
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-    from shared.records import ModelInfo
-    from worker.engine.models import _DTYPES, LoadedModel, builtin_root
+    from shared.formats.records import ModelInfo
+    from worker.engine.loading import _DTYPES, LoadedModel, builtin_root
 
     torch.manual_seed(0)
     unet_cfg, vae_cfg, text_cfg = quick_configs() if quick else (SD15_UNET, SD15_VAE, SD15_TEXT)
@@ -79,7 +79,7 @@ def build_model(device: str, dtype_name: str, quick: bool):  # noqa: ANN201 - wo
 
 
 def job_spec(device: str, dtype: str, size: int, steps: int, batch: int, labels: str, images: int):  # noqa: ANN201
-    from shared.spec import parse_spec
+    from shared.formats.spec import parse_spec
 
     return parse_spec({
         "name": "gpu-bench", "model": {"id": "bench:sd15-random", "device": device, "dtype": dtype},

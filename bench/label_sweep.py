@@ -33,10 +33,11 @@ def sweep_grid(class_thresholds, gaps, taus, edges) -> dict[str, dict]:
 
 def run(model_id: str, n: int, t: int = 100, grid: dict[str, dict] | None = None) -> dict:
     import quality
-    from shared.model_meta import model_side
+
+    from shared.formats.model_meta import model_side
+    from shared.formats.spec import LabelSpec
     from shared.shapes.world import get_world
-    from shared.spec import LabelSpec
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     model = load_model(model_id)
     rec = model.extras.get("recommended_labels", {})

@@ -30,10 +30,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench import quality as q  # noqa: E402
+from shared.formats.model_meta import model_side  # noqa: E402
+from shared.formats.spec import GenerationSpec  # noqa: E402
 from shared.shapes import render_scene  # noqa: E402
 from shared.shapes.world import get_world  # noqa: E402
-from shared.spec import GenerationSpec  # noqa: E402
-from shared.model_meta import model_side  # noqa: E402
 
 EDIT_STREAM, LAYOUT_STREAM = 920_001, 920_002
 
@@ -132,7 +132,7 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
                    modes: tuple[str, ...] = ("guided", "plain"), box_window: tuple[float, float] = (0.0, 1.0)) -> dict:
     """modes: guided (self-guidance), plain (none), box_mask (rectified words in their boxes),
     guided+box_mask; interleaved per batch."""
-    from shared.prompts import ClassMention, SamplePlan
+    from shared.formats.prompts import ClassMention, SamplePlan
     from worker.engine.methods.layout import box_mask
     from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
     from worker.engine.text import tokenize
@@ -214,7 +214,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     a = p.parse_args()
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     torch.manual_seed(a.seed)
     model = load_model(a.model)

@@ -54,11 +54,11 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from shared.prompts import ClassMention  # noqa: E402
+from shared.formats.model_meta import model_side  # noqa: E402
+from shared.formats.prompts import ClassMention  # noqa: E402
 from shared.shapes import COLOURS, SHAPES, render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed  # noqa: E402
 from shared.shapes.world import World, get_world  # noqa: E402
-from shared.model_meta import model_side  # noqa: E402
 
 # Disjoint scene streams (training uses SeedSequence([seed, 7919, step]) streams).
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
@@ -142,9 +142,9 @@ def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed
     recommended settings (dsgen.json) in refined and DAAM mode, as a job using it gets them.
     The capture is at the model's recommended resolutions (label_image reads what the store
     captured), so settings differ in thresholds, tau, edges and mode only."""
-    from shared.spec import LabelSpec
+    from shared.formats.spec import LabelSpec
     from worker.engine.attention import CaptureConfig, capture_attention
-    from worker.engine.labeling import label_image
+    from worker.engine.attention_labels import label_image
     from worker.engine.text import encode_prompts, token_groups
 
     rec = model.extras.get("recommended_labels", {})
@@ -317,8 +317,8 @@ def evaluate_segmenter(net: SegNet, scenes) -> IoU:
 # ------------------------------------------------------------------ generation with dsgen
 
 def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance: float, suffix: bool, seed: int):
-    from shared.spec import parse_spec
-    from worker.engine.models import load_model
+    from shared.formats.spec import parse_spec
+    from worker.engine.loading import load_model
     from worker.engine.session import EngineSession
 
     model = load_model(model_id)
@@ -376,7 +376,7 @@ def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: 
 def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, t: int, steps: int, guidance: float,
         suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print, n_few_real: int = 50,
         parts: tuple[str, ...] = ("attention", "fidelity", "synthetic"), m2i_guidance: float = 1.5) -> dict:
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     torch.manual_seed(seed)
     started = time.time()
@@ -528,8 +528,8 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
 
 def _m2i_samples(model_id: str, masks_dir: Path, n: int, steps: int, guidance: float, seed: int,
                  variants: int = 1, resample: dict | None = None, segmenter: str | None = None):
-    from shared.spec import parse_spec
-    from worker.engine.models import load_model
+    from shared.formats.spec import parse_spec
+    from worker.engine.loading import load_model
     from worker.engine.session import EngineSession
 
     m2i = {"source": {"path": str(masks_dir)}, "prompt": "source", "variants": variants}
@@ -551,7 +551,7 @@ def _filtered(samples, seg_dir: str, job_classes) -> tuple[list, float]:
     """FreeMask's filter applied to existing samples (copies); returns them and the ignored fraction."""
     import copy
 
-    from shared.spec import parse_spec
+    from shared.formats.spec import parse_spec
     from worker.engine.filters import SegmenterFilter
 
     spec = parse_spec({"model": "m", "classes": [{"name": c} for c in job_classes], "num_images": 1,
@@ -628,8 +628,8 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     pool = tmp / "pool"
     write_real_dataset(pool, m, seed=MASK_STREAM + 1, size=SIZE, formats=[], world=WORLD)
     loss = fm.class_loss_by_id(list(SHAPES))
+    from shared.formats.spec import SourceSpec
     from worker.engine.mask_sources import load_mask_sources
-    from shared.spec import SourceSpec
 
     maps = [src.load().semantic for src in load_mask_sources(SourceSpec(path=str(pool)), tuple(SHAPES), pool)]
     k = 6

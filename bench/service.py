@@ -64,7 +64,7 @@ def engine_alone(model: str, n: int) -> float:
     import torch
 
     torch.set_num_threads(1)
-    from shared.spec import parse_spec
+    from shared.formats.spec import parse_spec
     from worker.engine.session import EngineSession
 
     session = EngineSession(parse_spec(spec(model, n)))
@@ -256,9 +256,9 @@ def main() -> None:
     args = ap.parse_args()
     sections = set(args.sections.split(","))
 
-    from shared import auth
     from shared.client import Client
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
+    from shared.tenants import api_keys as auth
     from tests.support.services import flush_redis, free_port, moto_s3_server, postgres_database, s3_env, wait_for_port
 
     result: dict = {"model": args.model, "images": args.images, "cores": os.cpu_count(), "storage": args.storage}

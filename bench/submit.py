@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> None:
-    from shared import jobs
     from shared.config import Settings
-    from shared.db import repositories as repo
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
+    from shared.jobs import usecases as jobs
+    from shared.tenants import repository as tenants_repo
     from tests.support.fakes import RecordingDispatcher
     from tests.support.services import postgres_database
 
@@ -44,7 +44,7 @@ def main() -> None:
         factory = make_session_factory(engine)
         for _ in range(args.repeats):
             with UnitOfWork(factory) as uow:
-                tenant = repo.get_or_create_tenant(uow.session, f"bench-{uuid.uuid4().hex[:8]}").id
+                tenant = tenants_repo.get_or_create_tenant(uow.session, f"bench-{uuid.uuid4().hex[:8]}").id
             dispatcher = RecordingDispatcher()
             started = time.perf_counter()
             with UnitOfWork(factory) as uow:

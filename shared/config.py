@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Annotated
 
-from shared.model_meta import builtin_adaptor_ids, builtin_model_ids
+from shared.formats.model_meta import builtin_adaptor_ids, builtin_model_ids
 
 
 class Settings(BaseSettings):

@@ -18,9 +18,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from shared.export.files import atomic_write_bytes, encode_png
-from shared.layout import RECORD_FILE
-from shared.records import SampleRecord
+from shared.formats.export.files import atomic_write_bytes, encode_png
+from shared.formats.layout import RECORD_FILE
+from shared.formats.records import SampleRecord
 
 
 class Sample(Protocol):

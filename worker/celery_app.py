@@ -9,9 +9,9 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from shared.celery_conf import celery_config
 from shared.config import Settings
-from shared.tasks import CPU_QUEUE, GPU_QUEUE, RECONCILE_TASK, SCHEDULE_TICK_TASK
+from shared.dispatch.celery_conf import celery_config
+from shared.dispatch.tasks import CPU_QUEUE, GPU_QUEUE, RECONCILE_TASK, SCHEDULE_TICK_TASK
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:

@@ -10,9 +10,9 @@ import uuid
 
 from celery import Celery
 
-from shared.dispatch import CeleryDispatcher
+from shared.dispatch.dispatcher import CeleryDispatcher
+from shared.dispatch.tasks import FINALIZE_TASK, RECONCILE_TASK, SCHEDULE_TICK_TASK, SHARD_TASK
 from shared.errors import ServiceUnavailable
-from shared.tasks import FINALIZE_TASK, RECONCILE_TASK, SCHEDULE_TICK_TASK, SHARD_TASK
 from worker.service.context import WorkerContext, build_context
 
 log = logging.getLogger(__name__)

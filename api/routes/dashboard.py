@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from api.deps import Tenant
-from shared import jobs
+from shared.jobs import usecases as jobs
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 

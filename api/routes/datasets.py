@@ -4,8 +4,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Query
 
 from api.deps import Res, Tenant
-from shared import datasets
-from shared.views import DatasetDiff, DatasetList, DatasetVersionList, DatasetVersionView
+from shared.datasets import versions as datasets
+from shared.datasets.views import DatasetDiff, DatasetList, DatasetVersionList, DatasetVersionView
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 

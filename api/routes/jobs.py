@@ -1,4 +1,4 @@
-"""/v1/jobs: thin routes (parse, open a unit of work, call one function of `shared.jobs`)."""
+"""/v1/jobs: thin routes (parse, open a unit of work, call one function of `shared.jobs.usecases`)."""
 from __future__ import annotations
 
 import uuid
@@ -7,9 +7,9 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse
 
 from api.deps import Res, Tenant
-from shared import jobs
-from shared.spec import JobSpec
-from shared.views import ExportList, ExportView, JobPage, JobView, RetryResult, SamplePage
+from shared.formats.spec import JobSpec
+from shared.jobs import usecases as jobs
+from shared.jobs.views import ExportList, ExportView, JobPage, JobView, RetryResult, SamplePage
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

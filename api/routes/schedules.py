@@ -1,4 +1,4 @@
-"""/v1/schedules: thin routes over `shared.schedules`."""
+"""/v1/schedules: thin routes over `shared.schedules.usecases`."""
 from __future__ import annotations
 
 import uuid
@@ -6,9 +6,9 @@ import uuid
 from fastapi import APIRouter, Query, Response
 
 from api.deps import Res, Tenant
-from shared import schedules
-from shared.schedules import ScheduleCreate, ScheduleUpdate
-from shared.views import ScheduleList, ScheduleRunList, ScheduleView
+from shared.schedules import usecases as schedules
+from shared.schedules.usecases import ScheduleCreate, ScheduleUpdate
+from shared.schedules.views import ScheduleList, ScheduleRunList, ScheduleView
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 

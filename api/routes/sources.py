@@ -1,13 +1,12 @@
 """/v1/sources: upload a source archive (real masks/images a method reads), read its metadata."""
 from __future__ import annotations
 
-
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import Res, Tenant
-from shared import sources
-from shared.sources import SourceTooLarge, SourceView
+from shared.sources import archives as sources
+from shared.sources.archives import SourceTooLarge, SourceView
 
 router = APIRouter(prefix="/v1/sources", tags=["sources"])
 

@@ -7,12 +7,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 
 from api.deps import Res, Tenant
-from shared import jobs
-from shared.db import repositories as repo
 from shared.db.session import DB_UNAVAILABLE, describe_db_error
 from shared.errors import ServiceUnavailable
-from shared.storage import LocalStore
-from shared.views import ModelList
+from shared.jobs import usecases as jobs
+from shared.jobs.views import ModelList
+from shared.metrics import repository as metrics_repo
+from shared.storage.objects import LocalStore
 
 router = APIRouter()
 
@@ -29,7 +29,7 @@ def readyz(res: Res) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
         with res.session_factory() as session:
-            repo.ping(session)
+            metrics_repo.ping(session)
         checks["database"] = "ok"
     except DB_UNAVAILABLE as err:
         checks["database"] = describe_db_error(err)

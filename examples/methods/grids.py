@@ -12,7 +12,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from shared.overlay import overlay_png  # noqa: E402
+from shared.formats.overlay import overlay_png  # noqa: E402
 
 
 def grid(folder: Path, n: int = 8, scale: int = 4) -> Path:

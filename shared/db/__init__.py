@@ -1,2 +1,2 @@
-"""Database: models (`shared.db.models`), engine + unit of work (`shared.db.session`),
-repositories (`shared.db.repositories`) and migrations (`shared.db.migrate`)."""
+"""Database: models (`shared.db.models`), engine + unit of work (`shared.db.session`), the batch upsert
+(`shared.db.upsert`) and migrations (`shared.db.migrate`). Queries live in each domain's `repository.py`."""

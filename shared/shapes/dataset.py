@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from shared import layout
-from shared.export import WRITERS, assign_splits
-from shared.export.files import atomic_write_bytes, encode_png
-from shared.records import RLE, Annotation, ModelInfo, SampleRecord
+from shared.formats import layout
+from shared.formats.export import WRITERS, assign_splits
+from shared.formats.export.files import atomic_write_bytes, encode_png
+from shared.formats.records import RLE, Annotation, ModelInfo, SampleRecord
 from shared.shapes.render import Scene, render_scene
 from shared.shapes.world import DEFAULT_WORLD, SHAPES, World
 

@@ -10,18 +10,16 @@ sys.path.insert(0, str(Path(__file__).parent))  # helper modules next to this fi
 import uuid
 
 import pytest
+from api_spec import SPEC  # noqa: F401  (a uniquely named module: `conftest` names clash across folders)
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from tests.support.fakes import RecordingDispatcher
-from shared.storage import LocalStore
-from tests.support.fakes import FakeEngine
+from shared.storage.objects import LocalStore
+from shared.tenants import api_keys as auth
+from tests.support.fakes import FakeEngine, RecordingDispatcher
 from tests.support.services import postgres_database
-
-from api_spec import SPEC  # noqa: F401  (a uniquely named module: `conftest` names clash across folders)
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +93,9 @@ def run_job(settings, dispatcher, store, session_factory):
                             dispatcher=dispatcher, engine_factory=FakeEngine)
         jid = uuid.UUID(job_id)
         with UnitOfWork(session_factory) as uow:
-            from shared.db import repositories as repo
+            from shared.jobs import repository as jobs_repo
 
-            indexes = [s.index for s in repo.list_shards(uow.session, jid)]
+            indexes = [s.index for s in jobs_repo.list_shards(uow.session, jid)]
         for i in shards if shards is not None else indexes:
             run_shard(ctx, jid, i)
         if finalize:

@@ -2,10 +2,9 @@ import copy
 import uuid
 
 import httpx
-
-from shared.tasks import SHARD_TASK
-
 from api_spec import SPEC
+
+from shared.dispatch.tasks import SHARD_TASK
 
 
 def spec(**over):
@@ -161,7 +160,7 @@ def test_cancel_retry_and_delete(client, headers, run_job, store):
 
 
 def test_models_metrics_and_openapi(client, headers):
-    from shared.model_meta import builtin_model_ids
+    from shared.formats.model_meta import builtin_model_ids
 
     served = [m["id"] for m in client.get("/v1/models", headers=headers).json()["items"]]
     assert served == builtin_model_ids() and {"builtin:tiny-random", "builtin:shapes-v1"} <= set(served)

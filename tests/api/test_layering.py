@@ -28,7 +28,7 @@ def shared_modules() -> list[str]:
 
 def test_shared_loads_no_web_framework_queue_or_torch():
     modules = shared_modules()
-    assert len(modules) > 40 and "shared.db.repositories" in modules
+    assert len(modules) > 40 and "shared.jobs.repository" in modules
     mods = loaded_after("import " + ", ".join(modules))
     # ... nor the tests' doubles (tests/support): production code never needs them.
     assert not mods & {"torch", "fastapi", "celery", "starlette", "worker", "api", "tests"}

@@ -45,9 +45,9 @@ def test_requests_past_the_limit_get_503_with_retry_after_at_once_and_health_sti
 def _revoke(session_factory, key):
     from sqlalchemy import update
 
-    from shared import auth
     from shared.db.models import ApiKey, utcnow
     from shared.db.session import UnitOfWork
+    from shared.tenants import api_keys as auth
 
     with UnitOfWork(session_factory) as uow:
         uow.session.execute(update(ApiKey).where(ApiKey.key_hash == auth.hash_key(key)).values(revoked_at=utcnow()))
@@ -57,8 +57,8 @@ def test_a_looked_up_key_is_trusted_for_the_cache_time_only(settings, dispatcher
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from shared import auth
     from shared.db.session import UnitOfWork
+    from shared.tenants import api_keys as auth
 
     for ttl, after_revoke in ((3600.0, 200), (0.0, 401)):
         with UnitOfWork(session_factory) as uow:

@@ -21,7 +21,7 @@ def test_yaml_aliases_are_refused_without_expanding(client, headers):
 def test_a_spec_file_with_aliases_is_refused(tmp_path):
     import pytest
 
-    from shared.spec import SpecError, load_spec
+    from shared.formats.spec import SpecError, load_spec
 
     path = tmp_path / "bomb.yaml"
     path.write_text("model: builtin:tiny-random\nclasses: &c [cat]\nnum_images: 1\nprompts: {templates: *c}\n")

@@ -5,13 +5,13 @@ import copy
 import datetime as dt
 import uuid
 
+from api_spec import SPEC
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import datasets, schedules
+from shared.datasets import versions as datasets
 from shared.db.session import UnitOfWork
-from shared.records import Annotation, ModelInfo, SampleRecord
-
-from api_spec import SPEC
+from shared.formats.records import Annotation, ModelInfo, SampleRecord
+from shared.schedules import usecases as schedules
 
 
 def spec(**over):

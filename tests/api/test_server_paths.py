@@ -3,12 +3,11 @@ the server, and the refusal never tells whether the path exists."""
 import copy
 
 import pytest
+from api_spec import SPEC
 from pydantic import Field
 
-from shared.spec import SERVER_PATH, JobSpec, StrictModel
-from shared.spec_paths import check_api_paths, path_fields
-
-from api_spec import SPEC
+from shared.formats.spec import SERVER_PATH, JobSpec, StrictModel
+from shared.formats.spec_paths import check_api_paths, path_fields
 
 
 def spec(**over):

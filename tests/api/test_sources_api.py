@@ -8,7 +8,6 @@ import uuid
 import zipfile
 
 import pytest
-
 from api_spec import SPEC
 
 
@@ -186,18 +185,18 @@ def test_a_tenant_never_reads_another_tenants_dataset(client, headers, other_hea
     r = client.post("/v1/jobs", json=m2i_spec({"dataset": name}), headers=other_headers)
     assert r.status_code == 201, r.text
     # ... and the worker resolves (name, version) within the job's own tenant only
-    from shared.db import repositories as repo
     from shared.db.session import UnitOfWork
+    from shared.jobs import repository as jobs_repo
     from worker.service.context import WorkerContext
 
     with UnitOfWork(session_factory) as uow:
-        tenant_a = repo.get_job(uow.session, uuid.UUID(mine["id"])).tenant_id
-        tenant_b = repo.get_job(uow.session, uuid.UUID(own["id"])).tenant_id
+        tenant_a = jobs_repo.get_job(uow.session, uuid.UUID(mine["id"])).tenant_id
+        tenant_b = jobs_repo.get_job(uow.session, uuid.UUID(own["id"])).tenant_id
     ctx = WorkerContext(settings=settings, session_factory=session_factory, store=store, dispatcher=dispatcher)
     folder_a = ctx.datasets(tenant_a)(name, 1)
     folder_b = ctx.datasets(tenant_b)(name, None)
     assert folder_a.name == mine["id"] and folder_b.name == own["id"]
-    from shared.spec import SpecError
+    from shared.formats.spec import SpecError
 
     with pytest.raises(SpecError, match="no version v2"):
         ctx.datasets(tenant_b)(name, 2)
@@ -235,7 +234,7 @@ def test_a_worker_materialises_the_version_as_a_dsgen_folder(client, headers, ru
     assert sorted(p.name for p in (folder / "samples" / "000003").iterdir()) == \
         ["image.png", "instances.png", "record.json", "semantic.png"]
     assert [c["name"] for c in json.loads((folder / "spec.json").read_text())["classes"]] == ["cat", "dog"]
-    from shared.spec import SourceSpec
+    from shared.formats.spec import SourceSpec
 
     masks = load_mask_sources(SourceSpec(dataset=name, version=1), ("cat", "dog"), folder)
     assert len(masks) == SPEC["num_images"] and (masks[0].load().semantic == 1).sum() == 36

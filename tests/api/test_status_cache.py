@@ -2,14 +2,13 @@
 import copy
 import uuid
 
+from api_spec import SPEC
 from sqlalchemy import update
 
 from api.status_cache import StatusCache
-from shared import jobs as jobs_module
 from shared.db.models import Job, Shard
 from shared.db.session import UnitOfWork
-
-from api_spec import SPEC
+from shared.jobs import usecases as jobs_module
 
 KEY = (uuid.UUID(int=1), uuid.UUID(int=2))
 
@@ -108,7 +107,7 @@ def test_polls_see_every_write_at_once_and_read_the_view_only_after_one(client, 
 
 
 def test_another_tenant_never_reads_a_cached_view(client, headers, session_factory):
-    from shared import auth
+    from shared.tenants import api_keys as auth
 
     job_id = _submit(client, headers)
     assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200
@@ -124,7 +123,7 @@ def test_the_body_is_the_same_with_the_cache_on_or_off(settings, dispatcher, sto
     from fastapi.testclient import TestClient
 
     from api.app import create_app
-    from shared.views import JobView
+    from shared.jobs.views import JobView
 
     bodies = []
     job_id = None

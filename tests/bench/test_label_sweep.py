@@ -25,7 +25,7 @@ def test_grid_names_every_combination_with_the_uncertain_band_below_the_threshol
 
 
 def test_the_current_setting_scores_as_itself_and_best_is_the_maximum(tmp_path):
-    from worker.engine.models import builtin_root
+    from worker.engine.loading import builtin_root
 
     mod = _sweep()
     model = tmp_path / "model"

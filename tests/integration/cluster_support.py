@@ -13,9 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
-from shared import auth
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
+from shared.tenants import api_keys as auth
 
 REPO = Path(__file__).resolve().parents[2]
 

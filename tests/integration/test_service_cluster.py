@@ -11,17 +11,16 @@ import zipfile
 
 import httpx
 import pytest
+from cluster_support import SPEC, make_key, wait_for
 from sqlalchemy import func, select
 
-from shared import keys
-from shared.db import repositories as repo
 from shared.db.models import Sample, Shard
-from shared.dispatch import CeleryDispatcher
+from shared.dispatch.dispatcher import CeleryDispatcher
+from shared.jobs import repository as jobs_repo
+from shared.storage import keys
+from shared.storage.objects import make_store
 from tests.support.fakes import RecordingDispatcher
-from shared.storage import make_store
 from tests.support.services import REDIS_URL, flush_redis
-
-from cluster_support import SPEC, make_key, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +46,7 @@ def object_digests(cluster, job_id: str) -> dict[str, str]:
 
 def shards_of(cluster, job_id: str) -> list[Shard]:
     with cluster.uow() as uow:
-        return repo.list_shards(uow.session, uuid.UUID(job_id))
+        return jobs_repo.list_shards(uow.session, uuid.UUID(job_id))
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +99,8 @@ def test_kill_9_mid_shard_still_gives_exactly_the_same_dataset(cluster, api, hea
     while victim is None:  # a shard with its first batch written and its second not yet
         assert time.time() < deadline, "never saw a shard half done"
         with cluster.uow() as uow:
-            per_shard = repo.samples_per_shard(uow.session, jid)
-            for s in repo.list_shards(uow.session, jid):
+            per_shard = jobs_repo.samples_per_shard(uow.session, jid)
+            for s in jobs_repo.list_shards(uow.session, jid):
                 if s.status == "running" and 0 < per_shard.get(s.index, 0) < s.stop - s.start:
                     victim = s
                     break
@@ -159,8 +158,9 @@ def test_cancel_stops_within_one_batch_and_keeps_what_was_done(cluster, api, hea
 
 
 def test_retry_reruns_only_the_failed_shards(cluster, api, headers):
-    from api.app import create_app
     from fastapi.testclient import TestClient
+
+    from api.app import create_app
 
     hold = RecordingDispatcher()  # accept the job, send nothing yet
     with TestClient(create_app(cluster.settings, dispatcher=hold)) as held_api:

@@ -9,11 +9,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from cluster_support import wait_for
 from PIL import Image
 
 from shared.shapes.dataset import write_real_dataset
-
-from cluster_support import wait_for
 
 pytestmark = pytest.mark.slow
 SHAPES = ["circle", "square", "triangle", "star"]
@@ -132,7 +131,7 @@ def test_mask2image_with_an_uploaded_controlnet(cluster, api, headers, tmp_path)
     safetensors) zipped and uploaded, named as upload:<id>, loaded by the worker from S3."""
     from diffusers import ControlNetModel
 
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     net = ControlNetModel.from_unet(load_model("builtin:tiny-random").unet, conditioning_embedding_out_channels=(16, 32))
     net.save_pretrained(tmp_path / "cn", safe_serialization=True)

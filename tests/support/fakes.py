@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shared.tasks import FINALIZE_TASK, GPU_QUEUE, QUEUE_OF, SHARD_TASK
+from shared.dispatch.tasks import FINALIZE_TASK, GPU_QUEUE, QUEUE_OF, SHARD_TASK
 
 
 class FakeSample:
     def __init__(self, index: int, seed: int):
-        from shared.records import Annotation, ModelInfo, SampleRecord
+        from shared.formats.records import Annotation, ModelInfo, SampleRecord
 
         rng = np.random.default_rng(seed * 1000 + index)
         self.image = Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))

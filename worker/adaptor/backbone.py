@@ -10,7 +10,7 @@ import torch
 
 from worker.engine.features import FeatureConfig, capture_features
 from worker.engine.generate import encode_images, make_scheduler
-from worker.engine.models import LoadedModel
+from worker.engine.loading import LoadedModel
 from worker.engine.text import encode_prompts
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared import layout
-from shared.spec import SpecError
+from shared.formats import layout
+from shared.formats.spec import SpecError
 
 
 class DataError(SpecError):

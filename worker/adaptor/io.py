@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.model_meta import BuiltinNameError, builtin_name
-from shared.records import ModelInfo
-from shared.spec import SpecError
+from shared.formats.model_meta import BuiltinNameError, builtin_name
+from shared.formats.records import ModelInfo
+from shared.formats.spec import SpecError
 from worker.adaptor.model import AdaptorConfig, DetectionAdaptor
 from worker.engine.features import feature_layout
 
@@ -30,14 +30,14 @@ class AdaptorError(SpecError):
 
 
 def builtin_adaptors() -> list[str]:
-    from worker.engine.models import builtin_root
+    from worker.engine.loading import builtin_root
 
     return sorted(BUILTIN_PREFIX + p.name for p in builtin_root().iterdir() if (p / CONFIG_FILE).is_file())
 
 
 def resolve_adaptor_path(ref: str) -> Path:
     """`builtin:<name>` -> the package folder; otherwise a local folder holding adaptor.json."""
-    from worker.engine.models import builtin_root
+    from worker.engine.loading import builtin_root
 
     if ref.startswith(BUILTIN_PREFIX):
         try:

@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.records import DROPPED, Annotation
-from shared.spec import JobSpec, LabelSpec
+from shared.formats.records import DROPPED, Annotation
+from shared.formats.spec import JobSpec, LabelSpec
+from worker.adaptor.boxes import Box, adaptor_annotations, match_boxes
 from worker.adaptor.io import AdaptorError, check_adaptor_fits, default_adaptor_for, load_adaptor
-from worker.adaptor.labels import Box, adaptor_annotations, match_boxes
 from worker.adaptor.model import DetectionAdaptor, decode
-from worker.engine.models import LoadedModel
+from worker.engine.loading import LoadedModel
 
 
 @dataclass

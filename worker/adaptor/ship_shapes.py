@@ -15,8 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+from shared.formats.model_meta import model_side
 from worker.adaptor.io import CONFIG_FILE, WEIGHTS_FILE
-from shared.model_meta import model_side
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = ROOT / "worker" / "engine" / "builtin"
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from shared.shapes.dataset import write_real_dataset
     from shared.shapes.world import get_world
     from worker.adaptor.train import TrainConfig, Trainer
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     model = load_model(a.model)
     world = get_world(model.extras.get("world"))

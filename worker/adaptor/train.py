@@ -27,7 +27,7 @@ from worker.adaptor.loss import Targets, detection_loss, make_targets
 from worker.adaptor.model import AdaptorConfig, DetectionAdaptor, decode
 from worker.engine.features import feature_layout
 from worker.engine.generate import size_multiple
-from worker.engine.models import LoadedModel, load_model
+from worker.engine.loading import LoadedModel, load_model
 
 CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from shared.spec import SpecError
+from shared.formats.spec import SpecError
 
 
 class UserError(click.ClickException):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from shared.spec import SpecError
+from shared.formats.spec import SpecError
 from worker.cli import UserError, cli
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from worker.cli import UserError, cli
-from worker.engine.sources import IMAGE_SUFFIXES
+from worker.engine.image_sources import IMAGE_SUFFIXES
 
 
 @cli.group()
@@ -25,7 +25,7 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
     if not cls:
         raise UserError("--class: with --source, name the class whose images teach the concept")
 
-    from shared.spec import SourceSpec, SpecError
+    from shared.formats.spec import SourceSpec, SpecError
     from worker.engine.mask_sources import load_mask_sources, source_class_names
 
     try:
@@ -67,10 +67,10 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
     """Learn TOKEN(s) from a few images; only their embeddings train (UNet and text encoder frozen)."""
     import torch
 
-    from shared.spec import SpecError
+    from shared.formats.spec import SpecError
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.concepts import CONCEPT_FILE, check_token
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     if threads:
         torch.set_num_threads(threads)
@@ -120,8 +120,8 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
 @click.option("--seed", default=0, show_default=True, type=int)
 def mix_cmd(real: Path, synthetic: Path, out: Path, p: float, seed: int) -> None:
     """A real+synthetic training set (DA-Fusion): each real sample replaced by one of its variants with p."""
-    from shared.mix import mix_folders
-    from shared.spec import SpecError
+    from shared.formats.export.mix import mix_folders
+    from shared.formats.spec import SpecError
 
     try:
         summary = mix_folders(real, synthetic, out, p, seed)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from shared.spec import SpecError, load_spec
+from shared.formats.spec import SpecError, load_spec
 from worker.cli import UserError, cli
 
 
@@ -24,7 +24,7 @@ def run_command(spec_path: Path, out: Path | None, overwrite: bool, num_images: 
     try:
         spec = load_spec(spec_path)
         if num_images is not None:
-            from shared.spec import parse_spec
+            from shared.formats.spec import parse_spec
 
             spec = parse_spec({**spec.model_dump(mode="json"), "num_images": num_images})
     except SpecError as err:

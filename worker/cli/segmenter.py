@@ -30,7 +30,7 @@ def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: in
     import torch
     from PIL import Image
 
-    from shared.spec import SourceSpec, SpecError
+    from shared.formats.spec import SourceSpec, SpecError
     from worker.engine.mask_sources import load_mask_sources, source_class_names
     from worker.engine.segmenter import train_segmenter
 

@@ -103,9 +103,9 @@ def keys_group() -> None:
 @click.option("--database-url", default=None, help="override DSGEN_DATABASE_URL")
 def keys_create(tenant: str, database_url: str | None) -> None:
     """Create an API key for TENANT; it is printed once."""
-    from shared import auth
     from shared.db.session import UnitOfWork, make_engine, make_session_factory
     from shared.errors import ServiceUnavailable
+    from shared.tenants import api_keys as auth
 
     engine = make_engine(database_url or _settings().database_url)
     try:
@@ -236,7 +236,7 @@ def _wait_with_bar(client, job: dict) -> dict:
 @click.option("--idempotency-key", default=None, help="submitting twice with the same key makes one job")
 def submit_command(spec_path: Path, server: str, wait: bool, idempotency_key: str | None) -> None:
     """Submit a job SPEC to a dsgen server; prints the job id."""
-    from shared.spec import SpecError, load_spec
+    from shared.formats.spec import SpecError, load_spec
 
     try:
         spec = load_spec(spec_path)

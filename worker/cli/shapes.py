@@ -24,7 +24,7 @@ def render_cmd(out: Path, n: int, seed: int, size: int, formats: str, overwrite:
     """Render N real shapes images with exact labels, in the project's dataset layout."""
     from rich.progress import Progress
 
-    from shared.export import WRITERS
+    from shared.formats.export import WRITERS
     from shared.shapes.dataset import write_real_dataset
 
     fmts = [f.strip() for f in formats.split(",") if f.strip()]

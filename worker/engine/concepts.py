@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from shared.spec import SpecError
+from shared.formats.spec import SpecError
 
 CONCEPT_FILE = "concept.json"
 FORMAT = "dsgen-concept"

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shared.records import DROPPED, IGNORE
-from shared.spec import JobSpec
-from worker.engine.labels import encode_rle, mask_polygons
+from shared.formats.records import DROPPED, IGNORE
+from shared.formats.spec import JobSpec
+from worker.engine.instances import encode_rle, mask_polygons
 
 
 def _shrink(record, semantic: np.ndarray, instances: np.ndarray | None):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.spec import GenerationSpec, SpecError
+from shared.formats.spec import GenerationSpec, SpecError
 from worker.engine.attention import (
     AttentionControl,
     AttentionStore,
@@ -34,7 +34,7 @@ from worker.engine.attention import (
     control_attention,
 )
 from worker.engine.features import FeatureConfig, capture_features
-from worker.engine.models import LoadedModel
+from worker.engine.loading import LoadedModel
 from worker.engine.text import EncodedPrompts, encode_prompts
 
 SCHEDULER_CLASSES = {

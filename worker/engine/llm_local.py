@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from shared.llm_prompts import LLMError
+from shared.formats.llm_prompts import LLMError
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,7 +31,7 @@ class LocalWriter:
         self.tokenizer, self.model = _load(str(Path(folder).resolve()))
 
     def lineage(self) -> dict[str, Any]:
-        from worker.engine.models import content_revision
+        from worker.engine.loading import content_revision
 
         return {"backend": "local", "model": Path(self.folder).name, "revision": content_revision(Path(self.folder))}
 
@@ -56,6 +56,6 @@ def writer_for(spec, settings=None):
     llm = spec.prompts.llm
     if llm.backend == "local":
         return LocalWriter(llm.model)
-    from shared.llm_prompts import endpoint_writer
+    from shared.formats.llm_prompts import endpoint_writer
 
     return endpoint_writer(settings, llm)

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from shared import layout
 from shared.engine import Engine, sample_files, write_sample_files
-from shared.export.files import atomic_write_bytes
-from shared.records import SampleRecord
-from shared.spec import JobSpec, SpecError
+from shared.formats import layout
+from shared.formats.export.files import atomic_write_bytes
+from shared.formats.records import SampleRecord
+from shared.formats.spec import JobSpec, SpecError
 
 
 class OutputFolderError(SpecError):
@@ -94,7 +94,7 @@ def prepare_folder(spec: JobSpec, out: Path, overwrite: bool) -> None:
 def check_spec_for_model(spec: JobSpec) -> None:
     """What the model's own metadata (dsgen.json, unet config) says it cannot do, before any
     weights load: words outside its vocabulary, sizes, attention resolutions."""
-    from shared.model_meta import check_spec_fits_model, model_meta
+    from shared.formats.model_meta import check_spec_fits_model, model_meta
 
     meta = model_meta(spec.model.id)
     errors = check_spec_fits_model(spec, meta) if meta is not None else []
@@ -133,7 +133,7 @@ def with_llm_prompts(spec: JobSpec, out: Path, overwrite: bool) -> JobSpec:
     reads the same ones), else freshly written; they are saved with the spec (spec.json)."""
     if spec.prompts.source != "llm" or spec.prompts.llm.generated:
         return spec
-    from shared.llm_prompts import resolve_llm_prompts, without_generated
+    from shared.formats.llm_prompts import resolve_llm_prompts, without_generated
 
     stored_file = out / layout.SPEC_FILE
     if not overwrite and stored_file.is_file():
@@ -164,7 +164,7 @@ def run_to_folder(
     The model, adaptor and sources are loaded before `out` is touched, so a run that cannot
     start (unknown model, missing file) never deletes an `--overwrite` folder.
     """
-    from shared.export import write_exports
+    from shared.formats.export import write_exports
 
     out = Path(out).resolve()
     spec = with_llm_prompts(spec, out, overwrite)

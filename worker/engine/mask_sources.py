@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared import layout
-from shared.records import DROPPED, IGNORE
-from shared.spec import SourceSpec, SpecError
+from shared.formats import layout
+from shared.formats.records import DROPPED, IGNORE
+from shared.formats.spec import SourceSpec, SpecError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -7,8 +7,8 @@ from importlib import resources
 
 import numpy as np
 
-from shared.export.voc import voc_colormap
-from shared.records import IGNORE
+from shared.formats.export.voc import voc_colormap
+from shared.formats.records import IGNORE
 
 
 @functools.lru_cache(maxsize=1)

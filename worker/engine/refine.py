@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from shared.records import IGNORE
+from shared.formats.records import IGNORE
+
 BACKGROUND = 0
 
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from shared.records import IGNORE
+from shared.formats.records import IGNORE
+
 _STREAM_TIES = 0x4A2D
 
 

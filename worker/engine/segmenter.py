@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shared.records import IGNORE
-from shared.spec import SpecError
+from shared.formats.records import IGNORE
+from shared.formats.spec import SpecError
 
 WEIGHTS = "segmenter.pt"
 META = "segmenter.json"

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 
-from shared.spec import GenerationSpec
+from shared.formats.spec import GenerationSpec
 from worker.engine.attention import (
     AttentionControl,
     CaptureConfig,
@@ -43,7 +43,7 @@ from worker.engine.generate import (
     make_scheduler,
     prepare_latents,
 )
-from worker.engine.models import LoadedModel
+from worker.engine.loading import LoadedModel
 
 SOFT_SHARPNESS = 10.0
 

@@ -14,25 +14,25 @@ Filters (`worker.engine.filters`) run on every labelled sample before it is yiel
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from shared.engine import GeneratedSample
-from shared.model_meta import recommended_label_resolutions
-from shared.prompts import SamplePlan
-from shared.records import IGNORE, SampleFiles, SampleRecord
-from shared.spec import JobSpec, LabelSpec, SourceSpec, SpecError
+from shared.formats.model_meta import recommended_label_resolutions
+from shared.formats.prompts import SamplePlan
+from shared.formats.records import IGNORE, SampleFiles, SampleRecord
+from shared.formats.spec import JobSpec, LabelSpec, SourceSpec, SpecError
+from worker.engine.attention_labels import capture_config, label_image
 from worker.engine.features import FeatureConfig
 from worker.engine.filters import build_filters
 from worker.engine.generate import GenerationOutput, generate
-from worker.engine.labeling import capture_config, label_image
-from worker.engine.labels import extract_instances, instances_from_maps
+from worker.engine.instances import extract_instances, instances_from_maps
+from worker.engine.loading import LoadedModel, load_model
 from worker.engine.methods import method_for
-from worker.engine.models import LoadedModel, load_model
 from worker.engine.text import token_groups
 
 

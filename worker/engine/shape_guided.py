@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from shared.spec import GenerationSpec
+from shared.formats.spec import GenerationSpec
 from worker.engine.attention import (
     AttentionControl,
     Call,
@@ -52,7 +52,7 @@ from worker.engine.generate import (
     encode_prompt,
     latent_size,
 )
-from worker.engine.models import LoadedModel
+from worker.engine.loading import LoadedModel
 
 
 class InsideOutsideCrossAttention(AttentionControl):

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from shared.engine import GeneratedSample
-from shared.prompts import SamplePlan, plan_sample
-from shared.records import ModelInfo, SampleRecord
-from shared.spec import JobSpec
-from worker.engine.labels import extract_instances
+from shared.formats.prompts import SamplePlan, plan_sample
+from shared.formats.records import ModelInfo, SampleRecord
+from shared.formats.spec import JobSpec
+from worker.engine.instances import extract_instances
 
 MODEL_ID = "builtin:fleet-standin"
 REVISION = "standin-v1"  # bump when the drawing changes: records name what made them

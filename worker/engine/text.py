@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shared.prompts import ClassMention
-from shared.spec import SpecError
+from shared.formats.prompts import ClassMention
+from shared.formats.spec import SpecError
 
 
 class UnknownWordsError(SpecError):

@@ -11,11 +11,11 @@ from typing import Any
 
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from shared.dispatch import Dispatcher
+from shared.dispatch.dispatcher import Dispatcher
 from shared.engine import Engine, EngineFactory
-from shared.records import SampleRecord
-from shared.spec import JobSpec
-from shared.storage import ObjectStore, make_store
+from shared.formats.records import SampleRecord
+from shared.formats.spec import JobSpec
+from shared.storage.objects import ObjectStore, make_store
 
 Exporter = Callable[[Path, JobSpec, list[SampleRecord]], Path]
 
@@ -32,7 +32,7 @@ def default_engine_factory(spec: JobSpec, uploads: Callable[[str], Path] | None 
 
 
 def default_exporter(root: Path, spec: JobSpec, records: list[SampleRecord]) -> Path:
-    from shared.export import write_exports
+    from shared.formats.export import write_exports
 
     return write_exports(root, spec, records)
 
@@ -53,7 +53,7 @@ class WorkerContext:
     def uploads(self) -> Callable[[str], Path]:
         """Fetches an upload id's extracted folder (downloaded from the object store once)."""
         if getattr(self, "_uploads", None) is None:
-            from shared.sources import Limits
+            from shared.sources.archives import Limits
             from worker.service.sources import UploadCache
 
             self._uploads = UploadCache(self.store, self.settings.source_cache_dir, Limits.from_settings(self.settings))
@@ -68,8 +68,8 @@ class WorkerContext:
             self._datasets = DatasetCache(self.store, self.settings.source_cache_dir, self.settings.upload_concurrency)
 
         def fetch(name: str, version: int | None, field: str = "source.dataset") -> Path:
-            from shared.datasets import source_job
-            from shared.spec import SpecError
+            from shared.datasets.versions import source_job
+            from shared.formats.spec import SpecError
 
             with self.uow() as uow:
                 job = source_job(uow, tenant_id, name, version)

@@ -9,7 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shared.tasks import CPU_QUEUE, GPU_QUEUE
+from shared.dispatch.tasks import CPU_QUEUE, GPU_QUEUE
 from worker.service.context import WorkerContext
 
 log = logging.getLogger(__name__)

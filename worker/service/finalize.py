@@ -1,5 +1,5 @@
 """Finalisation (cpu queue): the shards' export fragments (`worker.service.shards.write_fragment`)
-merged into the job's exports (`shared.export.fragments`: byte for byte what the single-pass
+merged into the job's exports (`shared.formats.export.fragments`: byte for byte what the single-pass
 writers give over all samples), one archive per format uploaded, the manifest last.
 
 A shard whose fragment is missing or was made by an older version (a job from before
@@ -14,21 +14,23 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shared import datasets, keys, layout
-from shared.db import repositories as repo
+from shared.datasets import versions as datasets
 from shared.db.models import FAILED, FINALIZING, utcnow
-from shared.export.archives import ArchiveSink, zip_folder  # noqa: F401  (zip_folder: this module's archives)
-from shared.export.files import sha256_file
-from shared.lifecycle import finish_job
-from shared.records import SampleRecord
-from shared.spec import JobSpec
+from shared.formats import layout
+from shared.formats.export.archives import ArchiveSink, zip_folder  # noqa: F401  (zip_folder: this module's archives)
+from shared.formats.export.files import sha256_file
+from shared.formats.records import SampleRecord
+from shared.formats.spec import JobSpec
+from shared.jobs import repository as jobs_repo
+from shared.jobs.lifecycle import finish_job
+from shared.storage import keys
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
 
 def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
     with ctx.uow() as uow:
-        job = repo.get_job(uow.session, job_id)
+        job = jobs_repo.get_job(uow.session, job_id)
         if job is None:
             return "missing"
         if job.status != FINALIZING:
@@ -36,12 +38,12 @@ def finalize_job(ctx: WorkerContext, job_id: uuid.UUID) -> str:
         job.finalize_heartbeat_at = utcnow()
         spec = JobSpec.model_validate(job.spec)
         shard_size = job.shard_size
-        written = repo.count_samples(uow.session, job_id)
-        shards = [(s.index, s.start, s.stop) for s in repo.list_shards(uow.session, job_id)]
+        written = jobs_repo.count_samples(uow.session, job_id)
+        shards = [(s.index, s.start, s.stop) for s in jobs_repo.list_shards(uow.session, job_id)]
 
     def beat() -> None:
         with ctx.uow() as uow:
-            repo.set_job_status(uow.session, job_id, (FINALIZING,), {"finalize_heartbeat_at": utcnow()})
+            jobs_repo.set_job_status(uow.session, job_id, (FINALIZING,), {"finalize_heartbeat_at": utcnow()})
 
     try:
         with Ticker(ctx.settings.heartbeat_interval_s, beat):
@@ -65,7 +67,7 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
         root, archives = Path(tmp) / "dataset", Path(tmp) / "archives"
         archives.mkdir(parents=True)
 
-        from shared.export.fragments import merge_fragments
+        from shared.formats.export.fragments import merge_fragments
 
         parts = Path(tmp) / "fragments"
 
@@ -96,7 +98,7 @@ def _export(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: in
                              "sha256": sha256_file(archive), "created_at": utcnow()})
         with ctx.uow() as uow:
             for row in uploaded:
-                repo.upsert_export(uow.session, row)
+                jobs_repo.upsert_export(uow.session, row)
         ctx.store.put_file(keys.manifest_key(job_id), Path(manifest))  # the commit point: last
     return datasets.summarize(_records(ctx, job_id), [c.name for c in spec.classes])
 
@@ -107,8 +109,8 @@ def _fragment(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: 
     single-pass writers when it is missing or not current (`Fragment.is_current`)."""
     import shutil
 
-    from shared.export.fragments import unpack_fragment
-    from shared.storage import ObjectNotFound
+    from shared.formats.export.fragments import unpack_fragment
+    from shared.storage.objects import ObjectNotFound
     from worker.service.shards import fetch_samples
 
     index, start, stop = shard
@@ -127,7 +129,7 @@ def _fragment(ctx: WorkerContext, job_id: uuid.UUID, spec: JobSpec, shard_size: 
     records = fetch_samples(ctx, job_id, shard_size, list(range(start, stop)), folder)
     ctx.exporter(folder, spec, records)
     shutil.rmtree(folder / layout.SAMPLES_DIR)
-    from shared.export.fragments import Fragment
+    from shared.formats.export.fragments import Fragment
 
     fragment = Fragment(folder)
     fragment.rebuilt = True
@@ -139,7 +141,7 @@ def _records(ctx: WorkerContext, job_id: uuid.UUID, page: int = 1000):
     after = None
     while True:
         with ctx.uow() as uow:
-            rows = [(r.index, r.record) for r in repo.list_samples(uow.session, job_id, after=after, limit=page)]
+            rows = [(r.index, r.record) for r in jobs_repo.list_samples(uow.session, job_id, after=after, limit=page)]
         for _, data in rows:
             yield SampleRecord.model_validate(data)
         if len(rows) < page:
@@ -149,7 +151,7 @@ def _records(ctx: WorkerContext, job_id: uuid.UUID, page: int = 1000):
 
 def _finalize_failed(ctx: WorkerContext, job_id: uuid.UUID, error: str) -> str:
     with ctx.uow() as uow:
-        job = repo.get_job(uow.session, job_id, lock=True)
+        job = jobs_repo.get_job(uow.session, job_id, lock=True)
         if job is None or job.status != FINALIZING:
             return "lost"
         if job.finalize_attempts >= ctx.settings.max_attempts:

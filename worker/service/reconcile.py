@@ -12,7 +12,6 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.db import repositories as repo
 from shared.db.models import (
     FINALIZING,
     JOB_ACTIVE,
@@ -23,8 +22,9 @@ from shared.db.models import (
     Shard,
     utcnow,
 )
-from shared.lifecycle import finish_job, settle
-from shared.tasks import CPU_QUEUE, GPU_QUEUE
+from shared.dispatch.tasks import CPU_QUEUE, GPU_QUEUE
+from shared.jobs import repository as jobs_repo
+from shared.jobs.lifecycle import finish_job, settle
 from worker.service.context import WorkerContext
 
 
@@ -51,25 +51,25 @@ def reconcile(ctx: WorkerContext, *, queue_depth: Callable[[str], int | None] | 
 
     # 1. running shards whose worker stopped heartbeating
     with ctx.uow() as uow:
-        stale = [(sh.job_id, sh.index) for sh in repo.stale_running_shards(uow.session, stale_before)]
+        stale = [(sh.job_id, sh.index) for sh in jobs_repo.stale_running_shards(uow.session, stale_before)]
     for job_id, index in stale:
         with ctx.uow() as uow:
-            job = repo.get_job(uow.session, job_id, lock=True)
-            shard = repo.get_shard(uow.session, job_id, index)
+            job = jobs_repo.get_job(uow.session, job_id, lock=True)
+            shard = jobs_repo.get_shard(uow.session, job_id, index)
             if job is None or shard is None or shard.status != S_RUNNING or (
                     shard.heartbeat_at is not None and shard.heartbeat_at >= stale_before):
                 continue
             cas = [Shard.status == S_RUNNING, Shard.attempts == shard.attempts]
             if job.cancel_requested:
-                if repo.update_shard(uow.session, job_id, index, cas, {"status": S_CANCELLED, "finished_at": now}):
+                if jobs_repo.update_shard(uow.session, job_id, index, cas, {"status": S_CANCELLED, "finished_at": now}):
                     report.cancelled.append((str(job_id), index))
                     settle(uow, ctx.dispatcher, job)
             elif shard.attempts >= s.max_attempts:
                 err = shard.error or f"worker lost (no heartbeat) on each of {shard.attempts} attempts"
-                if repo.update_shard(uow.session, job_id, index, cas, {"status": S_FAILED, "finished_at": now, "error": err}):
+                if jobs_repo.update_shard(uow.session, job_id, index, cas, {"status": S_FAILED, "finished_at": now, "error": err}):
                     report.failed_stale.append((str(job_id), index))
                     settle(uow, ctx.dispatcher, job)
-            elif repo.update_shard(uow.session, job_id, index, cas,
+            elif jobs_repo.update_shard(uow.session, job_id, index, cas,
                                    {"status": S_QUEUED, "enqueued_at": now,
                                     "error": f"worker {shard.worker} stopped heartbeating"}):
                 report.resent_stale.append((str(job_id), index))
@@ -86,19 +86,19 @@ def reconcile(ctx: WorkerContext, *, queue_depth: Callable[[str], int | None] | 
         queued_before = None
     with ctx.uow() as uow:
         lost = [(sh.job_id, sh.index, sh.status, sh.enqueued_at)
-                for sh in repo.unsent_shards(uow.session, now - grace, queued_before)]
+                for sh in jobs_repo.unsent_shards(uow.session, now - grace, queued_before)]
     for job_id, index, status, enqueued_at in lost:
         with ctx.uow() as uow:
-            job = repo.get_job(uow.session, job_id, lock=True)
+            job = jobs_repo.get_job(uow.session, job_id, lock=True)
             if job is None:
                 continue
             cas = [Shard.status == status,
                    Shard.enqueued_at.is_(None) if enqueued_at is None else Shard.enqueued_at == enqueued_at]
             if job.cancel_requested:
-                if repo.update_shard(uow.session, job_id, index, cas, {"status": S_CANCELLED, "finished_at": now}):
+                if jobs_repo.update_shard(uow.session, job_id, index, cas, {"status": S_CANCELLED, "finished_at": now}):
                     report.cancelled.append((str(job_id), index))
                     settle(uow, ctx.dispatcher, job)
-            elif repo.update_shard(uow.session, job_id, index, cas, {"status": S_QUEUED, "enqueued_at": now}):
+            elif jobs_repo.update_shard(uow.session, job_id, index, cas, {"status": S_QUEUED, "enqueued_at": now}):
                 report.resent_lost.append((str(job_id), index))
                 uow.after_commit(lambda j=job_id, i=index: ctx.dispatcher.send_shard(j, i))
 
@@ -107,12 +107,12 @@ def reconcile(ctx: WorkerContext, *, queue_depth: Callable[[str], int | None] | 
     limit = now - dt.timedelta(seconds=s.finalize_timeout_s)
     quiet = now - dt.timedelta(seconds=max(s.requeue_grace_s, 2 * s.heartbeat_interval_s))
     with ctx.uow() as uow:
-        finalizing = [(j.id, j.finalize_heartbeat_at) for j in repo.jobs_in_status(uow.session, FINALIZING)]
+        finalizing = [(j.id, j.finalize_heartbeat_at) for j in jobs_repo.jobs_in_status(uow.session, FINALIZING)]
     for job_id, beat in finalizing:
         if beat is not None and beat >= limit and not (cpu_depth == 0 and beat < quiet):
             continue
         with ctx.uow() as uow:
-            job = repo.get_job(uow.session, job_id, lock=True)
+            job = jobs_repo.get_job(uow.session, job_id, lock=True)
             if job is None or job.status != FINALIZING or job.finalize_heartbeat_at != beat:
                 continue
             if job.finalize_attempts >= s.max_attempts:
@@ -125,10 +125,10 @@ def reconcile(ctx: WorkerContext, *, queue_depth: Callable[[str], int | None] | 
 
     # 4. jobs whose shards are all finished but that were not moved on
     with ctx.uow() as uow:
-        open_jobs = [j.id for j in repo.active_jobs(uow.session) if j.status != FINALIZING]
+        open_jobs = [j.id for j in jobs_repo.active_jobs(uow.session) if j.status != FINALIZING]
     for job_id in open_jobs:
         with ctx.uow() as uow:
-            job = repo.get_job(uow.session, job_id, lock=True)
+            job = jobs_repo.get_job(uow.session, job_id, lock=True)
             if job is None or job.status not in JOB_ACTIVE:
                 continue
             before = job.status

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 from shared.db.models import utcnow
-from shared.schedules import tick
+from shared.schedules.usecases import tick
 from worker.service.context import WorkerContext
 
 log = logging.getLogger(__name__)

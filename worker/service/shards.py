@@ -10,19 +10,20 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
-from shared import keys, layout
-from shared.db import repositories as repo
 from shared.db.models import S_CANCELLED, S_FAILED, S_SUCCEEDED, utcnow
 from shared.engine import Engine, Sample, sample_files, write_sample_files
 from shared.errors import ServiceUnavailable
-from shared.lifecycle import Claim, attempt_is_current, claim_shard, finish_shard, heartbeat, release_claim, shard_error
-from shared.overlay import overlay_png
-from shared.records import SampleRecord
-from shared.spec import JobSpec, SpecError
+from shared.formats import layout
+from shared.formats.overlay import overlay_png
+from shared.formats.records import SampleRecord
+from shared.formats.spec import JobSpec, SpecError
+from shared.jobs import repository as jobs_repo
+from shared.jobs.lifecycle import Claim, attempt_is_current, claim_shard, finish_shard, heartbeat, release_claim, shard_error
+from shared.storage import keys
 from worker.service.context import Ticker, WorkerContext
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
     the next is generated; the cancel flag is checked before each batch is started."""
     spec = JobSpec.model_validate(claim.spec)
     with ctx.uow() as uow:
-        done = repo.existing_sample_indexes(uow.session, claim.job_id, claim.start, claim.stop)
+        done = jobs_repo.existing_sample_indexes(uow.session, claim.job_id, claim.start, claim.stop)
     todo = [i for i in range(claim.start, claim.stop) if i not in done]
     times = StageTimes()
     with times.stage("engine_load"):
@@ -130,7 +131,7 @@ def _generate(ctx: WorkerContext, claim: Claim, lost: threading.Event) -> str:
 def write_fragment(ctx: WorkerContext, claim: Claim, spec: JobSpec, local: Path, reused: set[int]) -> None:
     """Export this shard's samples with the single-pass writers and store the result as the
     shard's fragment. Samples an earlier attempt made are fetched back first (only those)."""
-    from shared.export.fragments import pack_fragment
+    from shared.formats.export.fragments import pack_fragment
 
     fetch_samples(ctx, claim.job_id, claim.shard_size, sorted(reused), local)
     records = [SampleRecord.model_validate_json(layout.record_path(local, i).read_bytes())
@@ -190,7 +191,7 @@ def _generate_into(ctx: WorkerContext, claim: Claim, lost: threading.Event, spec
 def _engine(ctx: WorkerContext, spec: JobSpec, job_id: uuid.UUID | None = None) -> Engine:
     """The engine for a spec; specs that name uploads get the worker's upload cache, specs that
     name a dataset version get the dataset cache of the job's own tenant."""
-    from shared.sources import spec_sources
+    from shared.sources.archives import spec_sources
 
     uses_uploads = (any(src.upload for _, src in spec_sources(spec)) or "upload:" in str(spec.labels.filter.segmenter or "")
                     or (spec.image2image is not None and spec.image2image.upload is not None)
@@ -202,7 +203,7 @@ def _engine(ctx: WorkerContext, spec: JobSpec, job_id: uuid.UUID | None = None) 
         spec.image2image is not None and spec.image2image.dataset is not None)
     if job_id is not None and names_dataset:
         with ctx.uow() as uow:
-            job = repo.get_job(uow.session, job_id)
+            job = jobs_repo.get_job(uow.session, job_id)
             tenant_id = job.tenant_id if job is not None else None
         if tenant_id is not None:
             kwargs["datasets"] = ctx.datasets(tenant_id)
@@ -221,7 +222,7 @@ def _commit(ctx: WorkerContext, claim: Claim, writes: list[Future], times: Stage
     with times.stage("db_rows"), ctx.uow() as uow:
         if not attempt_is_current(uow.session, claim):
             return False
-        repo.commit_batch(uow.session, (claim.job_id, claim.shard_index, claim.start, claim.stop), samples, annotations)
+        jobs_repo.commit_batch(uow.session, (claim.job_id, claim.shard_index, claim.start, claim.stop), samples, annotations)
     return True
 
 

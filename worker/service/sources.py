@@ -11,9 +11,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-from shared.sources import Limits, archive_key, extract_archive
-from shared.spec import SpecError
-from shared.storage import ObjectNotFound
+from shared.formats.spec import SpecError
+from shared.sources.archives import Limits, archive_key, extract_archive
+from shared.storage.objects import ObjectNotFound
 
 
 class UploadCache:
@@ -73,8 +73,9 @@ class DatasetCache:
         import json
         from concurrent.futures import ThreadPoolExecutor
 
-        from shared import keys, layout
-        from shared.records import SampleRecord
+        from shared.formats import layout
+        from shared.formats.records import SampleRecord
+        from shared.storage import keys
 
         dest.mkdir(parents=True)
         (dest / layout.SPEC_FILE).write_text(json.dumps(spec, indent=2))

@@ -219,7 +219,7 @@ def dsgen_extras(cfg: ShapesModelConfig, steps: int | None = None) -> dict[str, 
 
 
 def export_model(unet, text_encoder, cfg: ShapesModelConfig, out: Path, steps: int | None = None) -> Path:
-    """Write a diffusers-style folder loadable by worker.engine.models.load_model(path)."""
+    """Write a diffusers-style folder loadable by worker.engine.loading.load_model(path)."""
     import copy
 
     out = Path(out)

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
-from shared import layout
+from shared.formats import layout
 from shared.shapes import SHAPES, render_scene
 from shared.shapes.dataset import scene_seed, write_real_dataset
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-
 from tiny_unets import KINDS, LATENT_HW, build
+
 from worker.engine.features import FeatureConfig, capture_features, feature_layout, level_layout
 
 
@@ -60,9 +60,9 @@ def test_unknown_blocks_and_unreached_steps_are_errors():
 
 
 def test_generate_returns_last_step_features_without_changing_the_images():
-    from shared.spec import GenerationSpec
+    from shared.formats.spec import GenerationSpec
     from worker.engine.generate import generate
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     model = load_model("builtin:tiny-random")
     gen = GenerationSpec(width=32, height=32, steps=2, guidance_scale=2.0, batch_size=2)

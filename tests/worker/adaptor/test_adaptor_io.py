@@ -3,11 +3,11 @@ import json
 
 import pytest
 import torch
-
 from helpers import saved_tiny_adaptor, tiny_adaptor
-from worker.adaptor.io import AdaptorError, CONFIG_FILE, check_adaptor_fits, load_adaptor, resolve_adaptor_path
+
+from worker.adaptor.io import CONFIG_FILE, AdaptorError, check_adaptor_fits, load_adaptor, resolve_adaptor_path
 from worker.adaptor.model import decode
-from worker.engine.models import load_model
+from worker.engine.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +16,9 @@ def model():
 
 
 def test_saved_adaptor_reloads_and_gives_identical_boxes(model, tmp_path):
+    from shared.formats.spec import GenerationSpec
     from worker.engine.features import FeatureConfig
     from worker.engine.generate import generate
-    from shared.spec import GenerationSpec
 
     a = tiny_adaptor(model, ["cat", "dog"], seed=3)
     saved_tiny_adaptor(model, ["cat", "dog"], tmp_path / "ad", seed=3)

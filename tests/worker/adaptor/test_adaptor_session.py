@@ -3,13 +3,13 @@ import json
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-
 from helpers import saved_tiny_adaptor
-from shared.spec import SpecError, parse_spec
+from pycocotools.coco import COCO
 from tiny_data import write_tiny_coco
+
+from shared.formats.spec import SpecError, parse_spec
+from worker.engine.loading import load_model
 from worker.engine.local_run import run_to_folder
-from worker.engine.models import load_model
 from worker.engine.session import EngineSession
 
 BASE = {

@@ -6,7 +6,7 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from shared.spec import parse_spec
+from shared.formats.spec import parse_spec
 from worker.cli import _register, cli
 
 _register()
@@ -72,7 +72,7 @@ def test_out_under_a_file(runner, tmp_path):
 
 
 def test_run_checks_the_model_metadata_before_loading_weights(tmp_path):
-    from shared.spec import SpecError
+    from shared.formats.spec import SpecError
     from worker.engine.local_run import run_to_folder
 
     def never(spec):

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from shared.formats.spec import parse_spec
 from shared.shapes.dataset import write_real_dataset
-from shared.spec import parse_spec
 from worker.cli import _register, cli
 from worker.engine.local_run import run_to_folder
 

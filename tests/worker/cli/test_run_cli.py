@@ -48,7 +48,7 @@ def test_resolution_the_model_lacks_is_a_clear_error(runner, tmp_path):
 def test_size_not_multiple_of_the_model_stride():
     from types import SimpleNamespace
 
-    from shared.spec import GenerationSpec, SpecError
+    from shared.formats.spec import GenerationSpec, SpecError
     from worker.engine.generate import check_size
 
     # An SD-like model: VAE /8 and a 4-level UNet -> sides must be multiples of 64.

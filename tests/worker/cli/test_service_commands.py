@@ -9,8 +9,8 @@ import yaml
 from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect
 
-from shared import auth
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
+from shared.tenants import api_keys as auth
 from tests.support.fakes import FakeEngine
 from tests.support.services import free_port, postgres_database
 from worker.cli import _register, cli
@@ -128,7 +128,7 @@ def test_embedded_mode_resumes_a_job_left_by_a_previous_process(tmp_path):
 def test_embedded_mode_is_one_tenant_serves_the_builtin_models_and_docs_offline(embedded_server, tmp_path, monkeypatch):
     import httpx
 
-    from shared.model_meta import builtin_model_ids
+    from shared.formats.model_meta import builtin_model_ids
 
     server, data = embedded_server
     spec_file = tmp_path / "job.yaml"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.formats.spec import SpecError, parse_spec
 from shared.shapes.dataset import write_real_dataset
-from shared.spec import SpecError, parse_spec
 from worker.engine.session import EngineSession
 
 torch.set_num_threads(1)

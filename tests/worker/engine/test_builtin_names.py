@@ -1,12 +1,12 @@
 """`builtin:` names resolve inside the package only, and the torch-free model metadata
-(shared.model_meta) agrees with the loaded UNet about its attention resolutions."""
+(shared.formats.model_meta) agrees with the loaded UNet about its attention resolutions."""
 import pytest
 
-from shared.model_meta import builtin_model_ids, model_meta
-from shared.spec import ModelRef, SpecError
+from shared.formats.model_meta import builtin_model_ids, model_meta
+from shared.formats.spec import ModelRef, SpecError
 from worker.adaptor.io import resolve_adaptor_path
 from worker.engine.attention import available_resolutions
-from worker.engine.models import builtin_root, load_model, resolve_model_path
+from worker.engine.loading import builtin_root, load_model, resolve_model_path
 
 ESCAPES = ["builtin:../../../../tmp", "builtin:../builtin/tiny-random", "builtin:/etc", "builtin:tiny-random/../shapes-v1",
            "builtin:.hidden", "builtin:", "builtin:a/b", "builtin:..", "builtin:~root"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.spec import SpecError, parse_spec
+from shared.formats.spec import SpecError, parse_spec
 from worker.engine.concept_training import LearnConfig, learn_concept
 from worker.engine.concepts import ConceptError, read_concept, with_concepts
-from worker.engine.models import load_model
+from worker.engine.loading import load_model
 from worker.engine.session import EngineSession
 
 sys.path.insert(0, str(Path(__file__).parent))

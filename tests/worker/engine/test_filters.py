@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.prompts import ClassMention, SamplePlan
-from shared.records import Annotation, ModelInfo, SampleRecord
-from shared.spec import parse_spec
+from shared.engine import GeneratedSample
+from shared.formats.prompts import ClassMention, SamplePlan
+from shared.formats.records import Annotation, ModelInfo, SampleRecord
+from shared.formats.spec import parse_spec
 from worker.engine.filters import AttentionGate, SegmenterFilter
 from worker.engine.resample import mask_hardness, variants_by_hardness
 from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter, train_segmenter
-from shared.engine import GeneratedSample
 
 torch.set_num_threads(1)
 

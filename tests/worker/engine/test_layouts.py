@@ -1,10 +1,10 @@
 """SD 2.x and SDXL folder layouts load through the loader and label end to end."""
 import numpy as np
 import pytest
-
-from shared.spec import parse_spec
 from tiny_pipelines import save_sd2, save_sdxl
-from worker.engine.models import load_model
+
+from shared.formats.spec import parse_spec
+from worker.engine.loading import load_model
 from worker.engine.session import EngineSession
 
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from shared.llm_prompts import LLMError, resolve_llm_prompts
-from shared.spec import parse_spec
+from shared.formats.llm_prompts import LLMError, resolve_llm_prompts
+from shared.formats.spec import parse_spec
 from tests.support.llm import ChatServer
 from worker.engine.llm_local import LocalWriter
 from worker.engine.local_run import run_to_folder

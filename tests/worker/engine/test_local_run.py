@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.spec import parse_spec
+from shared.formats.spec import parse_spec
 from worker.engine.local_run import OutputFolderError, run_to_folder
 
 SPEC = {
@@ -145,7 +145,7 @@ def test_overwrite_that_cannot_start_deletes_nothing(tmp_path, reference_run, ch
     out = tmp_path / "data"
     shutil.copytree(reference_run, out)
     before = tree_hashes(out)
-    from shared.spec import SpecError
+    from shared.formats.spec import SpecError
 
     bad = parse_spec({**SPEC, "num_images": 2, **change})
     with pytest.raises(SpecError):
@@ -161,7 +161,7 @@ def test_out_under_a_file_is_a_clear_error(tmp_path):
 
 
 def test_a_spec_the_model_cannot_run_leaves_no_folder_so_the_fixed_spec_can_use_it(tmp_path):
-    from shared.spec import SpecError
+    from shared.formats.spec import SpecError
 
     out = tmp_path / "data"
     bad = parse_spec({**SPEC, "num_images": 2, "labels": {"boxes": "adaptor"}})  # tiny-random ships no adaptor

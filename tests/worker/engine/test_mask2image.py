@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.formats.spec import SourceSpec, SpecError, parse_spec
 from shared.shapes.dataset import write_real_dataset
-from shared.spec import SourceSpec, SpecError, parse_spec
 from worker.engine.mask_sources import load_mask_sources
 from worker.engine.session import EngineSession
 
@@ -141,7 +141,7 @@ def test_source_prompt_appends_missing_classes(shapes_dir):
 def test_controlnet_backend_with_a_tiny_controlnet(tmp_path):
     from diffusers import ControlNetModel
 
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     model = load_model("builtin:tiny-random")
     net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=(16, 32))
@@ -166,7 +166,7 @@ def test_controlnet_backend_with_a_tiny_controlnet(tmp_path):
 def _tiny_controlnet(folder, safe_serialization=True):
     from diffusers import ControlNetModel
 
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     net = ControlNetModel.from_unet(load_model("builtin:tiny-random").unet, conditioning_embedding_out_channels=(16, 32))
     net.save_pretrained(folder, safe_serialization=safe_serialization)
@@ -287,7 +287,7 @@ def test_image2image_reads_a_dataset_version(shapes_dir):
 
 
 def test_modifiers_bind_to_their_class_word_and_stop_at_the_phrase():
-    from shared.prompts import ClassMention
+    from shared.formats.prompts import ClassMention
     from worker.engine.methods.mask2image import with_modifiers
 
     prompt = "a red circle and a big blue square, green star; circle"

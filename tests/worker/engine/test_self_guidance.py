@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from shared.spec import GenerationSpec, SpecError, parse_spec
 from tiny_pipelines import save_sd2, save_sdxl
+
+from shared.formats.spec import GenerationSpec, SpecError, parse_spec
 from worker.engine.attention import control_attention
 from worker.engine.generate import encode_prompt
-from worker.engine.models import load_model
+from worker.engine.loading import load_model
 from worker.engine.self_guidance import (
     GuidanceOptions,
     ObjectTarget,
     WindowedMapRecorder,
+    _frozen,
     centroid,
     energy_terms,
     layout_energy,
     layout_images,
-    _frozen,
 )
 from worker.engine.session import EngineSession
 
@@ -133,7 +133,7 @@ def test_layout_on_sd_and_sdxl_layouts(tmp_path, save):
 
 
 def test_box_mask_keeps_each_objects_words_in_its_box_inside_its_step_window():
-    from shared.prompts import ClassMention, SamplePlan
+    from shared.formats.prompts import ClassMention, SamplePlan
     from worker.engine.attention import Site
     from worker.engine.methods.layout import box_mask
 

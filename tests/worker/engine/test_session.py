@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from shared.spec import parse_spec
+from shared.formats.spec import parse_spec
 from worker.engine.session import EngineSession, aligned_batches
 
 BASE = {
@@ -77,14 +77,14 @@ def test_daam_mode_and_labels_off():
 
 
 def test_unknown_resolution_is_a_spec_error():
-    from shared.spec import SpecError
+    from shared.formats.spec import SpecError
 
     with pytest.raises(SpecError, match="available"):
         run(2, cross_resolutions=[2])
 
 
 def test_auto_resolutions_follow_the_models_recommendation_and_are_recorded():
-    from shared.spec import LabelSpec
+    from shared.formats.spec import LabelSpec
     from worker.engine.session import effective_labels
 
     extras = {"recommended_labels": {"cross_resolutions": [16, 32], "self_resolution": 16, "tau": 1}}
@@ -97,7 +97,7 @@ def test_auto_resolutions_follow_the_models_recommendation_and_are_recorded():
 
 
 def test_auto_resolutions_scale_with_the_generation_size():
-    from shared.spec import LabelSpec
+    from shared.formats.spec import LabelSpec
     from worker.engine.session import effective_labels
 
     extras = {"recommended_labels": {"cross_resolutions": [24, 48], "self_resolution": 24},

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from shared.shapes.dataset import write_real_dataset
-from shared.spec import GenerationSpec, SpecError, parse_spec
 from tiny_pipelines import save_sd2, save_sdxl
+
+from shared.formats.spec import GenerationSpec, SpecError, parse_spec
+from shared.shapes.dataset import write_real_dataset
 from worker.engine.attention import Call, Site, control_attention, layer_sites
-from worker.engine.models import load_model
+from worker.engine.loading import load_model
 from worker.engine.session import EngineSession
 from worker.engine.shape_guided import (
     EditOptions,

@@ -2,7 +2,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from shared.prompts import ClassMention
+from shared.formats.prompts import ClassMention
 from worker.engine.builtin.make_tiny_random import build_tokenizer
 from worker.engine.text import UnknownWordsError, token_groups, tokenize
 

@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 
-from shared import auth, jobs
 from shared.config import Settings
 from shared.db.session import UnitOfWork, make_engine, make_session_factory
-from tests.support.fakes import RecordingDispatcher
-from shared.storage import LocalStore
-from tests.support.fakes import FakeEngine
+from shared.jobs import usecases as jobs
+from shared.storage.objects import LocalStore
+from shared.tenants import api_keys as auth
+from tests.support.fakes import FakeEngine, RecordingDispatcher
 from tests.support.services import postgres_database
 from worker.service.context import WorkerContext
 

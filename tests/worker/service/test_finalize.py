@@ -2,9 +2,9 @@ import io
 import json
 import zipfile
 
-from shared import keys
-from shared.db import repositories as repo
 from shared.db.models import Job
+from shared.jobs import repository as jobs_repo
+from shared.storage import keys
 from worker.service.finalize import finalize_job, zip_folder
 from worker.service.shards import run_shard
 
@@ -33,8 +33,8 @@ def test_finalize_uploads_one_archive_per_format_and_the_manifest_last(ctx, subm
     assert finalize_job(ctx, job) == "succeeded"
     assert ctx.store.puts == [keys.export_key(job, "coco"), keys.export_key(job, "yolo"), keys.manifest_key(job)]
     with ctx.uow() as uow:
-        assert repo.get_job(uow.session, job).status == "succeeded"
-        exports = {e.format: e for e in repo.list_exports(uow.session, job)}
+        assert jobs_repo.get_job(uow.session, job).status == "succeeded"
+        exports = {e.format: e for e in jobs_repo.list_exports(uow.session, job)}
     assert set(exports) == {"coco", "yolo"}
     coco = zipfile.ZipFile(io.BytesIO(ctx.store.get(exports["coco"].key)))
     train = json.loads(coco.read("annotations/instances_train.json"))
@@ -52,7 +52,7 @@ def test_finalize_refuses_an_incomplete_job_and_retries(ctx, submit):
     assert finalize_job(ctx, job) == "requeued"
     assert finalize_job(ctx, job) == "failed"  # max_attempts=2
     with ctx.uow() as uow:
-        assert "4 samples written, 6 expected" in repo.get_job(uow.session, job).error
+        assert "4 samples written, 6 expected" in jobs_repo.get_job(uow.session, job).error
     assert not ctx.store.exists(keys.manifest_key(job))
 
 
@@ -81,7 +81,7 @@ class CountingStore(RecordingStore):
 
 def _archives(ctx, job):
     with ctx.uow() as uow:
-        return {e.format: ctx.store.get(e.key) for e in repo.list_exports(uow.session, job)}
+        return {e.format: ctx.store.get(e.key) for e in jobs_repo.list_exports(uow.session, job)}
 
 
 def test_finalize_reads_one_fragment_per_shard_and_no_sample(ctx, submit):
@@ -96,8 +96,8 @@ def test_finalize_reads_one_fragment_per_shard_and_no_sample(ctx, submit):
 def test_finalize_from_fragments_gives_the_single_pass_exports_of_all_samples(ctx, submit, tmp_path):
     """The archives' files and the manifest are byte for byte what `write_exports` over every
     sample of the job writes (the single-pass design finalize used before)."""
-    from shared.export import write_exports
-    from shared.spec import JobSpec
+    from shared.formats.export import write_exports
+    from shared.formats.spec import JobSpec
     from worker.service.shards import fetch_samples
 
     job = submit(num_images=11, export={"formats": ["coco", "yolo", "voc", "hf", "masks", "webdataset"],
@@ -106,7 +106,7 @@ def test_finalize_from_fragments_gives_the_single_pass_exports_of_all_samples(ct
         run_shard(ctx, job, shard)
     assert finalize_job(ctx, job) == "succeeded"
     with ctx.uow() as uow:
-        spec = JobSpec.model_validate(repo.get_job(uow.session, job).spec)
+        spec = JobSpec.model_validate(jobs_repo.get_job(uow.session, job).spec)
     single = tmp_path / "single"
     manifest = write_exports(single, spec, fetch_samples(ctx, job, 4, list(range(11)), single))
     assert ctx.store.get(keys.manifest_key(job)) == manifest.read_bytes()

@@ -1,8 +1,8 @@
 import datetime as dt
 
-from shared.db import repositories as repo
 from shared.db.models import Job, Shard, utcnow
-from shared.tasks import FINALIZE_TASK, SHARD_TASK
+from shared.dispatch.tasks import FINALIZE_TASK, SHARD_TASK
+from shared.jobs import repository as jobs_repo
 from worker.service.reconcile import reconcile
 from worker.service.shards import run_shard
 
@@ -32,7 +32,7 @@ def test_a_dead_shard_at_the_attempt_cap_fails(ctx, submit):
     report = reconcile(ctx, queue_depth=lambda q: 0)
     assert mine(report.failed_stale, job) == [(str(job), 0)]
     with ctx.uow() as uow:
-        assert repo.get_job(uow.session, job).status == "failed"
+        assert jobs_repo.get_job(uow.session, job).status == "failed"
 
 
 def test_queued_shards_are_resent_only_when_the_broker_lost_them(ctx, submit):
@@ -58,7 +58,7 @@ def test_a_cancelled_job_s_lost_shards_are_cancelled_not_resent(ctx, submit):
     assert sorted(mine(report.cancelled, job)) == [(str(job), 0), (str(job), 1)]
     assert mine(ctx.dispatcher.sent, job) == []
     with ctx.uow() as uow:
-        assert repo.get_job(uow.session, job).status == "cancelled"
+        assert jobs_repo.get_job(uow.session, job).status == "cancelled"
 
 
 def test_jobs_with_all_shards_done_are_settled_and_stalled_finalize_resent(ctx, submit):

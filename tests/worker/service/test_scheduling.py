@@ -1,11 +1,11 @@
 """The scheduler as the workers run it: the beat entry and the task's domain call."""
 import datetime as dt
 
-from shared import schedules
 from shared.config import Settings
 from shared.db.session import UnitOfWork
-from shared.schedules import ScheduleCreate
-from shared.tasks import CPU_QUEUE, SCHEDULE_TICK_TASK, SHARD_TASK
+from shared.dispatch.tasks import CPU_QUEUE, SCHEDULE_TICK_TASK, SHARD_TASK
+from shared.schedules import usecases as schedules
+from shared.schedules.usecases import ScheduleCreate
 from worker.service.scheduling import run_tick
 
 SPEC = {"model": "builtin:tiny-random", "classes": [{"name": "cat"}], "num_images": 4,

@@ -6,11 +6,11 @@ import pickle
 import pytest
 from sqlalchemy import update
 
-from shared.db import repositories as repo
 from shared.db.models import Shard
+from shared.dispatch.tasks import SHARD_TASK
 from shared.errors import ServiceUnavailable, TooManyRequests
-from shared.spec import SpecError
-from shared.tasks import SHARD_TASK
+from shared.formats.spec import SpecError
+from shared.jobs import repository as jobs_repo
 from tests.support.fakes import FakeEngine, FakeSample
 from worker.service.shards import run_shard
 
@@ -39,9 +39,9 @@ def test_a_deterministic_error_fails_the_shard_without_a_retry(ctx, submit, erro
     assert run_shard(ctx, job, 0) == "failed"  # max_attempts is 2: not "requeued"
     assert ctx.dispatcher.sent == []
     with ctx.uow() as uow:
-        shard = repo.get_shard(uow.session, job, 0)
+        shard = jobs_repo.get_shard(uow.session, job, 0)
         assert shard.status == "failed" and shard.attempts == 1 and str(error) in shard.error
-        assert repo.get_job(uow.session, job).status == "failed"
+        assert jobs_repo.get_job(uow.session, job).status == "failed"
 
 
 def test_a_database_blip_gives_the_shard_back_and_is_raised_for_a_retry(ctx, submit):
@@ -50,7 +50,7 @@ def test_a_database_blip_gives_the_shard_back_and_is_raised_for_a_retry(ctx, sub
     with pytest.raises(ServiceUnavailable):
         run_shard(ctx, job, 0)
     with ctx.uow() as uow:
-        shard = repo.get_shard(uow.session, job, 0)
+        shard = jobs_repo.get_shard(uow.session, job, 0)
         assert shard.status == "queued" and shard.attempts == 0  # the attempt was not spent
     ctx.engine_factory = FakeEngine
     assert run_shard(ctx, job, 0) == "succeeded"
@@ -102,5 +102,5 @@ def test_a_superseded_attempt_writes_no_rows(ctx, submit):
     ctx.engine_factory = Superseded
     assert run_shard(ctx, job, 0) == "lost"
     with ctx.uow() as uow:
-        assert repo.existing_sample_indexes(uow.session, job, 0, 2) == set()
-        assert repo.get_shard(uow.session, job, 0).status == "running"  # the new owner's
+        assert jobs_repo.existing_sample_indexes(uow.session, job, 0, 2) == set()
+        assert jobs_repo.get_shard(uow.session, job, 0).status == "running"  # the new owner's

@@ -1,12 +1,11 @@
 import datetime as dt
 
-from shared import keys
-from shared.db import repositories as repo
 from shared.db.models import Sample, Shard, utcnow
-from shared.tasks import FINALIZE_TASK, SHARD_TASK
-from worker.service.shards import run_shard
-
+from shared.dispatch.tasks import FINALIZE_TASK, SHARD_TASK
+from shared.jobs import repository as jobs_repo
+from shared.storage import keys
 from tests.support.fakes import FakeEngine
+from worker.service.shards import run_shard
 
 
 def test_a_shard_writes_objects_and_rows_then_finishes(ctx, submit):
@@ -14,9 +13,9 @@ def test_a_shard_writes_objects_and_rows_then_finishes(ctx, submit):
     assert run_shard(ctx, job, 0) == "succeeded"
     assert FakeEngine.calls == [[0, 1], [2, 3]]  # batch by batch
     with ctx.uow() as uow:
-        rows = repo.list_samples(uow.session, job)
-        anns = repo.annotations_for(uow.session, job, [0, 1, 2, 3])
-        shard = repo.get_shard(uow.session, job, 0)
+        rows = jobs_repo.list_samples(uow.session, job)
+        anns = jobs_repo.annotations_for(uow.session, job, [0, 1, 2, 3])
+        shard = jobs_repo.get_shard(uow.session, job, 0)
     assert [r.index for r in rows] == [0, 1, 2, 3]
     assert all(len(a) == 1 for a in anns.values())
     assert shard.status == "succeeded" and shard.attempts == 1 and shard.worker == "test-worker"
@@ -53,8 +52,8 @@ def test_a_rerun_after_a_crash_resumes_and_writes_no_duplicates(ctx, submit):
     assert sorted(ctx.store.list(keys.job_prefix(job))) == before
     assert ctx.store.get(keys.fragment_key(job, 0)) == fragment  # samples 0, 1 fetched back, same export
     with ctx.uow() as uow:
-        assert repo.count_samples(uow.session, job) == 4
-        assert repo.get_shard(uow.session, job, 0).attempts == 2
+        assert jobs_repo.count_samples(uow.session, job) == 4
+        assert jobs_repo.get_shard(uow.session, job, 0).attempts == 2
 
 
 def test_cancel_is_seen_between_batches(ctx, submit):
@@ -72,8 +71,8 @@ def test_cancel_is_seen_between_batches(ctx, submit):
     assert run_shard(ctx, job, 0) == "cancelled"
     assert FakeEngine.calls == [[0, 1]]  # no batch started after the flag
     with ctx.uow() as uow:
-        assert repo.count_samples(uow.session, job) == 2  # what was done is kept
-        assert repo.get_shard(uow.session, job, 0).status == "cancelled"
+        assert jobs_repo.count_samples(uow.session, job) == 2  # what was done is kept
+        assert jobs_repo.get_shard(uow.session, job, 0).status == "cancelled"
 
 
 def test_a_failed_object_write_fails_the_attempt_and_writes_no_rows(ctx, submit):
@@ -91,8 +90,8 @@ def test_a_failed_object_write_fails_the_attempt_and_writes_no_rows(ctx, submit)
     ctx.store = FailingStore(ctx.store)
     assert run_shard(ctx, job, 0) == "requeued"
     with ctx.uow() as uow:
-        assert repo.existing_sample_indexes(uow.session, job, 0, 4) == {0, 1}  # batch [2, 3] has no rows
-        assert "disk full" in repo.get_shard(uow.session, job, 0).error
+        assert jobs_repo.existing_sample_indexes(uow.session, job, 0, 4) == {0, 1}  # batch [2, 3] has no rows
+        assert "disk full" in jobs_repo.get_shard(uow.session, job, 0).error
 
 
 def test_an_error_is_retried_then_fails_at_the_cap(ctx, submit):
@@ -110,5 +109,5 @@ def test_an_error_is_retried_then_fails_at_the_cap(ctx, submit):
     assert ctx.dispatcher.sent == [(SHARD_TASK, (str(job), 0))]
     assert run_shard(ctx, job, 0) == "failed"  # max_attempts=2
     with ctx.uow() as uow:
-        j = repo.get_job(uow.session, job)
+        j = jobs_repo.get_job(uow.session, job)
         assert j.status == "failed" and "CUDA out of memory" in j.error

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from shared.formats.spec import GenerationSpec
 from shared.shapes.world import get_world
-from shared.spec import GenerationSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="module", params=["shapes-v2", "shapes-v1"])
 def model(request):
     os.environ["HF_HUB_OFFLINE"] = "1"  # package data only: no hub access
-    from worker.engine.models import builtin_root, load_model
+    from worker.engine.loading import builtin_root, load_model
 
     folder = builtin_root() / request.param
     assert (folder / "model_index.json").is_file()

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
+from shared.formats.spec import GenerationSpec
 from shared.shapes import VOCABULARY
-from shared.spec import GenerationSpec
 from worker.shapes.model import (
     MAX_LENGTH,
     PRESETS,
@@ -94,7 +94,7 @@ def test_training_is_seeded_and_resume_equals_uninterrupted(tmp_path):
 
 def test_exported_folder_loads_with_the_engine_loader_and_generates(tmp_path):
     from worker.engine.generate import generate
-    from worker.engine.models import load_model
+    from worker.engine.loading import load_model
 
     trainer = Trainer(_tc(tmp_path / "run", 1))
     trainer.train_step()

@@ -1,1 +1,1 @@
-"""Models shipped with dsgen, each a diffusers-layout folder (see `worker.engine.models`)."""
+"""Models shipped with dsgen, each a diffusers-layout folder (see `worker.engine.loading`)."""

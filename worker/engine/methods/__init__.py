@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from shared.prompts import SamplePlan
+from shared.formats.prompts import SamplePlan
 from worker.engine.attention import AttentionControl
 from worker.engine.generate import ControlNetInput, GenerationOutput, InitImages
 from worker.engine.mask_sources import LabelMaps

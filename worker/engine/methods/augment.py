@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.prompts import ClassMention, SamplePlan, sample_seed
-from shared.records import IGNORE
+from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
+from shared.formats.records import IGNORE
 from worker.engine.generate import InitImages
 from worker.engine.mask_sources import LabelMaps, MaskSource, MaskSourceError, load_mask_sources
 from worker.engine.methods import BatchInputs
 from worker.engine.methods.mask2image import _caption_with_classes, _resize_nearest, rectified_control
 
-_STREAM_STRENGTH = 0xDAF0  # distinct from the seed/prompt streams (shared.prompts) and image2image's
+_STREAM_STRENGTH = 0xDAF0  # distinct from the seed/prompt streams (shared.formats.prompts) and image2image's
 
 
 class Augment:

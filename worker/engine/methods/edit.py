@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.prompts import ClassMention, SamplePlan, sample_seed
-from shared.spec import SpecError
-from worker.engine.labels import extract_instances
+from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
+from shared.formats.spec import SpecError
+from worker.engine.instances import extract_instances
 from worker.engine.mask_sources import LabelMaps, MaskSource, load_mask_sources
 from worker.engine.methods import BatchInputs
 from worker.engine.methods.mask2image import _resize_nearest

@@ -1,6 +1,6 @@
 """image2image (DiffusionEngine): each sample starts from a real image noised to strength s.
 
-Sample i uses source i mod N and a strength from its own random stream (`worker.engine.sources`);
+Sample i uses source i mod N and a strength from its own random stream (`worker.engine.image_sources`);
 the samples of a batch that share a start step are denoised together.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from shared.prompts import SamplePlan, plan_free_text, plan_sample
-from worker.engine import sources as src
+from shared.formats.prompts import SamplePlan, plan_free_text, plan_sample
+from worker.engine import image_sources as src
 from worker.engine.generate import InitImages
 from worker.engine.mask_sources import LabelMaps
 from worker.engine.methods import BatchInputs

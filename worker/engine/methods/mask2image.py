@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from shared.prompts import ClassMention, SamplePlan, sample_seed
-from shared.spec import SpecError
+from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
+from shared.formats.spec import SpecError
 from worker.engine import palettes
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.generate import ControlNetInput

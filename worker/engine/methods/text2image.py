@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.prompts import SamplePlan, plan_sample
+from shared.formats.prompts import SamplePlan, plan_sample
 from worker.engine.mask_sources import LabelMaps
 from worker.engine.methods import BatchInputs
 

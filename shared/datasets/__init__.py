@@ -1,0 +1,1 @@
+"""Named datasets and their versions: use cases, repository, views."""

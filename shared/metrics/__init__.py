@@ -1,0 +1,1 @@
+"""Service-wide numbers for `/metrics`."""

@@ -1,0 +1,1 @@
+"""Schedules: cron templates that submit jobs; use cases, repository, views."""

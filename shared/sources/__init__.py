@@ -1,0 +1,1 @@
+"""Source archives: real images and masks uploaded once and named by jobs."""

@@ -1,0 +1,35 @@
+"""Every shipped example spec is one its model can run: `check_spec_fits_model` (the submit-time
+check) finds nothing, so `make demo`, `make demo-methods` and `make demo-augment` are not refused."""
+from pathlib import Path
+
+import pytest
+
+from shared.formats.model_meta import check_spec_fits_model, model_meta
+from shared.formats.spec import load_spec, parse_spec
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[3] / "examples").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_fits_its_model(path):
+    spec = load_spec(path)
+    meta = model_meta(spec.model.id)
+    if not spec.model.id.startswith("builtin:"):
+        assert meta is None  # a hub model: nothing known before it is downloaded, nothing refused
+        return
+    assert meta is not None, f"{path.name}: model {spec.model.id} has no metadata"
+    assert check_spec_fits_model(spec, meta) == []
+
+
+def test_method_prompt_texts_are_checked_against_the_vocabulary():
+    meta = model_meta("builtin:shapes-v2")
+    base = {"model": "builtin:shapes-v2", "classes": [{"name": "circle"}], "num_images": 1,
+            "generation": {"width": 32, "height": 32, "steps": 2}}
+    layout = parse_spec({**base, "method": "layout", "layout": {
+        "objects": [{"class": "circle", "box": [0.1, 0.1, 0.5, 0.5]}], "phrase": "a shiny {class}"}})
+    assert [f for f, _ in check_spec_fits_model(layout, meta)] == ["layout.phrase"]
+    edit = parse_spec({**base, "method": "edit", "edit": {"source": {"path": "x"}, "inside": ["a teal {class}"]}})
+    assert [f for f, _ in check_spec_fits_model(edit, meta)] == ["edit.inside"]
+    # the default text2image templates ("a photo of a {class}") are not read by other methods
+    assert check_spec_fits_model(parse_spec({**base, "method": "layout", "layout": {
+        "objects": [{"class": "circle", "box": [0.1, 0.1, 0.5, 0.5]}], "phrase": "a red {class}"}}), meta) == []
