@@ -3,7 +3,6 @@ component and the reason (never a 500)."""
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from shared.db.session import DB_UNAVAILABLE, describe_db_error
 from shared.errors import DomainError, ServiceUnavailable, TooManyRequests, Unauthorized
+from shared.formats.spec import describe_errors
 
 log = logging.getLogger(__name__)
 
@@ -30,36 +30,9 @@ def error_body(message: str, field: str | None = None, errors: list[tuple[str, s
     return body
 
 
-def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc]
-    if parts and parts[0] in ("body", "query", "path", "header"):
-        parts = parts[1:]
-    parts = [p for p in parts if not p.startswith("function-")]
-    return ".".join(parts) or "body"
-
-
 def describe_request_errors(errors: list[dict]) -> list[tuple[str, str]]:
-    out = []
-    for e in errors:
-        msg = str(e.get("msg", "invalid"))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if e.get("type") == "extra_forbidden":
-            msg = "unknown field (check the spelling)"
-        elif e.get("type") == "missing":
-            msg = "required field is missing"
-        elif e.get("type") == "json_invalid":
-            msg = "the body is not valid JSON"
-        elif "input" in e and not isinstance(e["input"], (dict, list)) and e["input"] is not None:
-            msg = f"{msg} (got {e['input']!r})"[:300]
-        field = _field(tuple(e.get("loc", ())))
-        # Checks across fields raise "field: reason": fold the field into the path.
-        named = re.match(r"([a-z_][a-z0-9_.]*): (.*)", msg, flags=re.S)
-        if named and e.get("type") == "value_error":
-            field = named.group(1) if field == "body" else f"{field}.{named.group(1)}"
-            msg = named.group(2)
-        out.append((field, msg))
-    return out or [("body", "invalid request")]
+    """A request's validation errors in the spec's wording (`shared.formats.spec.describe_errors`)."""
+    return describe_errors(errors, root="body", transport=True, typo_hints=False)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -815,32 +815,49 @@ def _typo_hint(loc: tuple) -> str:
     return f"; did you mean `{close[0]}`?" if close else ""
 
 
-def describe_validation_error(err: ValidationError) -> list[tuple[str, str]]:
-    """(field path, message) pairs, e.g. ("generation.steps", "Input should be ... (got 5000)").
-    Unknown fields come first: a typo ("num_image") also makes the real field "missing", and
-    the typo is the thing to fix."""
+TRANSPORT_PARTS = ("body", "query", "path", "header")
+
+
+def describe_errors(errors: list[dict], *, root: str = "spec", transport: bool = False,
+                    typo_hints: bool = True) -> list[tuple[str, str]]:
+    """(field path, message) pairs from pydantic error dicts, e.g. ("generation.steps", "Input should
+    be ... (got 5000)"): the one wording of validation errors, for specs and for request bodies.
+
+    Unknown fields come first: a typo ("num_image") also makes the real field "missing", and the typo
+    is the thing to fix. `transport`: locations start with FastAPI's "body"/"query"/... (dropped);
+    `typo_hints`: suggest the closest spec field for an unknown one (locations relative to a spec)."""
     out: list[tuple[str, str]] = []
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    for e in errors:
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"]
+    for e in sorted(errors, key=lambda e: e.get("type") != "extra_forbidden"):
+        parts = tuple(p for p in e.get("loc", ()) if not str(p).startswith("function-"))
+        if transport and parts and parts[0] in TRANSPORT_PARTS:
+            parts = parts[1:]
+        loc = ".".join(str(p) for p in parts)
+        msg, kind = str(e.get("msg", "invalid")), e.get("type")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        if e["type"] == "extra_forbidden":
-            hint = _typo_hint(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
-            msg = f"unknown field `{e['loc'][-1]}`{hint}" if hint else \
+        if kind == "extra_forbidden":
+            hint = _typo_hint(parts) if typo_hints else ""
+            msg = f"unknown field `{parts[-1]}`{hint}" if hint else \
                 "unknown field (check the spelling; see examples/ for the allowed fields)"
-        elif e["type"] == "missing":
+        elif kind == "missing":
             msg = "required field is missing"
-        elif "input" in e and e["type"] not in {"model_type", "dict_type"} and not isinstance(e["input"], (dict, list)):
-            msg = f"{msg} (got {e['input']!r})"
+        elif kind == "json_invalid":
+            msg = "the body is not valid JSON"
+        elif "input" in e and kind not in {"model_type", "dict_type"} and not isinstance(e["input"], (dict, list)) \
+                and not (transport and e["input"] is None):
+            msg = f"{msg} (got {e['input']!r})"[:300]
         # Cross-field checks raise "field: reason"; fold the field into the path.
         named = re.match(r"^([a-z_][a-z0-9_.]*): (.*)$", msg, flags=re.S)
-        if named and e["type"] == "value_error":
+        if named and kind == "value_error":
             loc = f"{loc}.{named.group(1)}" if loc else named.group(1)
             msg = named.group(2)
-        out.append((loc or "spec", msg))
-    return out
+        out.append((loc or root, msg))
+    return out or [(root, "invalid")]
+
+
+def describe_validation_error(err: ValidationError) -> list[tuple[str, str]]:
+    """`describe_errors` of a spec's ValidationError."""
+    return describe_errors(err.errors())
 
 
 def parse_spec(data: Any) -> JobSpec:
