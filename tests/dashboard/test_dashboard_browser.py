@@ -180,13 +180,15 @@ def test_cancel_a_running_job(page, server):
         job = c.post("/v1/jobs", json=BIG).json()
     page.goto(f"{server['url']}/#/jobs/{job['id']}")
     page.wait_for_selector("h1 .status[data-status=running]", timeout=120_000)
-    page.wait_for_function("() => Number(document.querySelector('.progress').getAttribute('aria-valuenow')) >= 0")
+    # Cancel mid-run: after the bar has moved (samples done), before the job can finish.
+    page.wait_for_function("() => Number(document.querySelector('.progress').title.split(' / ')[0]) > 0",
+                           timeout=180_000)
     page.click("#cancel")
     page.wait_for_selector("h1 .status[data-status=cancelled]", timeout=120_000)
     assert page.is_disabled("#cancel")
     with api(server) as c:
         done = c.get(f"/v1/jobs/{job['id']}").json()
-    assert done["status"] == "cancelled" and done["progress"]["done"] < BIG["num_images"]
+    assert done["status"] == "cancelled" and 0 < done["progress"]["done"] < BIG["num_images"]
     assert "cancelled" in done["progress"]["shards"]
 
 

@@ -246,6 +246,11 @@ class AttentionStore:
         """How many layer calls were summed (layers x captured steps)."""
         return self._counts.get((kind, resolution), 0)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the running sums: fixed by batch, resolutions and tokens, not by steps."""
+        return sum(t.numel() * t.element_size() for t in self._sums.values())
+
     def reset(self) -> None:
         self._sums.clear()
         self._counts.clear()

@@ -4,6 +4,7 @@ import pytest
 
 from shared.formats.prompts import plan_sample, sample_seed
 from shared.formats.spec import SpecError, parse_spec
+from tests.support.processes import in_fresh_process
 
 
 def make_spec(**prompts):
@@ -18,7 +19,8 @@ def make_spec(**prompts):
 
 
 def test_seed_is_a_pure_function_of_job_seed_and_index():
-    assert sample_seed(11, 5) == sample_seed(11, 5)
+    assert in_fresh_process("from shared.formats.prompts import sample_seed", "[sample_seed(11, i) for i in range(5)]") == [
+        sample_seed(11, i) for i in range(5)]
     seeds = {sample_seed(11, i) for i in range(1000)}
     assert len(seeds) == 1000  # no collisions in a job's first thousand samples
     assert sample_seed(12, 5) != sample_seed(11, 5)
@@ -64,6 +66,20 @@ def test_list_prompts_without_appending_point_into_the_caption():
     plan = plan_sample(spec, 0)
     assert plan.prompt == "a dog chasing a car"
     assert [plan.prompt[a:b] for m in plan.mentions for a, b in m.spans] == ["dog", "car"]
+
+
+def test_captions_file_gives_each_sample_a_caption_in_order_with_its_classes(tmp_path):
+    captions = tmp_path / "caps.txt"
+    captions.write_text("a puppy on a sofa\n\n  a red car in the rain  \na bowl of fruit\n", encoding="utf-8")
+    spec = make_spec(source="captions_file", captions_file=str(captions), append_class_names=False)
+    plans = [plan_sample(spec, i) for i in range(5)]
+    # Blank lines skipped, whitespace stripped, the file cycled by index.
+    assert [p.prompt for p in plans] == ["a puppy on a sofa", "a red car in the rain", "a bowl of fruit",
+                                         "a puppy on a sofa", "a red car in the rain"]
+    assert plans[0].classes == ["dog"] and plans[1].classes == ["car"] and plans[2].classes == []
+    (span,) = plans[0].mentions[0].spans
+    assert plans[0].prompt[span[0]:span[1]] == "puppy"
+    assert len({p.seed for p in plans}) == 5  # the caption repeats, the sample does not
 
 
 def test_captions_file_errors_name_the_field(tmp_path):

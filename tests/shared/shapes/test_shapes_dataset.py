@@ -7,6 +7,7 @@ from pycocotools.coco import COCO
 from shared.formats import layout
 from shared.shapes import SHAPES, render_scene
 from shared.shapes.dataset import scene_seed, write_real_dataset
+from tests.support.processes import in_fresh_process
 
 
 def test_real_dataset_coco_matches_renderer(tmp_path):
@@ -36,5 +37,7 @@ def test_real_dataset_coco_matches_renderer(tmp_path):
 
 
 def test_streams_are_deterministic_and_disjoint():
-    assert scene_seed(0, 5) == scene_seed(0, 5)
+    # The same scene in another process (another hash seed): nothing hides in Python's hash() or a global RNG.
+    assert in_fresh_process("from shared.shapes.dataset import scene_seed", "[scene_seed(0, i) for i in range(5)]") == [
+        scene_seed(0, i) for i in range(5)]
     assert len({scene_seed(s, i) for s in range(3) for i in range(100)}) == 300

@@ -2,8 +2,8 @@
 import json
 
 import pytest
-
 from tiny_data import write_tiny_coco
+
 from worker.adaptor.data import load_coco
 from worker.adaptor.train import CHECKPOINT, TrainConfig, Trainer, TrainingError, check_out_folder
 
@@ -22,7 +22,15 @@ def test_loss_decreases_and_each_epoch_is_evaluated(tmp_path):
     history = trainer.run()
     assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
-    assert all(0.0 <= h["AP"] <= h["AP50"] <= 1.0 and h["n_images"] == 3 for h in history)
+    assert all(h["n_images"] == 3 and h["n_detections"] > 0 for h in history)
+    # The numbers are COCOeval on the current weights: they move with training, detection improves, and
+    # evaluating the saved adaptor again gives exactly the last epoch's numbers.
+    assert len({h["AP"] for h in history}) > 1
+    assert history[-1]["AP50"] > history[0]["AP50"]
+    again = Trainer(config(tmp_path, coco, images, epochs=6))
+    assert again.resume() and again.epoch == 6
+    last = {k: v for k, v in history[-1].items() if k not in ("epoch", "loss", "seconds")}
+    assert again.evaluate() == last
     cfg = json.loads((tmp_path / "ad" / "adaptor.json").read_text())
     assert cfg["training"]["epochs"] == 6 and cfg["training"]["data"]["caption_sources"] == ["field"]
     assert cfg["timestep"] == trainer.timestep and cfg["classes"] == ["cat", "dog"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from tiny_unets import KINDS, LATENT_HW, TOKENS, build
+from tests.support.tiny_unets import KINDS, LATENT_HW, TOKENS, build
 from worker.engine.attention import (
     AttentionStore,
     CaptureConfig,
@@ -327,3 +327,20 @@ def test_head_chunking_gives_the_same_result(monkeypatch):
     for res in EXPECTED["sd2"]["cross"]:
         torch.testing.assert_close(chunked.cross(res), whole.cross(res), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(chunked.self_attention(res), whole.self_attention(res), rtol=1e-5, atol=1e-7)
+
+
+def test_memory_is_flat_in_the_number_of_steps():
+    """Maps aggregate online: 8 captured steps hold the same bytes as 2, only the counts grow."""
+    unet, make = build("sd1")
+    inputs = make(2)
+    held = {}
+    for steps in (2, 8):
+        with capture_attention(unet, _config(unet)) as store:
+            for step in range(steps):
+                store.begin_step(step, steps)
+                _run(unet, inputs)
+        held[steps] = (store.nbytes, store.count("cross", 8), store.cross(8).clone())
+    assert held[2][0] == held[8][0] > 0
+    assert held[8][1] == 4 * held[2][1]
+    # Same inputs every step, so the average is unchanged: the sums were divided by the right count.
+    torch.testing.assert_close(held[2][2], held[8][2], rtol=1e-5, atol=1e-7)

@@ -40,7 +40,14 @@ def test_finalize_uploads_one_archive_per_format_and_the_manifest_last(ctx, subm
     train = json.loads(coco.read("annotations/instances_train.json"))
     assert train["categories"][0]["name"] == "cat"
     manifest = json.loads(ctx.store.get(keys.manifest_key(job)))
-    assert manifest  # written by the export writers
+    # Every sample of both shards, once, and the files of the two archives with their sizes.
+    with ctx.uow() as uow:
+        indexes = sorted(s.index for s in jobs_repo.list_samples(uow.session, job))
+    assert sorted(s["index"] for s in manifest["samples"]) == indexes and len(indexes) > 1
+    assert sum(manifest["splits"].values()) == len(indexes)
+    assert {rel.split("/", 1)[0] for rel in manifest["files"]} == {"coco", "yolo"}
+    assert manifest["files"]["coco/annotations/instances_train.json"]["bytes"] == len(
+        coco.read("annotations/instances_train.json"))
     assert finalize_job(ctx, job) == "skipped"  # a second delivery is a no-op
 
 

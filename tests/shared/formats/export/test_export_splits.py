@@ -3,6 +3,7 @@ from collections import Counter
 import pytest
 
 from shared.formats.export.splits import assign_splits, split_counts, split_draw
+from tests.support.processes import in_fresh_process
 
 RATIOS = {"train": 0.8, "val": 0.1, "test": 0.1}
 
@@ -36,7 +37,9 @@ def test_tiny_sets_fill_train_first():
 
 
 def test_splits_are_deterministic_from_the_seed():
-    assert assign_splits(7, range(200), RATIOS) == assign_splits(7, range(200), RATIOS)
+    here = {str(k): v for k, v in assign_splits(7, range(200), RATIOS).items()}
+    assert in_fresh_process(f"from shared.formats.export.splits import assign_splits; RATIOS = {RATIOS!r}",
+                            "{str(k): v for k, v in assign_splits(7, range(200), RATIOS).items()}") == here
     assert assign_splits(7, reversed(range(200)), RATIOS) == assign_splits(7, range(200), RATIOS)
     # A different job seed reshuffles: the assignment is not index-only.
     assert assign_splits(7, range(200), RATIOS) != assign_splits(8, range(200), RATIOS)
