@@ -2,7 +2,7 @@
 
 Many dashboards poll one job. Without this each poll re-reads the job and its shards, builds
 the view and serialises the same few kB (~2 ms of CPU). With it, a poll costs one small
-query: `repositories.job_status_stamp`, a token that changes whenever a row the view reads
+query: `shared.jobs.repository.job_status_stamp`, a token that changes whenever a row the view reads
 was written (Postgres' row versions), and the stored bytes are sent when the token matches.
 So a poll never shows an older state than the database holds, whoever wrote it (a worker,
 another API process, this one).

@@ -48,8 +48,8 @@ def gt_doc(scenes) -> dict:
 
 
 def attention_dets(store, j, image_id, mentions, enc_offsets, spec, size) -> list[dict]:
-    from worker.engine.attention_labels import label_image
     from worker.engine.text import token_groups
+    from worker.labels.from_attention import label_image
 
     groups = token_groups(enc_offsets, mentions)
     res = label_image(store, j, groups, [m.category_id for m in mentions], [m.name for m in mentions], spec, (size, size))

@@ -144,8 +144,8 @@ def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed
     captured), so settings differ in thresholds, tau, edges and mode only."""
     from shared.formats.spec import LabelSpec
     from worker.engine.attention import CaptureConfig, capture_attention
-    from worker.engine.attention_labels import label_image
     from worker.engine.text import encode_prompts, token_groups
+    from worker.labels.from_attention import label_image
 
     rec = model.extras.get("recommended_labels", {})
     size = scenes[0].image.shape[0]
@@ -552,7 +552,7 @@ def _filtered(samples, seg_dir: str, job_classes) -> tuple[list, float]:
     import copy
 
     from shared.formats.spec import parse_spec
-    from worker.engine.filters import SegmenterFilter
+    from worker.labels.filters import SegmenterFilter
 
     spec = parse_spec({"model": "m", "classes": [{"name": c} for c in job_classes], "num_images": 1,
                        "labels": {"filter": {"segmenter": seg_dir, "min_kept": 0.0}}})
@@ -567,7 +567,7 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
 
     from shared.shapes.dataset import write_real_dataset
     from worker.engine.resample import mask_hardness, variants_by_hardness
-    from worker.engine.segmenter import train_segmenter as train_freemask_segmenter
+    from worker.labels.segmenter import train_segmenter as train_freemask_segmenter
 
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="bench-m2i-"))

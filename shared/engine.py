@@ -46,6 +46,14 @@ class Engine(Protocol):
 EngineFactory = Callable[..., Engine]
 
 
+@dataclass(frozen=True)
+class LabelMaps:
+    """Labels a method is given rather than derives (mask2image's input masks, a source's labels)."""
+
+    semantic: np.ndarray  # uint8 [H, W], job category ids
+    instances: np.ndarray | None  # uint16 [H, W] or None (then: connected components)
+
+
 @dataclass
 class GeneratedSample:
     record: SampleRecord

@@ -24,7 +24,7 @@ EXTRAS_FILE = "dsgen.json"
 ADAPTOR_CONFIG = "adaptor.json"
 # A builtin name is one folder name inside the package: no separators, no "..", no dot first.
 _BUILTIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*")
-AUTO_MAX_RESOLUTION = 32  # as worker.engine.attention_labels resolves "auto"
+AUTO_MAX_RESOLUTION = 32  # as worker.labels.from_attention resolves "auto"
 MAX_SELF_CELLS = 48 * 48  # as worker.engine.attention.MAX_SELF_TOKENS
 _WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
 

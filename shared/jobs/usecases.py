@@ -261,7 +261,7 @@ def get_job_json(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> tu
 
 
 def status_stamp(uow: UnitOfWork, tenant_id: uuid.UUID, job_id: uuid.UUID) -> str | None:
-    """A token that changes whenever `get_job`'s answer can (see `repositories.job_status_stamp`)."""
+    """A token that changes whenever `get_job`'s answer can (see `shared.jobs.repository.job_status_stamp`)."""
     return jobs_repo.job_status_stamp(uow.session, job_id, tenant_id)
 
 

@@ -34,7 +34,7 @@ def upload(api, headers, data: bytes) -> dict:
 
 
 def test_mask2image_from_an_uploaded_source_with_the_segmenter_filter(cluster, api, headers, tmp_path):
-    from worker.engine.segmenter import Segmenter, SmallUNet
+    from worker.labels.segmenter import Segmenter, SmallUNet
 
     real = tmp_path / "real"
     write_real_dataset(real, 4, seed=11, size=32, formats=["coco"])

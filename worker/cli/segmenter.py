@@ -32,7 +32,7 @@ def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: in
 
     from shared.formats.spec import SourceSpec, SpecError
     from worker.engine.mask_sources import load_mask_sources, source_class_names
-    from worker.engine.segmenter import train_segmenter
+    from worker.labels.segmenter import train_segmenter
 
     if threads:
         torch.set_num_threads(threads)

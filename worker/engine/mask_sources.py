@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shared.engine import LabelMaps
 from shared.formats import layout
 from shared.formats.records import DROPPED, IGNORE
 from shared.formats.spec import SourceSpec, SpecError
@@ -40,12 +41,6 @@ FIELD = "mask2image.source"
 class MaskSourceError(SpecError):
     def __init__(self, message: str, field: str = FIELD):
         super().__init__(message, field=field)
-
-
-@dataclass(frozen=True)
-class LabelMaps:
-    semantic: np.ndarray  # uint8 [H, W], job category ids
-    instances: np.ndarray | None  # uint16 [H, W] or None (then: connected components)
 
 
 @dataclass(frozen=True)

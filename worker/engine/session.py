@@ -9,7 +9,7 @@ What a sample's inputs are and how a batch is conditioned is the method's busine
 (`worker.engine.methods`, picked by `spec.method`). Labels come from captured attention
 (`labels.mode`), from a detection adaptor reading the UNet's block features of the last
 denoising step (`labels.boxes: adaptor`), from both, or from the method's inputs (mask2image).
-Filters (`worker.engine.filters`) run on every labelled sample before it is yielded.
+Filters (`worker.labels.filters`) run on every labelled sample before it is yielded.
 """
 from __future__ import annotations
 
@@ -26,14 +26,14 @@ from shared.formats.model_meta import recommended_label_resolutions
 from shared.formats.prompts import SamplePlan
 from shared.formats.records import IGNORE, SampleFiles, SampleRecord
 from shared.formats.spec import JobSpec, LabelSpec, SourceSpec, SpecError
-from worker.engine.attention_labels import capture_config, label_image
 from worker.engine.features import FeatureConfig
-from worker.engine.filters import build_filters
 from worker.engine.generate import GenerationOutput, generate
-from worker.engine.instances import extract_instances, instances_from_maps
 from worker.engine.loading import LoadedModel, load_model
 from worker.engine.methods import method_for
 from worker.engine.text import token_groups
+from worker.labels.filters import build_filters
+from worker.labels.from_attention import capture_config, label_image
+from worker.labels.instances import extract_instances, instances_from_maps
 
 
 def effective_labels(labels: LabelSpec, extras: dict, size: tuple[int, int] | None = None) -> LabelSpec:

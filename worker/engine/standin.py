@@ -22,7 +22,7 @@ from shared.engine import GeneratedSample
 from shared.formats.prompts import SamplePlan, plan_sample
 from shared.formats.records import ModelInfo, SampleRecord
 from shared.formats.spec import JobSpec
-from worker.engine.instances import extract_instances
+from worker.labels.instances import extract_instances
 
 MODEL_ID = "builtin:fleet-standin"
 REVISION = "standin-v1"  # bump when the drawing changes: records name what made them

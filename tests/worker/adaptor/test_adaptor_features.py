@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from tiny_unets import KINDS, LATENT_HW, build
 
+from tests.support.tiny_unets import KINDS, LATENT_HW, build
 from worker.engine.features import FeatureConfig, capture_features, feature_layout, level_layout
 
 

@@ -50,7 +50,7 @@ def test_an_adaptor_for_another_base_model_is_refused_naming_both(model):
 
 
 def _other_unet():
-    from tiny_unets import build
+    from tests.support.tiny_unets import build
 
     return build("sd1")[0]
 

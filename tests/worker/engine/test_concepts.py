@@ -3,7 +3,6 @@ tokenizers; files diffusers' load_textual_inversion reads; loading in a spec; re
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +11,11 @@ import torch
 from PIL import Image
 
 from shared.formats.spec import SpecError, parse_spec
+from tests.support.tiny_pipelines import save_sdxl
 from worker.engine.concept_training import LearnConfig, learn_concept
 from worker.engine.concepts import ConceptError, read_concept, with_concepts
 from worker.engine.loading import load_model
 from worker.engine.session import EngineSession
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny_pipelines import save_sdxl  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_unets import KINDS, LATENT_HW, TOKENS, build
+from tests.support.tiny_unets import KINDS, LATENT_HW, TOKENS, build
 from worker.engine.attention import (
     AttentionControl,
     AttentionRecorder,

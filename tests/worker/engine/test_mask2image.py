@@ -231,7 +231,7 @@ def test_spec_errors_name_the_field():
 
 
 def test_hardness_resampling_and_the_segmenter_filter_in_a_session(tmp_path):
-    from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter
+    from worker.labels.segmenter import Segmenter, SmallUNet, load_segmenter
 
     Segmenter(SmallUNet(3, 8), ["cat", "dog"], 32, {"background": 0.1, "cat": 1.0, "dog": 3.0}).save(tmp_path / "seg")
     load_segmenter.cache_clear()

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_pipelines import save_sd2, save_sdxl
 
 from shared.formats.spec import GenerationSpec, SpecError, parse_spec
+from tests.support.tiny_pipelines import save_sd2, save_sdxl
 from worker.engine.attention import control_attention
 from worker.engine.generate import encode_prompt
 from worker.engine.loading import load_model

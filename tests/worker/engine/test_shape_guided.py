@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_pipelines import save_sd2, save_sdxl
 
 from shared.formats.spec import GenerationSpec, SpecError, parse_spec
 from shared.shapes.dataset import write_real_dataset
+from tests.support.tiny_pipelines import save_sd2, save_sdxl
 from worker.engine.attention import Call, Site, control_attention, layer_sites
 from worker.engine.loading import load_model
 from worker.engine.session import EngineSession

@@ -9,8 +9,8 @@ from shared.shapes import render_scene
 from worker.engine.attention import control_attention
 from worker.shapes import attn_loss
 from worker.shapes.attn_loss import token_targets
-from worker.shapes.rectify import TokenRegions
 from worker.shapes.model import MAX_LENGTH, PRESETS, build_text_encoder, build_tokenizer, build_unet, encode_text
+from worker.shapes.rectify import TokenRegions
 
 TINY = dataclasses.replace(PRESETS["tiny"], only_cross_top=True)
 

@@ -20,10 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import SamplePlan
 from worker.engine.attention import AttentionControl
 from worker.engine.generate import ControlNetInput, GenerationOutput, InitImages
-from worker.engine.mask_sources import LabelMaps
 
 
 @dataclass

@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
 from shared.formats.records import IGNORE
 from worker.engine.generate import InitImages
-from worker.engine.mask_sources import LabelMaps, MaskSource, MaskSourceError, load_mask_sources
+from worker.engine.mask_sources import MaskSource, MaskSourceError, load_mask_sources
 from worker.engine.methods import BatchInputs
 from worker.engine.methods.mask2image import _caption_with_classes, _resize_nearest, rectified_control
 

@@ -15,13 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
 from shared.formats.spec import SpecError
-from worker.engine.instances import extract_instances
-from worker.engine.mask_sources import LabelMaps, MaskSource, load_mask_sources
+from worker.engine.mask_sources import MaskSource, load_mask_sources
 from worker.engine.methods import BatchInputs
 from worker.engine.methods.mask2image import _resize_nearest
 from worker.engine.shape_guided import EditOptions, edit_images
+from worker.labels.instances import extract_instances
 
 FIELD = "edit.source"
 

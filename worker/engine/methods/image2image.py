@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import SamplePlan, plan_free_text, plan_sample
 from worker.engine import image_sources as src
 from worker.engine.generate import InitImages
-from worker.engine.mask_sources import LabelMaps
 from worker.engine.methods import BatchInputs
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
 from worker.engine.controls import RectifiedCrossAttention
-from worker.engine.mask_sources import LabelMaps
 from worker.engine.methods import BatchInputs
 from worker.engine.methods.mask2image import rectified_control
 from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images

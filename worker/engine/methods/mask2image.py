@@ -22,12 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
 from shared.formats.spec import SpecError
 from worker.engine import palettes
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.generate import ControlNetInput
-from worker.engine.mask_sources import LabelMaps, MaskSource, load_mask_sources
+from worker.engine.mask_sources import MaskSource, load_mask_sources
 from worker.engine.methods import BatchInputs
 from worker.engine.text import token_groups, tokenize
 
@@ -78,7 +79,7 @@ class Mask2Image:
             counts = [self.options.variants] * len(self.sources)
         else:
             from worker.engine.resample import mask_hardness, variants_by_hardness
-            from worker.engine.segmenter import load_segmenter
+            from worker.labels.segmenter import load_segmenter
 
             field = "mask2image.resample.segmenter"
             seg = load_segmenter(self.session.resolve_folder(self.options.resample.segmenter, field), field=field)

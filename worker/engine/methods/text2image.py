@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.engine import LabelMaps
 from shared.formats.prompts import SamplePlan, plan_sample
-from worker.engine.mask_sources import LabelMaps
 from worker.engine.methods import BatchInputs
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_unets import LATENT_HW, build
 
 from shared.formats.spec import LabelSpec
+from tests.support.tiny_unets import LATENT_HW, build
 from worker.engine.attention import AttentionStore, CaptureConfig, capture_attention
-from worker.engine.attention_labels import capture_config, label_image, resolve_resolutions
-from worker.engine.instances import decode_rle
+from worker.labels.from_attention import capture_config, label_image, resolve_resolutions
+from worker.labels.instances import decode_rle
 
 torch.set_num_threads(1)
 

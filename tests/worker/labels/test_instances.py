@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from worker.engine.instances import decode_rle, encode_rle, extract_instances, mask_polygons
+from worker.labels.instances import decode_rle, encode_rle, extract_instances, mask_polygons
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -126,6 +126,6 @@ def test_bad_inputs():
 
 
 def test_importing_labels_does_not_import_torch():
-    code = "import sys, worker.engine.instances; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, worker.labels.instances; sys.exit(1 if 'torch' in sys.modules else 0)"
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

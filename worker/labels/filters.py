@@ -23,7 +23,7 @@ import numpy as np
 
 from shared.formats.records import DROPPED, IGNORE
 from shared.formats.spec import JobSpec
-from worker.engine.instances import encode_rle, mask_polygons
+from worker.labels.instances import encode_rle, mask_polygons
 
 
 def _shrink(record, semantic: np.ndarray, instances: np.ndarray | None):
@@ -52,7 +52,7 @@ def _with_quality(sample, **quality):
 
 class SegmenterFilter:
     def __init__(self, spec: JobSpec, folder: str):
-        from worker.engine.segmenter import load_segmenter
+        from worker.labels.segmenter import load_segmenter
 
         opts = spec.labels.filter
         self.seg = load_segmenter(folder)
@@ -63,7 +63,7 @@ class SegmenterFilter:
         self.threshold = np.array([np.inf if v is None else v * self.tolerance for v in loss_by_seg.values()])
 
     def __call__(self, samples: list) -> list:
-        from worker.engine.segmenter import pixel_loss
+        from worker.labels.segmenter import pixel_loss
 
         todo = [s for s in samples if s.semantic is not None and not s.record.quality.get(DROPPED)]
         if not todo:

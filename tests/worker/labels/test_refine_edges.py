@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from worker.engine.edges import auto_radius, guided_filter
+from worker.labels.refine import auto_radius, guided_filter
 
 
 def _scene():

@@ -17,9 +17,9 @@ import torch
 
 from shared.formats.records import IGNORE, Annotation
 from shared.formats.spec import LabelSpec
-from worker.engine import edges, refine
 from worker.engine.attention import AttentionStore, CaptureConfig, available_resolutions
-from worker.engine.instances import extract_instances
+from worker.labels import refine
+from worker.labels.instances import extract_instances
 
 # Dataset Diffusion reads cross-attention at 16 and self-attention at 32 for SD at 512 px;
 # larger maps cost N^2 memory for self-attention and add little for cross-attention.
@@ -107,8 +107,8 @@ def _snap_to_edges(scores: torch.Tensor, image: np.ndarray | None, spec: LabelSp
     if spec.edges != "guided" or image is None:
         return scores
     hw = tuple(scores.shape[-2:])
-    radius = edges.auto_radius(hw) if spec.edge_radius == "auto" else int(spec.edge_radius)
-    return edges.guided_filter(scores.cpu(), image, radius).to(scores.device)
+    radius = refine.auto_radius(hw) if spec.edge_radius == "auto" else int(spec.edge_radius)
+    return refine.guided_filter(scores.cpu(), image, radius).to(scores.device)
 
 
 def label_image(

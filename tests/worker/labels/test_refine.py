@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.engine import refine
+from worker.labels import refine
 
 torch.set_num_threads(1)
 

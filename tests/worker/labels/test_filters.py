@@ -10,9 +10,9 @@ from shared.engine import GeneratedSample
 from shared.formats.prompts import ClassMention, SamplePlan
 from shared.formats.records import Annotation, ModelInfo, SampleRecord
 from shared.formats.spec import parse_spec
-from worker.engine.filters import AttentionGate, SegmenterFilter
 from worker.engine.resample import mask_hardness, variants_by_hardness
-from worker.engine.segmenter import Segmenter, SmallUNet, load_segmenter, train_segmenter
+from worker.labels.filters import AttentionGate, SegmenterFilter
+from worker.labels.segmenter import Segmenter, SmallUNet, load_segmenter, train_segmenter
 
 torch.set_num_threads(1)
 

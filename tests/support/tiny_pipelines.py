@@ -11,7 +11,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from tiny_unets import tiny_sd2, tiny_sdxl
+from tests.support.tiny_unets import tiny_sd2, tiny_sdxl
 from worker.engine.builtin.make_tiny_random import build_tokenizer
 
 
