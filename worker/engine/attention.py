@@ -499,22 +499,16 @@ class ControlledAttnProcessor:
         outputs, probs_sum = [], None
         for h0 in range(0, heads, chunk):
             sl = slice(h0, h0 + chunk)
-            # float32 scores: fp16 QK^T can overflow (why SD 2.x sets upcast_attention).
-            scores = torch.matmul(query[:, sl].float(), key[:, sl].float().transpose(-1, -2)) * attn.scale
-            if mask is not None:
-                m = mask[:, sl] if mask.shape[1] > 1 else mask
-                if m.dtype == torch.bool:
-                    scores = scores.masked_fill(~m, float("-inf"))
-                else:
-                    scores = scores + m.float()
-            probs = scores.softmax(dim=-1)
-            del scores
+            probs = _softmax_scores(query[:, sl], key[:, sl], attn.scale, mask[:, sl] if mask is not None and
+                                    mask.shape[1] > 1 else mask)
             for c in editors:
                 probs = c.probs(self.site, call, probs, sl)
             outputs.append(torch.matmul(probs.to(value.dtype), value[:, sl]))
             if recorders:
-                part = probs.sum(dim=1)
-                probs_sum = part if probs_sum is None else probs_sum + part
+                if probs_sum is None:
+                    probs_sum = probs.sum(dim=1)
+                else:
+                    probs_sum.add_(probs.sum(dim=1))
             del probs
         if recorders:
             mean = probs_sum / heads
@@ -529,6 +523,41 @@ class CapturingAttnProcessor(ControlledAttnProcessor):
     def __init__(self, store: AttentionStore, kind: Kind, resolution: int, hw: tuple[int, int], name: str = ""):
         super().__init__(Site(name, kind, resolution, tuple(hw)), [AttentionRecorder(store)], store.config.guidance)
         self.store = store
+
+
+def _softmax_scores(query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(scale * Q K^T + mask) in float32, [B, h, n_q, n_k], in one buffer.
+
+    These probabilities are the largest tensor of a capturing step (1024^2 per head for a 32x32
+    self-attention layer), so every pass over them counts: the scale is fused into the GEMM
+    (baddbmm's alpha), the mask and the softmax are applied in place. float32 because fp16 QK^T
+    can overflow (why SD 2.x sets upcast_attention)."""
+    batch, heads, n_q, dim = query.shape
+    n_k = key.shape[2]
+    q = query.float().reshape(batch * heads, n_q, dim)
+    k = key.float().reshape(batch * heads, n_k, dim)
+    differentiable = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+    scores = torch.empty(batch * heads, n_q, n_k, dtype=torch.float32, device=query.device)
+    if differentiable:  # self-guidance and the training losses take gradients through these maps
+        scores = torch.baddbmm(scores, q, k.transpose(1, 2), beta=0.0, alpha=scale)
+    else:
+        torch.baddbmm(scores, q, k.transpose(1, 2), beta=0.0, alpha=scale, out=scores)
+    scores = scores.view(batch, heads, n_q, n_k)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, float("-inf"))
+        else:
+            scores.add_(mask.float())
+    return scores.softmax(dim=-1) if differentiable else _softmax_(scores)
+
+
+def _softmax_(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, written over `x` (ATen's row-wise kernel reads a row before
+    writing it); a copy where this build has no out= variant."""
+    try:
+        return torch.ops.aten._softmax.out(x, -1, False, out=x)
+    except (RuntimeError, AttributeError):  # pragma: no cover - other builds
+        return x.softmax(dim=-1)
 
 
 def _sdpa(attn, query, key, value, mask) -> torch.Tensor:
