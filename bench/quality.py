@@ -28,12 +28,15 @@ Prints one JSON object:
     .real_plus_synthetic the segmenter on 50 real renders + the N samples vs on the 50 repeated;
     .filter              FreeMask's segmenter filter (dsgen segmenter, tolerance 1.25): the same
                          segmenter trained on filtered vs unfiltered labels, for text2image and
-                         mask2image data (mIoU on real, fraction of pixels ignored);
+                         mask2image data (mIoU on real, fraction of pixels ignored); `.samples_scope`:
+                         samples dropped whole instead (scope: samples), min_kept set on held-out
+                         real renders (the kept fraction 95% of them reach);
     .hardness            hardness-aware variants vs uniform variants per mask at about the same
                          number of images (mIoU on real of a segmenter trained on each).
   augment              DA-Fusion (`method: augment`) on real renders, labels carried over: label
                          validity and real N + augmented vs real N (bench/augment_quality.py).
-`--parts` picks parts (attention, fidelity, synthetic, mask2image, augment).
+`--parts` picks parts (attention, fidelity, synthetic, mask2image, augment; text2image_samples:
+text2image data for the filter without the fidelity judges).
 PNG grids (samples, overlays) go to --out.
 """
 from __future__ import annotations
@@ -64,6 +67,7 @@ from shared.shapes.world import World, get_world  # noqa: E402
 TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_002, 910_003, 910_004
 MASK_STREAM, FILTER_REAL_STREAM = 910_005, 910_006
 VALIDATION_STREAM = 910_007  # label settings are chosen here (bench/label_sweep.py), never on TEST_STREAM
+FILTER_CALIBRATION_STREAM = 910_008  # real renders that set the sample-scope filter's min_kept (never TEST_STREAM)
 N_CLASSES = len(SHAPES) + 1
 CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
 OBJ_RE = re.compile(r"\b(" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r")\b")
@@ -375,7 +379,8 @@ def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: 
 
 def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, t: int, steps: int, guidance: float,
         suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print, n_few_real: int = 50,
-        parts: tuple[str, ...] = ("attention", "fidelity", "synthetic"), m2i_guidance: float = 1.5) -> dict:
+        parts: tuple[str, ...] = ("attention", "fidelity", "synthetic"), m2i_guidance: float = 1.5,
+        filter_scopes: tuple[str, ...] = ("pixels", "samples"), hardness: bool = True) -> dict:
     from worker.engine.loading import load_model
 
     torch.manual_seed(seed)
@@ -394,12 +399,16 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         samples, seg_real = _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix,
                                               seg_epochs, cls_epochs, seed, log, started, result, n_few_real,
                                               segmenters="synthetic" in parts)
+    if "text2image_samples" in parts and samples is None:  # text2image data for the filter, without the judges
+        captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
+        samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)
+        log(f"text2image generation done ({time.time() - started:.0f}s)")
     if "mask2image" in parts:
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
         result["mask2image"] = mask2image_quality(model_id, out, n_synth, steps, m2i_guidance, seg_epochs, seed, test,
-                                                  seg_real, samples, log)
+                                                  seg_real, samples, log, filter_scopes, hardness)
     if "augment" in parts:
         from bench.augment_quality import augment_quality
 
@@ -547,22 +556,49 @@ def _m2i_samples(model_id: str, masks_dir: Path, n: int, steps: int, guidance: f
     return session, list(session.generate(range(n)))
 
 
-def _filtered(samples, seg_dir: str, job_classes) -> tuple[list, float]:
-    """FreeMask's filter applied to existing samples (copies); returns them and the ignored fraction."""
+def _filtered(samples, seg_dir: str, job_classes, scope: str = "pixels", min_kept: float = 0.0) -> tuple[list, float]:
+    """FreeMask's filter applied to existing samples (copies); returns the samples it keeps and the
+    ignored pixel fraction. scope pixels: high-loss pixels ignored; samples: samples dropped whole."""
+    import copy
+
+    from shared.formats.records import DROPPED
+    from shared.formats.spec import parse_spec
+    from worker.labels.filters import SegmenterFilter
+
+    spec = parse_spec({"model": "m", "classes": [{"name": c} for c in job_classes], "num_images": 1,
+                       "labels": {"filter": {"segmenter": seg_dir, "min_kept": min_kept, "scope": scope}}})
+    flt = SegmenterFilter(spec, seg_dir)
+    out = flt([copy.copy(s) for s in samples])
+    ignored = float(np.mean([s.record.quality["segmenter_filter"]["ignored_fraction"] for s in out]))
+    return [s for s in out if not s.record.quality.get(DROPPED)], ignored
+
+
+def calibrated_min_kept(seg_dir: str, job_classes, n: int, quantile: float = 0.05) -> float:
+    """The sample-scope threshold from real data: the kept fraction (pixels within tolerance) that
+    all but `quantile` of held-out real renders reach. A synthetic sample below it looks worse to the
+    segmenter than 95% of real ones."""
+    from shared.engine import GeneratedSample
+    from shared.formats.records import ModelInfo, SampleRecord
+
+    real = real_scenes(FILTER_CALIBRATION_STREAM, n)
+    wrapped = [GeneratedSample(SampleRecord(index=i, seed=0, prompt=s.caption, classes=[], method="real",
+                                            model=ModelInfo(id="real"), width=SIZE, height=SIZE),
+                               Image.fromarray(s.image), s.semantic.astype(np.uint8))
+               for i, s in enumerate(real)]
     import copy
 
     from shared.formats.spec import parse_spec
     from worker.labels.filters import SegmenterFilter
 
     spec = parse_spec({"model": "m", "classes": [{"name": c} for c in job_classes], "num_images": 1,
-                       "labels": {"filter": {"segmenter": seg_dir, "min_kept": 0.0}}})
-    flt = SegmenterFilter(spec, seg_dir)
-    out = flt([copy.copy(s) for s in samples])
-    return out, float(np.mean([s.record.quality["segmenter_filter"]["ignored_fraction"] for s in out]))
+                       "labels": {"filter": {"segmenter": seg_dir, "min_kept": 0.0, "scope": "samples"}}})
+    kept = [s.record.quality["segmenter_filter"]["kept"] for s in SegmenterFilter(spec, seg_dir)([copy.copy(w) for w in wrapped])]
+    return float(np.quantile(kept, quantile))
 
 
 def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: float, seg_epochs: int, seed: int,
-                       test, seg_real, t2i_samples=None, log=print) -> dict:
+                       test, seg_real, t2i_samples=None, log=print, filter_scopes=("pixels", "samples"),
+                       hardness: bool = True) -> dict:
     import tempfile
 
     from shared.shapes.dataset import write_real_dataset
@@ -615,14 +651,29 @@ def mask2image_quality(model_id: str, out: Path, n: int, steps: int, guidance: f
     sets = {"mask2image": samples}
     if t2i_samples is not None:
         sets["text2image"] = t2i_samples
+    min_kept = calibrated_min_kept(str(seg_dir), SHAPES, n)
     for name, data in sets.items():
-        filtered, ignored = _filtered(data, str(seg_dir), SHAPES)
         imgs = [np.asarray(s.image.convert("RGB")) for s in data]
         unf = evaluate_segmenter(train_segmenter(imgs, [s.semantic for s in data], seg_epochs, seed), test).miou()
-        fil = evaluate_segmenter(train_segmenter(imgs, [s.semantic for s in filtered], seg_epochs, seed), test).miou()
-        result["filter"][name] = {"miou_unfiltered": unf, "miou_filtered": fil, "ignored_fraction": round(ignored, 4),
-                                  "filter_not_worse": bool(fil >= unf - 0.005), "tolerance": 1.25}
+        entry = {"miou_unfiltered": unf, "tolerance": 1.25}
+        if "pixels" in filter_scopes:
+            filtered, ignored = _filtered(data, str(seg_dir), SHAPES)
+            fil = evaluate_segmenter(train_segmenter([np.asarray(s.image.convert("RGB")) for s in filtered],
+                                                     [s.semantic for s in filtered], seg_epochs, seed), test).miou()
+            entry.update({"miou_filtered": fil, "ignored_fraction": round(ignored, 4),
+                          "filter_not_worse": bool(fil >= unf - 0.005)})
+        if "samples" in filter_scopes:
+            kept, _ = _filtered(data, str(seg_dir), SHAPES, scope="samples", min_kept=min_kept)
+            fil = evaluate_segmenter(train_segmenter([np.asarray(s.image.convert("RGB")) for s in kept],
+                                                     [s.semantic for s in kept], seg_epochs, seed), test).miou()
+            entry["samples_scope"] = {"miou_filtered": fil, "min_kept": round(min_kept, 4),
+                                      "dropped": len(data) - len(kept), "of": len(data),
+                                      "filter_not_worse": bool(fil >= unf - 0.005)}
+        result["filter"][name] = entry
     log(f"filter done ({time.time() - started:.0f}s)")
+    if not hardness:
+        result["seconds"] = round(time.time() - started, 1)
+        return result
     # hardness-aware vs uniform variants, about the same number of images
     m = max(4, n // 4)
     pool = tmp / "pool"
@@ -669,13 +720,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-only", action="store_true", help="only attention_miou_real (fast; for curves)")
     p.add_argument("--parts", default="attention,fidelity,synthetic,mask2image,augment", help="comma-separated parts to run")
+    p.add_argument("--filter-scopes", default="pixels,samples", help="segmenter filter scopes measured in mask2image")
+    p.add_argument("--no-hardness", action="store_true", help="skip hardness-aware vs uniform resampling")
     a = p.parse_args(argv)
     if a.quick:
         a.n_real, a.n_synth, a.n_classifier, a.steps, a.seg_epochs, a.cls_epochs = 32, 32, 600, 8, 8, 6
     result = run(a.model, a.out, a.n_real, a.n_synth, a.n_classifier, a.t, a.steps, a.guidance, a.suffix,
                  a.seg_epochs, a.cls_epochs, a.seed, log=lambda m: print(m, file=sys.stderr),
                  parts=("attention",) if a.attention_only else tuple(x.strip() for x in a.parts.split(",") if x.strip()),
-                 m2i_guidance=a.m2i_guidance)
+                 m2i_guidance=a.m2i_guidance, filter_scopes=tuple(a.filter_scopes.split(",")), hardness=not a.no_hardness)
     (a.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

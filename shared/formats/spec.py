@@ -216,6 +216,12 @@ class FilterSpec(StrictModel):
         "its mean loss for c on real data",
     )
     tolerance: float = Field(default=1.25, gt=0.0, le=100.0, description="FreeMask's loss tolerance")
+    scope: Literal["pixels", "samples"] = Field(
+        default="pixels",
+        description="pixels (FreeMask): high-loss pixels become 255 (ignore); samples: no pixel is changed, a sample is "
+        "dropped when less than min_kept of its labelled pixels are within tolerance (for data whose few errors are "
+        "whole samples, where ignoring hard pixels would also remove correct edges)",
+    )
     min_kept: float = Field(
         default=0.5, ge=0.0, le=1.0,
         description="drop a sample when less than this fraction of its labelled (non-background) pixels survives",

@@ -3,7 +3,9 @@
 - Segmenter filter (FreeMask, `labels.filter.segmenter`): a segmenter trained on real data
   scores the synthetic image against its label; a pixel of class c becomes 255 (ignore) when
   its cross-entropy exceeds `tolerance` x the class's mean loss on real data. A sample with
-  less than `min_kept` of its labelled pixels left is dropped (`quality.dropped`).
+  less than `min_kept` of its labelled pixels left is dropped (`quality.dropped`). With
+  `scope: samples` no pixel is changed: only the drop rule applies (the kept fraction counts the
+  pixels within tolerance).
 - Attention gate (`labels.filter.attention_gate`, attention labels only, no extra model): a
   prompted class with no confident region, a peak attention below `min_peak_ratio` x the
   median peak of the batch's classes, or more fragments (instances) than the prompt mentions
@@ -56,7 +58,7 @@ class SegmenterFilter:
 
         opts = spec.labels.filter
         self.seg = load_segmenter(folder)
-        self.tolerance, self.min_kept = opts.tolerance, opts.min_kept
+        self.tolerance, self.min_kept, self.scope = opts.tolerance, opts.min_kept, opts.scope
         names = [c.name for c in spec.classes]
         self.lut = self.seg.job_index(names)
         loss_by_seg = {i: self.seg.class_mean_loss.get(n) for i, n in enumerate(["background", *self.seg.classes])}
@@ -76,14 +78,18 @@ class SegmenterFilter:
             labelled = (target >= 0) & (target != IGNORE)
             limit = self.threshold[np.clip(target, 0, len(self.threshold) - 1)]
             bad = labelled & (loss > limit)
-            semantic = s.semantic.copy()
-            semantic[bad] = IGNORE
             before, after = int(labelled.sum()), int((labelled & ~bad).sum())
             kept = after / before if before else 1.0
-            annotations, instances = _shrink(s.record, semantic, s.instances)
-            s.semantic, s.instances = semantic, instances
-            s.record = s.record.model_copy(update={"annotations": annotations})
-            quality = {"segmenter_filter": {"ignored_fraction": round(float(bad.sum()) / bad.size, 6), "kept": round(kept, 6)}}
+            ignored = 0.0
+            if self.scope == "pixels":
+                semantic = s.semantic.copy()
+                semantic[bad] = IGNORE
+                annotations, instances = _shrink(s.record, semantic, s.instances)
+                s.semantic, s.instances = semantic, instances
+                s.record = s.record.model_copy(update={"annotations": annotations})
+                ignored = float(bad.sum()) / bad.size
+            quality = {"segmenter_filter": {"ignored_fraction": round(ignored, 6), "kept": round(kept, 6),
+                                            "scope": self.scope}}
             if kept < self.min_kept:
                 quality[DROPPED] = f"segmenter filter kept {kept:.2f} of the labelled pixels (< labels.filter.min_kept {self.min_kept})"
             _with_quality(s, **quality)

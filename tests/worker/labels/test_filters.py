@@ -42,19 +42,43 @@ def _ce(p_true: float) -> float:
     return -np.log(p_true)
 
 
-def test_segmenter_filter_ignores_pixels_above_tolerance_times_class_mean(seg_dir):
-    flt = SegmenterFilter(_spec(segmenter=str(seg_dir), tolerance=1.25, min_kept=0.1), str(seg_dir))
-    # Logits giving chosen per-pixel losses for the labelled class: loss = -log p(true class).
-    sem = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]], np.uint8)
+SEM = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 0, 0], [0, 0, 0, 0]], np.uint8)
+
+
+def _chosen_losses() -> torch.Tensor:
+    """Logits giving chosen per-pixel losses for the labelled class of SEM: loss = -log p(true class)."""
     p = np.full((4, 4), 0.99)  # background: loss 0.01 < 0.125, kept
-    p[0, 0], p[0, 1] = np.exp(-1.2), np.exp(-1.3)  # cat mean 1.0: 1.2 kept, 1.3 > 1.25 ignored
-    p[0, 2], p[0, 3] = np.exp(-2.4), np.exp(-2.6)  # dog mean 2.0: 2.4 kept, 2.6 > 2.5 ignored
+    p[0, 0], p[0, 1] = np.exp(-1.2), np.exp(-1.3)  # cat mean 1.0: 1.2 kept, 1.3 > 1.25 high
+    p[0, 2], p[0, 3] = np.exp(-2.4), np.exp(-2.6)  # dog mean 2.0: 2.4 kept, 2.6 > 2.5 high
     logits = torch.full((1, 3, 4, 4), -30.0)
     for y in range(4):
         for x in range(4):
-            c = int(sem[y, x])
+            c = int(SEM[y, x])
             logits[0, c, y, x] = float(np.log(p[y, x]))
             logits[0, (c + 1) % 3, y, x] = float(np.log(1 - p[y, x]))
+    return logits
+
+
+def test_sample_scope_changes_no_pixel_and_drops_by_the_kept_fraction(seg_dir):
+    logits = _chosen_losses()
+    ann = Annotation(instance_id=1, category="cat", category_id=1, bbox=(0, 0, 2, 2), area=4)
+    lenient = SegmenterFilter(_spec(segmenter=str(seg_dir), scope="samples", min_kept=0.8), str(seg_dir))
+    lenient.seg.logits = lambda images: logits
+    s = lenient([_sample(semantic=SEM.copy(), annotations=[ann])])[0]
+    assert (s.semantic == SEM).all() and s.record.annotations[0].area == 4  # labels untouched
+    assert s.record.quality["segmenter_filter"] == {"ignored_fraction": 0.0, "kept": pytest.approx(14 / 16),
+                                                    "scope": "samples"}
+    assert "dropped" not in s.record.quality
+    strict = SegmenterFilter(_spec(segmenter=str(seg_dir), scope="samples", min_kept=0.9), str(seg_dir))
+    strict.seg.logits = lambda images: logits
+    s = strict([_sample(semantic=SEM.copy(), annotations=[ann])])[0]
+    assert "min_kept 0.9" in s.record.quality["dropped"] and (s.semantic == SEM).all()
+
+
+def test_segmenter_filter_ignores_pixels_above_tolerance_times_class_mean(seg_dir):
+    flt = SegmenterFilter(_spec(segmenter=str(seg_dir), tolerance=1.25, min_kept=0.1), str(seg_dir))
+    sem = SEM
+    logits = _chosen_losses()
     flt.seg.logits = lambda images: logits
     ann = Annotation(instance_id=1, category="cat", category_id=1, bbox=(0, 0, 2, 2), area=4)
     s = flt([_sample(semantic=sem, annotations=[ann])])[0]
