@@ -95,11 +95,11 @@ def placement(region: np.ndarray, asked: list[float]) -> tuple[float, float]:
 
 
 def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int,
-                 cross_scale: float = 2.5) -> dict:
+                 cross_scale: float = 2.5, stream: int = EDIT_STREAM) -> dict:
     from worker.engine.shape_guided import EditOptions, edit_images
 
     rng = np.random.default_rng(seed)
-    scenes = [render_scene(q.scene_seed(EDIT_STREAM, i), gen.width, world=world) for i in range(n)]
+    scenes = [render_scene(q.scene_seed(stream, i), gen.width, world=world) for i in range(n)]
     ious, colour_ious, hits, outside, started = [], [], [], [], time.time()
     for b0 in range(0, n, batch):
         chunk = scenes[b0:b0 + batch]
@@ -123,7 +123,7 @@ def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, s
         "shape_iou_by_colour_mean": round(float(np.mean(colour_ious)), 4),
         "shape_iou_by_colour_ge_0.90": round(float(np.mean([i >= 0.9 for i in colour_ious])), 4),
         "appearance_hit": round(float(np.mean(hits)), 4), "outside_mad": round(float(np.mean(outside)), 3),
-        "guidance_scale": gen.guidance_scale, "cross_scale": cross_scale,
+        "guidance_scale": gen.guidance_scale, "cross_scale": cross_scale, "stream": stream,
         "seconds": round(time.time() - started, 1),
     }
 
@@ -207,6 +207,7 @@ def main() -> None:
     p.add_argument("--edit-cross-scale", type=float, default=6.0,
                    help="edit's word scaling (edit.cross_scale; the authors' 2.5 for SD): 6.0 chosen on a validation "
                    "stream on shapes-v2 (docs/methods.md)")
+    p.add_argument("--edit-stream", type=int, default=EDIT_STREAM, help="930001: the validation stream settings are chosen on")
     p.add_argument("--layout-scale", type=float, default=2.0)
     p.add_argument("--layout-modes", default="guided,plain,box_mask,guided+box_mask")
     p.add_argument("--box-window", type=float, default=1.0, help="box_mask acts in steps [0, this) of the run")
@@ -228,7 +229,7 @@ def main() -> None:
     parts = a.parts.split(",")
     if "edit" in parts:
         result["edit"] = edit_quality(model, judge, world, a.n_edit, gen.model_copy(update={"guidance_scale": a.edit_guidance}),
-                                      a.batch, a.seed, a.edit_cross_scale)
+                                      a.batch, a.seed, a.edit_cross_scale, a.edit_stream)
         print(json.dumps({"edit": result["edit"]}), file=sys.stderr)
     if "layout" in parts:
         result["layout"] = layout_quality(model, judge, world, a.n_layout, gen, a.batch, a.seed, a.layout_scale,
