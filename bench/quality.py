@@ -577,19 +577,18 @@ def calibrated_min_kept(seg_dir: str, job_classes, n: int, quantile: float = 0.0
     """The sample-scope threshold from real data: the kept fraction (pixels within tolerance) that
     all but `quantile` of held-out real renders reach. A synthetic sample below it looks worse to the
     segmenter than 95% of real ones."""
+    import copy
+
     from shared.engine import GeneratedSample
     from shared.formats.records import ModelInfo, SampleRecord
+    from shared.formats.spec import parse_spec
+    from worker.labels.filters import SegmenterFilter
 
     real = real_scenes(FILTER_CALIBRATION_STREAM, n)
     wrapped = [GeneratedSample(SampleRecord(index=i, seed=0, prompt=s.caption, classes=[], method="real",
                                             model=ModelInfo(id="real"), width=SIZE, height=SIZE),
                                Image.fromarray(s.image), s.semantic.astype(np.uint8))
                for i, s in enumerate(real)]
-    import copy
-
-    from shared.formats.spec import parse_spec
-    from worker.labels.filters import SegmenterFilter
-
     spec = parse_spec({"model": "m", "classes": [{"name": c} for c in job_classes], "num_images": 1,
                        "labels": {"filter": {"segmenter": seg_dir, "min_kept": 0.0, "scope": "samples"}}})
     kept = [s.record.quality["segmenter_filter"]["kept"] for s in SegmenterFilter(spec, seg_dir)([copy.copy(w) for w in wrapped])]
