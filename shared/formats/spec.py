@@ -506,6 +506,9 @@ class EditSpec(StrictModel):
     masked_logits: bool = Field(
         default=True, description="also split inside/outside prompts with a logit mask (each pixel's attention "
         "renormalised over its own prompt); false: the authors' probability mask only")
+    inside_noise: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="fraction of fresh noise (from the sample's seed) mixed into the "
+        "inverted start inside the mask; 0 = the authors' pure inversion, higher frees the new appearance from the old")
 
     @field_validator("inside")
     @classmethod

@@ -50,6 +50,7 @@ from worker.engine.generate import (
     denoise,
     encode_images,
     encode_prompt,
+    initial_noise,
     latent_size,
 )
 from worker.engine.loading import LoadedModel
@@ -228,6 +229,10 @@ class EditOptions:
     # stays. Measured on shapes-v2 (docs/methods.md): the edited object takes the asked colour
     # where the probability mask alone leaves it half-drawn.
     masked_logits: bool = True
+    # Fraction of fresh noise variance mixed into the inverted start latent inside the mask
+    # (0 = the authors' pure inversion). The inverted noise holds the old appearance; where the
+    # model cannot move away from it the edit comes out grey or half-coloured.
+    inside_noise: float = 0.0
 
 
 def _ddim(model: LoadedModel):
@@ -255,8 +260,10 @@ def edit_images(
     negative_prompt: str = "",
     capture: CaptureConfig | None = None,
     on_step: StepCallback | None = None,
+    seeds: list[int] | None = None,
 ) -> tuple[GenerationOutput, list[torch.Tensor]]:
-    """Edit `images` [B, 3, H, W] in [-1, 1] inside `masks` [B, H, W]; (output, inverted trajectory)."""
+    """Edit `images` [B, 3, H, W] in [-1, 1] inside `masks` [B, H, W]; (output, inverted trajectory).
+    `seeds`: the samples' seeds (the fresh noise of `options.inside_noise`; default 0..B-1)."""
     check_size(model, gen)
     latent_hw = latent_size(model, gen)
     tok = model.tokenizer
@@ -304,7 +311,13 @@ def edit_images(
         return lat_masks * latents + (1 - lat_masks) * trajectory[i + 1]
 
     step_generator = torch.Generator().manual_seed(0)
+    start = trajectory[0]
+    if options.inside_noise > 0:  # per sample from its seed, so a sample's edit is the same in any batch
+        fresh = initial_noise(list(seeds) if seeds is not None else list(range(batch)), tuple(start.shape[1:]))
+        fresh = fresh.to(start.device, start.dtype)
+        mixed = (1 - options.inside_noise) ** 0.5 * start + options.inside_noise ** 0.5 * fresh
+        start = lat_masks * mixed + (1 - lat_masks) * start
     with control_attention(model.unet, chain, latent_hw, prompt.guided):
-        latents = denoise(model, scheduler, trajectory[0], timesteps, prompt, gen, step_generator, chain,
+        latents = denoise(model, scheduler, start, timesteps, prompt, gen, step_generator, chain,
                           on_step=on_step, after_step=keep_background)
     return GenerationOutput(decode(model, latents), store, ins.encoded, latent_hw), trajectory

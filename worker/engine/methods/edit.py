@@ -125,11 +125,11 @@ class Edit:
         masks = torch.from_numpy(np.stack([self._maps(m).instances == k for m, k, _, _ in entries]))
         prompts = [self._prompts(p.index) for p in plans]
         options = EditOptions(cross_scale=self.options.cross_scale, self_strength=self.options.self_strength,
-                              masked_logits=self.options.masked_logits)
+                              masked_logits=self.options.masked_logits, inside_noise=self.options.inside_noise)
 
-        def run(model, _prompts, _seeds, gen, negative_prompt="", capture=None, on_step=None, **_unused):
+        def run(model, _prompts, seeds, gen, negative_prompt="", capture=None, on_step=None, **_unused):
             out, _ = edit_images(model, images, masks, [p[0] for p in prompts], [p[1] for p in prompts],
-                                 [p[2] for p in prompts], gen, options, negative_prompt, capture, on_step)
+                                 [p[2] for p in prompts], gen, options, negative_prompt, capture, on_step, seeds)
             return out
 
         return [BatchInputs(list(range(len(plans))), runner=run)]
@@ -153,6 +153,7 @@ class Edit:
                 "cross_scale": self.options.cross_scale,
                 "self_strength": self.options.self_strength,
                 "masked_logits": self.options.masked_logits,
+                "inside_noise": self.options.inside_noise,
                 "scheduler": "ddim",
             }
         }
