@@ -28,6 +28,8 @@ UPLOAD_ID = r"^[0-9a-f]{32}$"
 DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,99}")  # fullmatch; the rule of shared.datasets.versions.check_name
 EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks", "webdataset")
 DEFAULT_EXPORT_FORMATS = ("coco", "yolo", "voc", "hf", "masks")  # webdataset on request
+# real-loss quantiles a segmenter stores per class (`dsgen segmenter train`); labels.filter.quantile picks one
+FILTER_QUANTILE_LEVELS = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 SCHEDULERS = ("default", "ddim", "euler", "euler_a", "dpm++", "pndm", "ddpm", "lcm")
 SLOT_PATTERN = re.compile(r"\{([a-zA-Z_][a-zA-Z0-9_]*)\}")
 CLASS_SLOT = re.compile(r"class(_[1-9])?")
@@ -213,9 +215,19 @@ class FilterSpec(StrictModel):
         default=None,
         description="segmenter folder from `dsgen segmenter train` (or upload:<id>, its zipped folder uploaded to "
         "/v1/sources): a pixel of class c becomes 255 (ignore) when the segmenter's loss there exceeds tolerance x "
-        "its mean loss for c on real data",
+        "the reference loss for c on real data",
     )
-    tolerance: float = Field(default=1.25, gt=0.0, le=100.0, description="FreeMask's loss tolerance")
+    reference: Literal["class_mean", "real_quantile"] = Field(
+        default="class_mean",
+        description="the real loss a pixel's loss is compared with: class_mean (FreeMask: the class's mean loss on "
+        "real data) or real_quantile (the loss that `quantile` of the class's real pixels stay under, so about "
+        "1 - quantile of correctly labelled pixels are ignored)",
+    )
+    quantile: Literal[FILTER_QUANTILE_LEVELS] = Field(  # type: ignore[valid-type]
+        default=0.99, description="reference real_quantile: the level (one of those the segmenter stores)")
+    tolerance: float | None = Field(
+        default=None, gt=0.0, le=100.0,
+        description="threshold = tolerance x reference; default 1.25 with class_mean (FreeMask's), 1.0 with real_quantile")
     scope: Literal["pixels", "samples"] = Field(
         default="pixels",
         description="pixels (FreeMask): high-loss pixels become 255 (ignore); samples: no pixel is changed, a sample is "

@@ -26,7 +26,7 @@ def segmenter() -> None:
 @click.option("--threads", default=None, type=int, help="torch CPU threads")
 def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: int, size: int | None, width: int,
               seed: int, threads: int | None) -> None:
-    """Train on SOURCE's images and masks; store weights and the class-wise mean loss on that data."""
+    """Train on SOURCE's images and masks; store weights and the class-wise mean loss (and loss quantiles) on that data."""
     import torch
     from PIL import Image
 
@@ -58,3 +58,4 @@ def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: in
                                    progress=lambda e, n, loss: click.echo(f"epoch {e}/{n} loss {loss:.4f}"))
     seg.save(out, {"training": {**summary, "source": str(source)}})
     click.echo(f"wrote {out}; class mean loss: " + ", ".join(f"{k} {v:.3f}" for k, v in seg.class_mean_loss.items()))
+    click.echo("99 % of real pixels under: " + ", ".join(f"{k} {v['0.99']:.3f}" for k, v in seg.class_loss_quantiles.items()))

@@ -2,7 +2,9 @@
 
 - Segmenter filter (FreeMask, `labels.filter.segmenter`): a segmenter trained on real data
   scores the synthetic image against its label; a pixel of class c becomes 255 (ignore) when
-  its cross-entropy exceeds `tolerance` x the class's mean loss on real data. A sample with
+  its cross-entropy exceeds `tolerance` x the class's mean loss on real data (FreeMask), or,
+  with `reference: real_quantile`, x the loss that `quantile` of the class's real pixels stay
+  under (so on data as good as real, about 1 - quantile of the pixels go). A sample with
   less than `min_kept` of its labelled pixels left is dropped (`quality.dropped`). With
   `scope: samples` no pixel is changed: only the drop rule applies (the kept fraction counts the
   pixels within tolerance).
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from shared.formats.records import DROPPED, IGNORE
-from shared.formats.spec import JobSpec
+from shared.formats.spec import JobSpec, SpecError
 from worker.labels.instances import encode_rle, mask_polygons
 
 
@@ -58,11 +60,26 @@ class SegmenterFilter:
 
         opts = spec.labels.filter
         self.seg = load_segmenter(folder)
-        self.tolerance, self.min_kept, self.scope = opts.tolerance, opts.min_kept, opts.scope
+        self.min_kept, self.scope = opts.min_kept, opts.scope
         names = [c.name for c in spec.classes]
         self.lut = self.seg.job_index(names)
-        loss_by_seg = {i: self.seg.class_mean_loss.get(n) for i, n in enumerate(["background", *self.seg.classes])}
-        self.threshold = np.array([np.inf if v is None else v * self.tolerance for v in loss_by_seg.values()])
+        self.tolerance, reference = self._reference(opts)
+        self.threshold = np.array([np.inf if v is None else v * self.tolerance for v in reference])
+
+    def _reference(self, opts) -> tuple[float, list[float | None]]:
+        """The tolerance, and per segmenter class (background first) the real loss it multiplies."""
+        from worker.labels.segmenter import quantile_key
+
+        seg_names = ["background", *self.seg.classes]
+        if opts.reference == "class_mean":
+            return (1.25 if opts.tolerance is None else opts.tolerance), [self.seg.class_mean_loss.get(n) for n in seg_names]
+        if not self.seg.class_loss_quantiles:
+            raise SpecError("labels.filter.reference: the segmenter (labels.filter.segmenter) stores no real loss "
+                            "quantiles (it was trained before they were); retrain it with `dsgen segmenter train`, or use "
+                            "reference: class_mean", field="labels.filter.reference")
+        key = quantile_key(opts.quantile)
+        return (1.0 if opts.tolerance is None else opts.tolerance), [self.seg.class_loss_quantiles.get(n, {}).get(key)
+                                                                     for n in seg_names]
 
     def __call__(self, samples: list) -> list:
         from worker.labels.segmenter import pixel_loss

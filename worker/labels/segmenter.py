@@ -5,10 +5,14 @@ pinned CPU torch here, so the network is written out: a three-level U-Net of 3x3
 GroupNorm and SiLU. `dsgen segmenter train` fits it on a real source (any `SourceSpec`
 layout with images) and stores, next to the weights, FreeMask's class-wise mean loss on that
 real data: `class_mean_loss[c]` = summed per-pixel cross-entropy over pixels of class c /
-their count (background is class 0; ignore pixels are left out).
+their count (background is class 0; ignore pixels are left out). Beside it, the quantiles of
+that per-pixel loss per class (`class_loss_quantiles[c]["0.99"]`: the loss 99 % of the real
+pixels of c stay under), for a filter threshold calibrated on real data
+(`labels.filter.reference: real_quantile`). They are read from a per-class histogram of
+log-loss filled batch by batch, so no per-pixel array of the real set is ever held.
 
 Folder: `segmenter.pt` (state dict) + `segmenter.json` (classes, image size, width, class
-mean loss, training summary).
+mean loss, class loss quantiles, training summary).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +29,18 @@ from PIL import Image
 from torch import nn
 
 from shared.formats.records import IGNORE
-from shared.formats.spec import SpecError
+from shared.formats.spec import FILTER_QUANTILE_LEVELS, SpecError
 
 WEIGHTS = "segmenter.pt"
 META = "segmenter.json"
+# log10(loss) histogram edges: 0.005 decades wide (a quantile is off by at most 1.2 %), from
+# 1e-9 (a confidently right pixel; lower losses land in the first bin) to 1e3
+_LOG_EDGES = np.linspace(-9.0, 3.0, 2401)
+
+
+def quantile_key(level: float) -> str:
+    """The JSON key of a quantile level ("0.99")."""
+    return f"{level:g}"
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -67,6 +79,8 @@ class Segmenter:
     classes: list[str]  # index k+1 = classes[k]; 0 = background
     image_size: int
     class_mean_loss: dict[str, float]  # "background" and every class seen in the real data
+    # class -> {quantile_key(level): loss}; empty for folders written before quantiles were stored
+    class_loss_quantiles: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def class_loss_by_id(self, job_classes: Sequence[str]) -> dict[int, float]:
         """The mean losses keyed by the *job's* category ids (0 = background)."""
@@ -104,7 +118,7 @@ class Segmenter:
         torch.save(self.net.state_dict(), folder / WEIGHTS)
         meta = {
             "classes": self.classes, "image_size": self.image_size, "width": self.net.head.in_channels,
-            "class_mean_loss": self.class_mean_loss, **(extra or {}),
+            "class_mean_loss": self.class_mean_loss, "class_loss_quantiles": self.class_loss_quantiles, **(extra or {}),
         }
         (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
 
@@ -125,7 +139,8 @@ def load_segmenter(path: str, field: str = "labels.filter.segmenter") -> Segment
     meta = json.loads((folder / META).read_text())
     net = SmallUNet(len(meta["classes"]) + 1, meta.get("width", 32))
     net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-    return Segmenter(net.eval(), list(meta["classes"]), int(meta["image_size"]), dict(meta["class_mean_loss"]))
+    return Segmenter(net.eval(), list(meta["classes"]), int(meta["image_size"]), dict(meta["class_mean_loss"]),
+                     dict(meta.get("class_loss_quantiles", {})))
 
 
 def pixel_loss(logits: torch.Tensor, target: np.ndarray) -> np.ndarray:
@@ -147,21 +162,37 @@ def _load_real(items, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.stack(ys)
 
 
-def class_mean_loss(seg: Segmenter, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> dict[str, float]:
-    """FreeMask: per class, summed pixel CE over the real set / its pixel count."""
+def real_loss_statistics(seg: Segmenter, images: torch.Tensor, labels: torch.Tensor,
+                         batch: int = 64) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """FreeMask's class mean loss (summed pixel CE over the real set / its pixel count) and, per
+    class, the FILTER_QUANTILE_LEVELS of that per-pixel loss, both from one pass over the real data."""
     k = len(seg.classes) + 1
     sums, counts = np.zeros(k), np.zeros(k)
+    hist = np.zeros((k, len(_LOG_EDGES) + 1), dtype=np.int64)
     with torch.no_grad():
         for i in range(0, len(images), batch):
             out = seg.net(images[i:i + batch])
             y = labels[i:i + batch]
             loss = torch.nn.functional.cross_entropy(out, y.clamp(0, k - 1), reduction="none")
+            bins = np.searchsorted(_LOG_EDGES, np.log10(np.maximum(loss.numpy(), 1e-12)))
             for c in range(k):
-                m = y == c
-                sums[c] += float(loss[m].sum())
+                m = (y == c).numpy()
+                sums[c] += float(loss.numpy()[m].sum())
                 counts[c] += int(m.sum())
+                hist[c] += np.bincount(bins[m], minlength=hist.shape[1])
     names = ["background", *seg.classes]
-    return {names[c]: float(sums[c] / counts[c]) for c in range(k) if counts[c] > 0}
+    means = {names[c]: float(sums[c] / counts[c]) for c in range(k) if counts[c] > 0}
+    quantiles = {}
+    for c in range(k):
+        if counts[c] == 0:
+            continue
+        cum = np.cumsum(hist[c]) / counts[c]
+        # upper edge of the bin where the cumulative share reaches the level: the threshold errs
+        # towards keeping a pixel
+        upper = np.append(_LOG_EDGES, _LOG_EDGES[-1])
+        quantiles[names[c]] = {quantile_key(q): float(10 ** upper[int(np.searchsorted(cum, q - 1e-12))])
+                               for q in FILTER_QUANTILE_LEVELS}
+    return means, quantiles
 
 
 def train_segmenter(
@@ -207,6 +238,6 @@ def train_segmenter(
             progress(epoch + 1, epochs, last)
     net.eval()
     seg = Segmenter(net, list(classes), image_size, {})
-    seg.class_mean_loss = class_mean_loss(seg, images, labels)
+    seg.class_mean_loss, seg.class_loss_quantiles = real_loss_statistics(seg, images, labels)
     summary = {"epochs": epochs, "images": len(images), "final_loss": last, "seconds": round(time.perf_counter() - started, 1)}
     return seg, summary

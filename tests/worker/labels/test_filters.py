@@ -12,7 +12,8 @@ from shared.formats.records import Annotation, ModelInfo, SampleRecord
 from shared.formats.spec import parse_spec
 from worker.engine.resample import mask_hardness, variants_by_hardness
 from worker.labels.filters import AttentionGate, SegmenterFilter
-from worker.labels.segmenter import Segmenter, SmallUNet, load_segmenter, train_segmenter
+from shared.formats.spec import SpecError
+from worker.labels.segmenter import Segmenter, SmallUNet, load_segmenter, real_loss_statistics, train_segmenter
 
 torch.set_num_threads(1)
 
@@ -93,6 +94,65 @@ def test_segmenter_filter_ignores_pixels_above_tolerance_times_class_mean(seg_di
     assert "min_kept 0.9" in strict([_sample(semantic=sem)])[0].record.quality["dropped"]
 
 
+@pytest.fixture
+def seg_dir_with_quantiles(tmp_path):
+    # 99 % quantiles unlike 1.25 x the means: cat 1.35 (> 1.25), dog 2.3 (< 2.5), background 0.05
+    quantiles = {"background": {"0.99": 0.05, "0.9": 0.001}, "cat": {"0.99": 1.35, "0.9": 1.0},
+                 "dog": {"0.99": 2.3, "0.9": 2.0}}
+    seg = Segmenter(SmallUNet(3, 8), ["cat", "dog"], 4, {"background": 0.1, "cat": 1.0, "dog": 2.0}, quantiles)
+    seg.save(tmp_path / "segq")
+    load_segmenter.cache_clear()
+    return tmp_path / "segq"
+
+
+def test_real_quantile_reference_thresholds_each_class_at_its_stored_real_quantile(seg_dir_with_quantiles):
+    folder = str(seg_dir_with_quantiles)
+    flt = SegmenterFilter(_spec(segmenter=folder, reference="real_quantile", min_kept=0.1), folder)
+    assert flt.tolerance == 1.0  # the quantile itself unless a tolerance is given
+    flt.seg.logits = lambda images: _chosen_losses()
+    s = flt([_sample(semantic=SEM.copy())])[0]
+    assert s.semantic[0, 0] == 1 and s.semantic[0, 1] == 1  # cat 1.2, 1.3 < 1.35: kept (1.25 x mean drops 1.3)
+    assert s.semantic[0, 2] == 255 and s.semantic[0, 3] == 255  # dog 2.4, 2.6 > 2.3: ignored (1.25 x mean keeps 2.4)
+    assert (s.semantic[2:] == 0).all()  # background 0.01 < 0.05: kept
+    assert s.record.quality["segmenter_filter"]["kept"] == pytest.approx(14 / 16)
+    # the level and the tolerance are the spec's
+    loose = SegmenterFilter(_spec(segmenter=folder, reference="real_quantile", quantile=0.9, tolerance=1.25,
+                                  min_kept=0.1), folder)
+    np.testing.assert_allclose(loose.threshold, [0.00125, 1.25, 2.5])
+    mean = SegmenterFilter(_spec(segmenter=folder, min_kept=0.1), folder)
+    assert mean.tolerance == 1.25 and mean.threshold.tolist() == pytest.approx([0.125, 1.25, 2.5])
+
+
+def test_real_quantile_with_a_segmenter_stored_without_quantiles_names_the_field_and_the_fix(seg_dir):
+    with pytest.raises(SpecError) as err:
+        SegmenterFilter(_spec(segmenter=str(seg_dir), reference="real_quantile"), str(seg_dir))
+    assert err.value.field == "labels.filter.reference" and "dsgen segmenter train" in str(err.value)
+    assert str(seg_dir) not in str(err.value)  # no server path in a message a tenant may read
+
+
+def test_quantile_must_be_a_level_the_segmenter_stores():
+    with pytest.raises(SpecError) as err:
+        _spec(segmenter="s", reference="real_quantile", quantile=0.97)
+    assert "quantile" in str(err.value) and "0.99" in str(err.value)
+
+
+def test_real_loss_statistics_match_the_pixel_losses_of_the_real_set():
+    torch.manual_seed(0)
+    seg = Segmenter(SmallUNet(3, 8), ["a", "b"], 16, {})
+    x, y = torch.rand(10, 3, 16, 16), torch.randint(0, 3, (10, 16, 16))
+    y[0, 0, 0] = 255  # ignore pixels are no class's
+    means, quantiles = real_loss_statistics(seg, x, y, batch=3)  # batches do not divide the set
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(seg.net(x), y.clamp(0, 2), reduction="none")
+    for c, name in enumerate(["background", "a", "b"]):
+        v = loss[y == c].numpy()
+        assert means[name] == pytest.approx(float(v.mean()), rel=1e-5)
+        for level in (0.5, 0.9, 0.99):
+            exact = float(np.quantile(v, level, method="inverted_cdf"))
+            # the upper edge of a 0.005-decade bin: never below the exact quantile, at most 1.2 % above
+            assert exact <= quantiles[name][f"{level:g}"] <= exact * 1.012
+
+
 def test_attention_gate_flags_and_drops(seg_dir):
     plans = {0: ("cat",), 1: ("cat",), 2: ("cat",), 3: ("cat",)}
 
@@ -149,7 +209,11 @@ def test_segmenter_learns_a_separable_toy_task(tmp_path):
     pred = seg.predict([im for im, _ in items[:4]])
     acc = np.mean([(p == s).mean() for p, (_, s) in zip(pred, items[:4])])
     assert acc > 0.95 and set(seg.class_mean_loss) == {"background", "box"}
+    q = seg.class_loss_quantiles["box"]
+    assert list(q) == ["0.5", "0.75", "0.9", "0.95", "0.98", "0.99", "0.995", "0.999"]
+    assert list(q.values()) == sorted(q.values())
     seg.save(tmp_path / "s")
     load_segmenter.cache_clear()
     again = load_segmenter(str(tmp_path / "s"))
     np.testing.assert_array_equal(again.predict([items[0][0]]), seg.predict([items[0][0]]))
+    assert again.class_loss_quantiles == seg.class_loss_quantiles
