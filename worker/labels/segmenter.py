@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pydantic import BaseModel, Field, ValidationError
 from torch import nn
 
 from shared.formats.records import IGNORE
@@ -134,13 +136,34 @@ def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 def load_segmenter(path: str, field: str = "labels.filter.segmenter") -> Segmenter:
     folder = Path(path)
     if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
-        raise SpecError(f"{field}: {folder} is not a segmenter folder (no {META} / {WEIGHTS}); make one with "
+        raise SpecError(f"{field}: not a segmenter folder (no {META} / {WEIGHTS}); make one with "
                         "`dsgen segmenter train`", field=field)
-    meta = json.loads((folder / META).read_text())
-    net = SmallUNet(len(meta["classes"]) + 1, meta.get("width", 32))
-    net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-    return Segmenter(net.eval(), list(meta["classes"]), int(meta["image_size"]), dict(meta["class_mean_loss"]),
-                     dict(meta.get("class_loss_quantiles", {})))
+    # a folder may come from an upload: say what is wrong with it, never a traceback or a server path
+    try:
+        meta = SegmenterMeta.model_validate_json((folder / META).read_bytes())
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"]) or "the file"
+        raise SpecError(f"{field}: {META} is not one `dsgen segmenter train` writes ({loc}: {first['msg']})",
+                        field=field) from None
+    net = SmallUNet(len(meta.classes) + 1, meta.width)
+    try:
+        net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError):
+        raise SpecError(f"{field}: {WEIGHTS} is not readable or does not match {META} (its classes and width); "
+                        "make the folder again with `dsgen segmenter train`", field=field) from None
+    return Segmenter(net.eval(), list(meta.classes), meta.image_size, dict(meta.class_mean_loss),
+                     {c: dict(q) for c, q in meta.class_loss_quantiles.items()})
+
+
+class SegmenterMeta(BaseModel):
+    """segmenter.json as `Segmenter.save` writes it (extra keys, e.g. the training summary, allowed)."""
+
+    classes: list[str] = Field(min_length=1)
+    image_size: int = Field(ge=4, le=4096, multiple_of=4)
+    width: int = Field(default=32, ge=1, le=1024)
+    class_mean_loss: dict[str, float]
+    class_loss_quantiles: dict[str, dict[str, float]] = Field(default_factory=dict)
 
 
 def pixel_loss(logits: torch.Tensor, target: np.ndarray) -> np.ndarray:

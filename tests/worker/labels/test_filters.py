@@ -217,3 +217,31 @@ def test_segmenter_learns_a_separable_toy_task(tmp_path):
     again = load_segmenter(str(tmp_path / "s"))
     np.testing.assert_array_equal(again.predict([items[0][0]]), seg.predict([items[0][0]]))
     assert again.class_loss_quantiles == seg.class_loss_quantiles
+
+
+@pytest.mark.parametrize("damage", ["not json", "quantile not a number", "no classes", "weights of another net",
+                                    "weights not a checkpoint"])
+def test_a_damaged_segmenter_folder_is_a_spec_error_naming_the_field(tmp_path, damage):
+    import json as _json
+
+    folder = tmp_path / "seg"
+    Segmenter(SmallUNet(3, 8), ["cat", "dog"], 4, {"background": 0.1, "cat": 1.0, "dog": 2.0},
+              {"cat": {"0.99": 1.0}}).save(folder)
+    meta = _json.loads((folder / "segmenter.json").read_text())
+    if damage == "not json":
+        (folder / "segmenter.json").write_text("{classes: [")
+    elif damage == "quantile not a number":
+        meta["class_loss_quantiles"]["cat"]["0.99"] = "high"
+        (folder / "segmenter.json").write_text(_json.dumps(meta))
+    elif damage == "no classes":
+        meta["classes"] = []
+        (folder / "segmenter.json").write_text(_json.dumps(meta))
+    elif damage == "weights of another net":
+        torch.save(SmallUNet(5, 8).state_dict(), folder / "segmenter.pt")
+    else:
+        (folder / "segmenter.pt").write_bytes(b"\x80\x04not a checkpoint")
+    load_segmenter.cache_clear()
+    with pytest.raises(SpecError) as err:
+        load_segmenter(str(folder))
+    assert err.value.field == "labels.filter.segmenter" and "dsgen segmenter train" in str(err.value)
+    assert str(tmp_path) not in str(err.value)
