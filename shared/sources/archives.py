@@ -348,9 +348,14 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
                                   "POST it to /v1/sources and name it as 'upload:<id>'"))
         elif store is not None:
             try:
-                get_source(store, tenant_id, ref[len(UPLOAD_REF):], field=field)
+                view = get_source(store, tenant_id, ref[len(UPLOAD_REF):], field=field)
             except (NotFound, InvalidRequest) as err:
                 errors.append((field, err.message.split(": ", 1)[1]))
+                continue
+            if field.endswith("segmenter") and view.format != "segmenter":
+                errors.append((field, f"upload {view.id} holds a {view.format} layout, not a segmenter folder; zip the "
+                                      "folder `dsgen segmenter train` wrote (segmenter.json + segmenter.pt) and POST it "
+                                      "to /v1/sources"))
     return errors
 
 

@@ -73,6 +73,20 @@ def test_specs_over_the_api_name_uploads_never_server_paths(client, headers):
     assert r.status_code == 422 and r.json()["field"] == "labels.filter.segmenter"
 
 
+def test_a_segmenter_reference_must_name_a_segmenter_upload(client, headers):
+    masks = client.post("/v1/sources", content=zip_of({"masks/a.png": b"\x89PNG"}), headers=headers).json()
+    seg = client.post("/v1/sources", content=zip_of({"seg/segmenter.json": b"{}", "seg/segmenter.pt": b"x"}),
+                      headers=headers).json()
+    assert seg["format"] == "segmenter"
+    s = copy.deepcopy(SPEC)
+    s["labels"] = {"filter": {"segmenter": f"upload:{masks['id']}"}}
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "labels.filter.segmenter"
+    assert "masks layout, not a segmenter folder" in r.json()["detail"]
+    s["labels"] = {"filter": {"segmenter": f"upload:{seg['id']}", "reference": "real_quantile"}}
+    assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201
+
+
 def test_upload_requires_a_key(client):
     assert client.post("/v1/sources", content=zip_of({"a.png": b"x"})).status_code == 401
 
