@@ -23,16 +23,19 @@ def segmenter() -> None:
 @click.option("--size", "size", default=None, type=click.IntRange(min=8), help="training side in pixels (default: the images')")
 @click.option("--width", default=32, show_default=True, type=click.IntRange(min=8), help="channels of the first level")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--calibration-split", default=0.1, show_default=True, type=click.FloatRange(0.0, 0.5),
+              help="share of the images held out of training; the real-loss quantiles "
+                   "(labels.filter.reference: real_quantile) are measured on them (0: on the training images)")
 @click.option("--threads", default=None, type=int, help="torch CPU threads")
 def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: int, size: int | None, width: int,
-              seed: int, threads: int | None) -> None:
+              seed: int, calibration_split: float, threads: int | None) -> None:
     """Train on SOURCE's images and masks; store weights and the class-wise mean loss (and loss quantiles) on that data."""
     import torch
     from PIL import Image
 
     from shared.formats.spec import SourceSpec, SpecError
     from worker.engine.mask_sources import load_mask_sources, source_class_names
-    from worker.labels.segmenter import train_segmenter
+    from worker.labels.segmenter import calibration_holdout, train_segmenter
 
     if threads:
         torch.set_num_threads(threads)
@@ -53,9 +56,12 @@ def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: in
         raise UserError(f"--source: no masks with their real images in {source}")
     side = size or items[0][0].size[0]
     side -= side % 4
-    click.echo(f"training on {len(items)} images, classes {names}, {side}px, {epochs} epochs")
+    items, held = calibration_holdout(items, calibration_split, seed)
+    click.echo(f"training on {len(items)} images ({len(held)} held out for the loss quantiles), classes {names}, "
+               f"{side}px, {epochs} epochs")
     seg, summary = train_segmenter(items, names, image_size=side, epochs=epochs, width=width, seed=seed,
-                                   progress=lambda e, n, loss: click.echo(f"epoch {e}/{n} loss {loss:.4f}"))
+                                   progress=lambda e, n, loss: click.echo(f"epoch {e}/{n} loss {loss:.4f}"),
+                                   calibration=held)
     seg.save(out, {"training": {**summary, "source": str(source)}})
     click.echo(f"wrote {out}; class mean loss: " + ", ".join(f"{k} {v:.3f}" for k, v in seg.class_mean_loss.items()))
     click.echo("99 % of real pixels under: " + ", ".join(f"{k} {v['0.99']:.3f}" for k, v in seg.class_loss_quantiles.items()))

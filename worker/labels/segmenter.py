@@ -218,6 +218,15 @@ def real_loss_statistics(seg: Segmenter, images: torch.Tensor, labels: torch.Ten
     return means, quantiles
 
 
+def calibration_holdout(items: Sequence, share: float, seed: int) -> tuple[list, list]:
+    """(training, held out): `share` of the items (at least one when share > 0 and there are two)
+    held out, chosen by the seed."""
+    n_held = min(len(items) - 1, max(1, round(share * len(items)))) if share > 0 and len(items) >= 2 else 0
+    order = np.random.default_rng(seed).permutation(len(items))
+    held = set(order[:n_held].tolist())
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
 def train_segmenter(
     items: Sequence[tuple[Image.Image, np.ndarray]],
     classes: list[str],
@@ -229,8 +238,13 @@ def train_segmenter(
     width: int = 32,
     seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    calibration: Sequence[tuple[Image.Image, np.ndarray]] = (),
 ) -> tuple[Segmenter, dict]:
-    """Fit the segmenter on (image, semantic map in 0..C / 255) pairs; returns it and a summary."""
+    """Fit the segmenter on (image, semantic map in 0..C / 255) pairs; returns it and a summary.
+
+    The class mean loss is FreeMask's, on the training pairs. The loss quantiles come from the
+    `calibration` pairs when given (real data the segmenter has not fitted, whose tail is what a
+    correct synthetic pixel's loss looks like), else from the training pairs."""
     if image_size % 4:
         raise ValueError("image_size must be a multiple of 4")
     torch.manual_seed(seed)
@@ -262,5 +276,9 @@ def train_segmenter(
     net.eval()
     seg = Segmenter(net, list(classes), image_size, {})
     seg.class_mean_loss, seg.class_loss_quantiles = real_loss_statistics(seg, images, labels)
-    summary = {"epochs": epochs, "images": len(images), "final_loss": last, "seconds": round(time.perf_counter() - started, 1)}
+    if calibration:  # a class the held-out images lack keeps its training-data quantiles
+        _, held = real_loss_statistics(seg, *_load_real(calibration, image_size))
+        seg.class_loss_quantiles = {**seg.class_loss_quantiles, **held}
+    summary = {"epochs": epochs, "images": len(images), "final_loss": last, "seconds": round(time.perf_counter() - started, 1),
+               "quantiles_from": f"{len(calibration)} held-out images" if calibration else "the training images"}
     return seg, summary
