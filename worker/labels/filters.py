@@ -55,11 +55,11 @@ def _with_quality(sample, **quality):
 
 
 class SegmenterFilter:
-    def __init__(self, spec: JobSpec, folder: str):
+    def __init__(self, spec: JobSpec, folder: str, trusted: bool = True):
         from worker.labels.segmenter import load_segmenter
 
         opts = spec.labels.filter
-        self.seg = load_segmenter(folder)
+        self.seg = load_segmenter(folder, trusted=trusted)
         self.min_kept, self.scope = opts.min_kept, opts.scope
         names = [c.name for c in spec.classes]
         self.lut = self.seg.job_index(names)
@@ -163,5 +163,7 @@ def build_filters(spec: JobSpec, session) -> FilterChain:
     if spec.labels.filter.attention_gate != "off" and spec.labels.mode != "none" and spec.method != "mask2image":
         stages.append(AttentionGate(spec, session.plan))
     if spec.labels.filter.segmenter:
-        stages.append(SegmenterFilter(spec, session.resolve_folder(spec.labels.filter.segmenter, "labels.filter.segmenter")))
+        ref = spec.labels.filter.segmenter
+        stages.append(SegmenterFilter(spec, session.resolve_folder(ref, "labels.filter.segmenter"),
+                                      trusted=not ref.startswith("upload:")))
     return FilterChain(stages)

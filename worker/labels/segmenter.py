@@ -12,7 +12,12 @@ pixels of c stay under), for a filter threshold calibrated on real data
 log-loss filled batch by batch, so no per-pixel array of the real set is ever held.
 
 Folder: `segmenter.pt` (state dict) + `segmenter.json` (classes, image size, width, class
-mean loss, class loss quantiles, training summary).
+mean loss, class loss quantiles, training summary). A user's own segmenter comes as a
+TorchScript file (`dsgen segmenter import`): `segmenter.torchscript.pt` + `segmenter.json` with
+`"format": "torchscript"`, the statistics measured with that network on the user's real data.
+Its contract: RGB float [B, 3, S, S] in [0, 1] at S = image_size -> logits [B, 1 + C, h, w]
+(index 0 background, then the classes in order; resized to the input when smaller).
+TorchScript is code, so such a folder is loaded only from the local disk, never from an upload.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,7 @@ from shared.formats.spec import FILTER_QUANTILE_LEVELS, SpecError
 
 WEIGHTS = "segmenter.pt"
 META = "segmenter.json"
+TORCHSCRIPT = "segmenter.torchscript.pt"
 # log10(loss) histogram edges: 0.005 decades wide (a quantile is off by at most 1.2 %), from
 # 1e-9 (a confidently right pixel; lower losses land in the first bin) to 1e3
 _LOG_EDGES = np.linspace(-9.0, 3.0, 2401)
@@ -77,7 +84,7 @@ class SmallUNet(nn.Module):
 
 @dataclass
 class Segmenter:
-    net: SmallUNet
+    net: nn.Module  # SmallUNet, or a user's TorchScript module
     classes: list[str]  # index k+1 = classes[k]; 0 = background
     image_size: int
     class_mean_loss: dict[str, float]  # "background" and every class seen in the real data
@@ -105,10 +112,14 @@ class Segmenter:
     def logits(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """[B, K, H, W] at the images' own size (all the same size)."""
         w, h = images[0].size
-        x = torch.stack([to_tensor(im, self.image_size) for im in images])
+        return self.forward(torch.stack([to_tensor(im, self.image_size) for im in images]), (h, w))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The network on [B, 3, S, S] in [0, 1]; logits resized to `size` (default: the input's)."""
         out = self.net(x)
-        if out.shape[-2:] != (h, w):
-            out = torch.nn.functional.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+        size = size or tuple(x.shape[-2:])
+        if tuple(out.shape[-2:]) != tuple(size):
+            out = torch.nn.functional.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return out
 
     def predict(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -117,12 +128,15 @@ class Segmenter:
 
     def save(self, folder: Path, extra: dict | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.net.state_dict(), folder / WEIGHTS)
-        meta = {
-            "classes": self.classes, "image_size": self.image_size, "width": self.net.head.in_channels,
-            "class_mean_loss": self.class_mean_loss, "class_loss_quantiles": self.class_loss_quantiles, **(extra or {}),
-        }
-        (folder / META).write_text(json.dumps(meta, indent=1) + "\n")
+        meta = {"classes": self.classes, "image_size": self.image_size, "class_mean_loss": self.class_mean_loss,
+                "class_loss_quantiles": self.class_loss_quantiles}
+        if isinstance(self.net, torch.jit.ScriptModule):
+            torch.jit.save(self.net, str(folder / TORCHSCRIPT))
+            meta["format"] = "torchscript"
+        else:
+            torch.save(self.net.state_dict(), folder / WEIGHTS)
+            meta["width"] = self.net.head.in_channels
+        (folder / META).write_text(json.dumps({**meta, **(extra or {})}, indent=1) + "\n")
 
 
 def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
@@ -133,11 +147,13 @@ def to_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4)
-def load_segmenter(path: str, field: str = "labels.filter.segmenter") -> Segmenter:
+def load_segmenter(path: str, field: str = "labels.filter.segmenter", trusted: bool = True) -> Segmenter:
+    """A segmenter folder. `trusted`: from the local disk (a TorchScript segmenter, which is code,
+    is refused otherwise, i.e. from an upload)."""
     folder = Path(path)
-    if not (folder / META).is_file() or not (folder / WEIGHTS).is_file():
-        raise SpecError(f"{field}: not a segmenter folder (no {META} / {WEIGHTS}); make one with "
-                        "`dsgen segmenter train`", field=field)
+    if not (folder / META).is_file():
+        raise SpecError(f"{field}: not a segmenter folder (no {META}); make one with `dsgen segmenter train` "
+                        "(or `dsgen segmenter import` for your own TorchScript segmenter)", field=field)
     # a folder may come from an upload: say what is wrong with it, never a traceback or a server path
     try:
         meta = SegmenterMeta.model_validate_json((folder / META).read_bytes())
@@ -146,19 +162,53 @@ def load_segmenter(path: str, field: str = "labels.filter.segmenter") -> Segment
         loc = ".".join(str(x) for x in first["loc"]) or "the file"
         raise SpecError(f"{field}: {META} is not one `dsgen segmenter train` writes ({loc}: {first['msg']})",
                         field=field) from None
-    net = SmallUNet(len(meta.classes) + 1, meta.width)
-    try:
-        net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError):
-        raise SpecError(f"{field}: {WEIGHTS} is not readable or does not match {META} (its classes and width); "
-                        "make the folder again with `dsgen segmenter train`", field=field) from None
+    if meta.format == "torchscript":
+        if not trusted:
+            raise SpecError(f"{field}: a TorchScript segmenter is code and is not run from an upload; train one on "
+                            "your real data with `dsgen segmenter train` and upload that folder", field=field)
+        net = _load_torchscript(folder / TORCHSCRIPT, field)
+    else:
+        net = SmallUNet(len(meta.classes) + 1, meta.width)
+        try:
+            net.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError):
+            raise SpecError(f"{field}: {WEIGHTS} is missing, not readable or does not match {META} (its classes and "
+                            "width); make the folder again with `dsgen segmenter train`", field=field) from None
     return Segmenter(net.eval(), list(meta.classes), meta.image_size, dict(meta.class_mean_loss),
                      {c: dict(q) for c, q in meta.class_loss_quantiles.items()})
+
+
+def _load_torchscript(file: Path, field: str) -> torch.jit.ScriptModule:
+    try:
+        return torch.jit.load(str(file), map_location="cpu")
+    except (RuntimeError, OSError, ValueError):
+        raise SpecError(f"{field}: {file.name} is missing or not a TorchScript file (torch.jit.save writes one)",
+                        field=field) from None
+
+
+def import_segmenter(file: Path, classes: list[str], image_size: int, items: Sequence[tuple[Image.Image, np.ndarray]],
+                     field: str = "--torchscript") -> Segmenter:
+    """A user's TorchScript segmenter with FreeMask's statistics measured on their real `items`."""
+    net = _load_torchscript(file, field).eval()
+    seg = Segmenter(net, list(classes), image_size, {})
+    images, labels = _load_real(items, image_size)
+    try:
+        with torch.no_grad():
+            out = seg.forward(images[:1])
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise SpecError(f"{field}: the network fails on a [1, 3, {image_size}, {image_size}] image in [0, 1] "
+                        f"({type(err).__name__}); see the contract in docs/methods.md", field=field) from None
+    if out.ndim != 4 or out.shape[1] != len(classes) + 1:
+        raise SpecError(f"{field}: the network returns {tuple(out.shape)}; expected logits [B, {len(classes) + 1}, H, W] "
+                        f"(background + {len(classes)} classes)", field=field)
+    seg.class_mean_loss, seg.class_loss_quantiles = real_loss_statistics(seg, images, labels)
+    return seg
 
 
 class SegmenterMeta(BaseModel):
     """segmenter.json as `Segmenter.save` writes it (extra keys, e.g. the training summary, allowed)."""
 
+    format: Literal["dsgen", "torchscript"] = "dsgen"
     classes: list[str] = Field(min_length=1)
     image_size: int = Field(ge=4, le=4096, multiple_of=4)
     width: int = Field(default=32, ge=1, le=1024)
@@ -194,7 +244,7 @@ def real_loss_statistics(seg: Segmenter, images: torch.Tensor, labels: torch.Ten
     hist = np.zeros((k, len(_LOG_EDGES) + 1), dtype=np.int64)
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            out = seg.net(images[i:i + batch])
+            out = seg.forward(images[i:i + batch])
             y = labels[i:i + batch]
             loss = torch.nn.functional.cross_entropy(out, y.clamp(0, k - 1), reduction="none")
             bins = np.searchsorted(_LOG_EDGES, np.log10(np.maximum(loss.numpy(), 1e-12)))

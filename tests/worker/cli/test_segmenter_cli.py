@@ -57,3 +57,43 @@ def test_holdout_is_chosen_by_the_seed_and_never_takes_every_image():
     assert calibration_holdout(items, 0.3, seed=5)[1] != calibration_holdout(items, 0.3, seed=6)[1]
     assert calibration_holdout([1], 0.5, seed=0) == ([1], [])
     assert calibration_holdout(items, 0.0, seed=0) == (items, [])
+
+
+def test_import_wraps_a_torchscript_segmenter_measured_on_the_real_source(real, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from shared.formats.spec import SpecError
+
+    runner = CliRunner()
+    trained = tmp_path / "trained"
+    assert runner.invoke(cli, ["segmenter", "train", "--source", str(real), "--out", str(trained), "--epochs", "1",
+                               "--width", "8"]).exit_code == 0
+    load_segmenter.cache_clear()
+    seg = load_segmenter(str(trained))
+    ts = tmp_path / "mine.pt"
+    torch.jit.save(torch.jit.trace(seg.net, torch.rand(1, 3, 32, 32)), str(ts))
+    out = tmp_path / "imported"
+    r = runner.invoke(cli, ["segmenter", "import", "--torchscript", str(ts), "--source", str(real), "--size", "32",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "segmenter.json").read_text())["format"] == "torchscript"
+    mine = load_segmenter(str(out))
+    # the same network on the same real data: the same statistics and predictions
+    assert mine.class_mean_loss == pytest.approx(seg.class_mean_loss, rel=1e-4)
+    assert mine.class_loss_quantiles.keys() == seg.class_loss_quantiles.keys()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(mine.predict([image]), seg.predict([image]))
+    # code from an upload is never run
+    with pytest.raises(SpecError, match="TorchScript segmenter is code") as err:
+        load_segmenter(str(out), trusted=False)
+    assert err.value.field == "labels.filter.segmenter"
+    # a network that does not fit the classes, and a file that is not TorchScript
+    bad = runner.invoke(cli, ["segmenter", "import", "--torchscript", str(ts), "--source", str(real), "--size", "32",
+                              "--classes", "circle", "--out", str(tmp_path / "b1")])
+    assert bad.exit_code != 0 and "expected logits [B, 2, H, W]" in bad.output
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not torchscript")
+    bad = runner.invoke(cli, ["segmenter", "import", "--torchscript", str(junk), "--source", str(real), "--size", "32",
+                              "--out", str(tmp_path / "b2")])
+    assert bad.exit_code != 0 and "not a TorchScript file" in bad.output and "Traceback" not in bad.output

@@ -82,7 +82,8 @@ class Mask2Image:
             from worker.labels.segmenter import load_segmenter
 
             field = "mask2image.resample.segmenter"
-            seg = load_segmenter(self.session.resolve_folder(self.options.resample.segmenter, field), field=field)
+            ref = self.options.resample.segmenter
+            seg = load_segmenter(self.session.resolve_folder(ref, field), field=field, trusted=not ref.startswith("upload:"))
             loss = seg.class_loss_by_id([c.name for c in self.spec.classes])
             hardness = [mask_hardness(self._load_maps(m).semantic, loss) for m in range(len(self.sources))]
             counts = variants_by_hardness(hardness, self.options.resample.max_variants, self.spec.seed)
