@@ -179,6 +179,9 @@ def detect_layout(names: list[str]) -> str:
     """Which source layout the member names look like (the engine's loaders read these)."""
     parts = [n.split("/") for n in names]
     if any(p[-1] == "segmenter.json" for p in parts):
+        if any(p[-1] == "segmenter.torchscript.pt" for p in parts):  # `dsgen segmenter import`'s folder
+            raise _bad("a TorchScript segmenter is code and is not accepted as an upload; train one on your real "
+                       "data with `dsgen segmenter train` and upload that folder")
         return "segmenter"
     if _is_controlnet(names):  # before the COCO rule: its config.json is a .json too
         return "controlnet"

@@ -85,6 +85,9 @@ def test_a_segmenter_reference_must_name_a_segmenter_upload(client, headers):
     assert "masks layout, not a segmenter folder" in r.json()["detail"]
     s["labels"] = {"filter": {"segmenter": f"upload:{seg['id']}", "reference": "real_quantile"}}
     assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201
+    code = zip_of({"seg/segmenter.json": b"{}", "seg/segmenter.torchscript.pt": b"x"})
+    r = client.post("/v1/sources", content=code, headers=headers)
+    assert r.status_code == 422 and "TorchScript segmenter is code" in r.json()["detail"]
 
 
 def test_upload_requires_a_key(client):
