@@ -27,6 +27,7 @@ import numpy as np
 
 from shared.formats.records import DROPPED, IGNORE
 from shared.formats.spec import JobSpec, SpecError
+from shared.sources.archives import UPLOAD_REF
 from worker.labels.instances import encode_rle, mask_polygons
 
 
@@ -165,5 +166,5 @@ def build_filters(spec: JobSpec, session) -> FilterChain:
     if spec.labels.filter.segmenter:
         ref = spec.labels.filter.segmenter
         stages.append(SegmenterFilter(spec, session.resolve_folder(ref, "labels.filter.segmenter"),
-                                      trusted=not ref.startswith("upload:")))
+                                      trusted=not ref.startswith(UPLOAD_REF)))
     return FilterChain(stages)

@@ -79,11 +79,12 @@ class Mask2Image:
             counts = [self.options.variants] * len(self.sources)
         else:
             from worker.engine.resample import mask_hardness, variants_by_hardness
+            from shared.sources.archives import UPLOAD_REF
             from worker.labels.segmenter import load_segmenter
 
             field = "mask2image.resample.segmenter"
             ref = self.options.resample.segmenter
-            seg = load_segmenter(self.session.resolve_folder(ref, field), field=field, trusted=not ref.startswith("upload:"))
+            seg = load_segmenter(self.session.resolve_folder(ref, field), field=field, trusted=not ref.startswith(UPLOAD_REF))
             loss = seg.class_loss_by_id([c.name for c in self.spec.classes])
             hardness = [mask_hardness(self._load_maps(m).semantic, loss) for m in range(len(self.sources))]
             counts = variants_by_hardness(hardness, self.options.resample.max_variants, self.spec.seed)
