@@ -45,9 +45,13 @@ def train_cmd(source: Path, fmt: str, classes: str | None, out: Path, epochs: in
     items, held = calibration_holdout(items, calibration_split, seed)
     click.echo(f"training on {len(items)} images ({len(held)} held out for the loss quantiles), classes {names}, "
                f"{side}px, {epochs} epochs")
-    seg, summary = train_segmenter(items, names, image_size=side, epochs=epochs, width=width, seed=seed,
-                                   progress=lambda e, n, loss: click.echo(f"epoch {e}/{n} loss {loss:.4f}"),
-                                   calibration=held)
+    with click.progressbar(length=epochs, label="segmenter", show_pos=True) as bar:
+        def progress(epoch: int, total: int, loss: float) -> None:
+            bar.label = f"segmenter (loss {loss:.4f})"
+            bar.update(1)
+
+        seg, summary = train_segmenter(items, names, image_size=side, epochs=epochs, width=width, seed=seed,
+                                       progress=progress, calibration=held)
     seg.save(out, {"training": {**summary, "source": str(source)}})
     click.echo(f"wrote {out}; class mean loss: " + ", ".join(f"{k} {v:.3f}" for k, v in seg.class_mean_loss.items()))
     click.echo("99 % of real pixels under: " + ", ".join(f"{k} {v['0.99']:.3f}" for k, v in seg.class_loss_quantiles.items()))
