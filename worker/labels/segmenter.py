@@ -247,10 +247,11 @@ def real_loss_statistics(seg: Segmenter, images: torch.Tensor, labels: torch.Ten
             out = seg.forward(images[i:i + batch])
             y = labels[i:i + batch]
             loss = torch.nn.functional.cross_entropy(out, y.clamp(0, k - 1), reduction="none")
-            bins = np.searchsorted(_LOG_EDGES, np.log10(np.maximum(loss.numpy(), 1e-12)))
+            pixel = loss.numpy()
+            bins = np.searchsorted(_LOG_EDGES, np.log10(np.maximum(pixel, 1e-12)))
             for c in range(k):
                 m = (y == c).numpy()
-                sums[c] += float(loss.numpy()[m].sum())
+                sums[c] += float(pixel[m].sum())
                 counts[c] += int(m.sum())
                 hist[c] += np.bincount(bins[m], minlength=hist.shape[1])
     names = ["background", *seg.classes]
