@@ -45,8 +45,13 @@ def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int
 
 
 def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, guidance: float, seg_epochs: int,
-                    seed: int, test, seg_real, log=print, out: Path | None = None) -> dict:
-    """`q`: the bench.quality module the caller measures with (its world and helpers)."""
+                    seed: int, test, seg_real, log=print, out: Path | None = None,
+                    seg_seeds: tuple[int, ...] = ()) -> dict:
+    """`q`: the bench.quality module the caller measures with (its world and helpers).
+
+    `seg_seeds`: the real-only and mixed segmenters are trained once per seed (default: `seed`) and
+    compared pair by pair, because one training on 50 images varies by several points with its seed.
+    """
     from shared.shapes.dataset import write_real_dataset
 
     started = time.time()
@@ -54,7 +59,11 @@ def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, gu
     write_real_dataset(source, n_real, seed=AUGMENT_STREAM, size=q.SIZE, formats=[], world=q.WORLD)
     real_x = [np.asarray(Image.open(p / "image.png").convert("RGB")) for p in sorted((source / "samples").iterdir())]
     real_y = [np.asarray(Image.open(p / "semantic.png")) for p in sorted((source / "samples").iterdir())]
-    result: dict = {"n_real": n_real, "variants": variants}
+    seeds = seg_seeds or (seed,)
+    result: dict = {"n_real": n_real, "variants": variants, "segmenter_seeds": list(seeds)}
+    reps = max(1, round((n_real + n_real * variants) / n_real))
+    real_only = [q.evaluate_segmenter(q.train_segmenter(real_x * reps, real_y * reps, seg_epochs, sd), test).miou()
+                 for sd in seeds]
     for name, options in MODES.items():
         samples = _augment_samples(model_id, source, q.SHAPES, n_real, variants, options, steps, guidance, seed, q.SIZE)
         carried = sum(s.record.parameters["augment"]["labels"] == "carried" for s in samples)
@@ -66,14 +75,17 @@ def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, gu
                 pred = seg_real(q.to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
                 for p, lab in zip(pred, labels[b0:b0 + 64]):
                     validity.add(np.where(lab == 255, 0, p), np.where(lab == 255, 0, lab))
-        reps = max(1, round((n_real + len(images)) / n_real))
-        real_only = q.evaluate_segmenter(q.train_segmenter(real_x * reps, real_y * reps, seg_epochs, seed), test).miou()
-        mixed = q.evaluate_segmenter(q.train_segmenter(real_x + images, real_y + labels, seg_epochs, seed), test).miou()
+        mixed = [q.evaluate_segmenter(q.train_segmenter(real_x + images, real_y + labels, seg_epochs, sd), test).miou()
+                 for sd in seeds]
+        gains = [round(m - r, 4) for m, r in zip(mixed, real_only)]
         result[name] = {
             **options, "n_augmented": len(images), "carried_fraction": round(carried / len(samples), 4),
             "label_validity": validity.miou(), "label_validity_per_class": validity.per_class(),
-            "real_plus_augmented": {"miou_real_only": real_only, "miou_real_plus_augmented": mixed,
-                                    "gain": round(mixed - real_only, 4), "real_repeats_in_real_only": reps},
+            "real_plus_augmented": {"miou_real_only": round(float(np.mean(real_only)), 4),
+                                    "miou_real_plus_augmented": round(float(np.mean(mixed)), 4),
+                                    "gain": round(float(np.mean(gains)), 4), "gain_per_seed": gains,
+                                    "miou_real_only_per_seed": real_only, "miou_real_plus_augmented_per_seed": mixed,
+                                    "real_repeats_in_real_only": reps},
             "mean_abs_change": round(float(np.mean([np.abs(a.astype(float) - real_x[i // variants].astype(float)).mean()
                                                     for i, a in enumerate(images)])), 2),
         }

@@ -93,7 +93,7 @@ def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str
 
 def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
-        init: tuple[str, str] = ("blue", "star")) -> dict:
+        init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = ()) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.loading import load_model
 
@@ -112,10 +112,11 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         paths.append(p)
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
     init = list(init)
-    concept_dir = folder / "concept"
+    # one folder per learning setting: a re-run with the same settings resumes (finished: no work)
+    concept_dir = folder / f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img"
     t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
-                                                    seed=seed), concept_dir, resume=False,
+                                                    seed=seed), concept_dir, resume=True,
                           progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
     learn_s, learn_cpu = time.time() - t0, time.process_time() - c0
     log(f"learned in {learn_s:.0f}s")
@@ -137,11 +138,19 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
                 round(float(pres[:, shape].amax(1).mean()), 4))
 
     phrase = f"a {tokens[0]} {tokens[1]}"
-    learned = generate(model_id, concept_dir, phrase, tokens, n_eval, gen_steps, guidance, seed)
-    # the untrained model: the same tokens at their init words (what the concept started from)
-    baseline = generate(model_id, None, f"a {init[0]} {init[1]}", init, n_eval, gen_steps, guidance, seed)
-    r, rc, rs = rates(learned)
-    b, bc, bs = rates(baseline)
+    per_seed = {}
+    for gs in gen_seeds or (seed,):  # one generation seed reads the rate to a few points only
+        learned = generate(model_id, concept_dir, phrase, tokens, n_eval, gen_steps, guidance, gs)
+        # the untrained model: the same tokens at their init words (what the concept started from)
+        baseline = generate(model_id, None, f"a {init[0]} {init[1]}", init, n_eval, gen_steps, guidance, gs)
+        per_seed[gs] = (rates(learned), rates(baseline))
+        log(f"generation seed {gs}: rate {per_seed[gs][0][0]} baseline {per_seed[gs][1][0]}")
+
+    def mean(which: int, k: int) -> float:
+        return round(float(np.mean([v[which][k] for v in per_seed.values()])), 4)
+
+    r, rc, rs = mean(0, 0), mean(0, 1), mean(0, 2)
+    b, bc, bs = mean(1, 0), mean(1, 1), mean(1, 2)
     q.save_grid([learned[:16], baseline[:16], [s.image for s in test[:16]]], out / "concepts_grid.png",
                 labels=[phrase, f"a {init[0]} {init[1]} (untrained)", "real"])
     return {
@@ -150,6 +159,9 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             "model": model_id, "model_revision": model.info.revision, "concept": list(held), "tokens": tokens,
             "init_words": init, "prompt": phrase, "rate": r, "colour_rate": rc, "shape_rate": rs,
             "baseline_rate": b, "baseline_colour_rate": bc, "baseline_shape_rate": bs, "n_generated": n_eval,
+            "generation_seeds": {str(k): {"rate": v[0][0], "colour_rate": v[0][1], "shape_rate": v[0][2],
+                                          "baseline_rate": v[1][0], "baseline_shape_rate": v[1][2]}
+                                 for k, v in per_seed.items()},
             "learn_images": n_learn, "learn_steps": state.step, "learn_lr": lr, "learn_batch": batch,
             "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1),
             "final_loss": round(float(np.mean(state.losses[-50:])), 5),
@@ -230,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--init-words", default="blue,star", help="the words the colour and shape tokens start from")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--gen-seeds", default="", help="generation seeds, comma-separated; rates are their mean (default: 0)")
     p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
     p.add_argument("--n-real", type=int, default=50)
     p.add_argument("--variants", type=int, default=2)
@@ -244,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     if a.quick:
         a.n_real, a.variants, a.seg_epochs = 4, 1, 1
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
-                 a.guidance, log=log, init=tuple(a.init_words.split(",")))
+                 a.guidance, log=log, init=tuple(a.init_words.split(",")),
+                 gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()))
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))

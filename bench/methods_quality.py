@@ -37,6 +37,7 @@ from shared.shapes import render_scene  # noqa: E402
 from shared.shapes.world import get_world  # noqa: E402
 
 EDIT_STREAM, LAYOUT_STREAM = 920_001, 920_002
+SHAPES_STREAM = 920_004  # the renders layout.shapes takes its shapes from
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,6 +84,15 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if n <= 1:
         return mask & False
     return comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
+def centroid_error(region: np.ndarray, asked: np.ndarray) -> float:
+    """Distance in px between the centroids of a drawn region and an asked mask (99: nothing drawn)."""
+    if not region.any():
+        return 99.0
+    ys, xs = np.nonzero(region)
+    ay, ax = np.nonzero(asked)
+    return float(np.hypot(xs.mean() - ax.mean(), ys.mean() - ay.mean()))
 
 
 def placement(region: np.ndarray, asked: list[float]) -> tuple[float, float]:
@@ -138,12 +148,29 @@ def edit_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, s
     }
 
 
+def shape_bank(world, side: int, n: int = 200):
+    """layout.shapes' bank from real renders of another stream than the judge's and the test's."""
+    import tempfile
+
+    from shared.formats.spec import SourceSpec
+    from shared.shapes.dataset import write_real_dataset
+    from worker.engine.mask_sources import load_mask_sources
+    from worker.engine.shape_bank import build_shape_bank
+
+    root = Path(tempfile.mkdtemp(prefix="bench-shapes-")) / "real"
+    write_real_dataset(root, n, seed=SHAPES_STREAM, size=side, formats=[], world=world)
+    sources = load_mask_sources(SourceSpec(path=str(root)), tuple(world.shapes), root)
+    return build_shape_bank(sources, {i + 1: name for i, name in enumerate(world.shapes)})
+
+
 def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int, seed: int, scale: float,
                    modes: tuple[str, ...] = ("guided", "plain"), box_window: tuple[float, float] = (0.0, 1.0)) -> dict:
     """modes: guided (self-guidance), plain (none), box_mask (rectified words in their boxes),
-    guided+box_mask; interleaved per batch."""
+    shapes (rectified words in a real shape of their class fitted into the box: layout.shapes),
+    and guided+ either; interleaved per batch. The shapes modes are also read against the fitted
+    shape's own centroid (`..._vs_shape`): a triangle that fills its box is not centred on it."""
     from shared.formats.prompts import ClassMention, SamplePlan
-    from worker.engine.methods.layout import box_mask
+    from worker.engine.methods.layout import box_mask, region_mask
     from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
     from worker.engine.text import tokenize
 
@@ -154,9 +181,19 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
         x0, y0 = float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side))
         items.append((str(rng.choice(world.colours)), str(rng.choice(world.shapes)), (x0, y0, x0 + side, y0 + side)))
     res = tuple((model.extras.get("recommended_labels") or {}).get("cross_resolutions") or ()) or None
+    side = gen.width
+    shape_regions = []
+    if any("shapes" in m for m in modes):
+        bank, shape_rng = shape_bank(world, side), np.random.default_rng(seed + 1)
+        for _, s, box in items:
+            x0, y0, x1, y1 = (int(round(v * side)) for v in box)
+            region = np.zeros((side, side), bool)
+            region[y0:y1, x0:x1] = bank.fitted(world.shapes.index(s) + 1, shape_rng, y1 - y0, x1 - x0).mask
+            shape_regions.append(region)
     result, times = {}, {m: [] for m in modes}
     for mode in modes:
-        result[mode] = {"centroid": [], "box": [], "centroid_by_colour": [], "box_by_colour": []}
+        result[mode] = {"centroid": [], "box": [], "centroid_by_colour": [], "box_by_colour": [],
+                        "centroid_vs_shape": [], "centroid_vs_shape_by_colour": []}
     for b0 in range(0, n, batch):
         chunk = items[b0:b0 + batch]
         prompts = [f"a {c} {s}" for c, s, _ in chunk]
@@ -166,16 +203,18 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
         seeds = [seed * 1000 + b0 + k for k in range(len(chunk))]
         plans = [SamplePlan(k, sd, pr, "", (ClassMention(s, 1, ((len(pr) - len(s), len(pr)),)),))
                  for k, (sd, pr, (_, s, _)) in enumerate(zip(seeds, prompts, chunk))]
-        side = gen.width
         pixel_boxes = [[tuple(int(round(v * side)) for v in box)] for _, _, box in chunk]
         for mode in modes:  # interleaved per batch
             t0 = time.perf_counter()
             controls = [box_mask(model, plans, pixel_boxes, (side, side), box_window)] if "box_mask" in mode else []
+            if "shapes" in mode:
+                regions = np.stack(shape_regions[b0:b0 + batch]).astype(np.int64)
+                controls = [region_mask(model, plans, regions, box_window)]
             out = layout_images(model, prompts, seeds, gen, targets,
                                 GuidanceOptions(scale=scale if "guided" in mode else 0.0, resolutions=res),
                                 controls=controls)
             times[mode].append((time.perf_counter() - t0) / len(chunk))
-            for (c, s, box), img in zip(chunk, out.images):
+            for k, ((c, s, box), img) in enumerate(zip(chunk, out.images)):
                 pixels = np.asarray(img.convert("RGB"))
                 asked = [v * side for v in box]
                 # the judge's region of the (colour, shape) pair, and (one object per image, flat
@@ -185,6 +224,8 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
                     err, iou = placement(region, asked)
                     result[mode]["centroid" + suffix].append(err)
                     result[mode]["box" + suffix].append(iou)
+                    if "shapes" in mode:
+                        result[mode]["centroid_vs_shape" + suffix].append(centroid_error(region, shape_regions[b0 + k]))
     out = {"n_objects": n, "scale": scale, "resolutions": None if res is None else list(res), "box_window": list(box_window)}
     for mode, r in result.items():
         out[mode] = {"seconds_per_image_median": round(float(np.median(times[mode])), 3)}
@@ -195,6 +236,11 @@ def layout_quality(model, judge, world, n: int, gen: GenerationSpec, batch: int,
                           f"both{suffix}": round(float(((c <= 2) & (b >= 0.7)).mean()), 4),
                           f"centroid_error_px_median{suffix}": round(float(np.median(c)), 2),
                           f"box_iou_median{suffix}": round(float(np.median(b)), 4)}
+            if r["centroid_vs_shape" + suffix]:
+                cs = np.asarray(r["centroid_vs_shape" + suffix])
+                out[mode] |= {f"centroid_within_2px_vs_shape{suffix}": round(float((cs <= 2).mean()), 4),
+                              f"both_vs_shape{suffix}": round(float(((cs <= 2) & (b >= 0.7)).mean()), 4),
+                              f"centroid_error_px_median_vs_shape{suffix}": round(float(np.median(cs)), 2)}
     for mode in modes:
         if mode != "plain" and "plain" in modes:
             out[f"time_ratio_{mode}_vs_plain"] = round(out[mode]["seconds_per_image_median"] / out["plain"]["seconds_per_image_median"], 2)

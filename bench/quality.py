@@ -384,7 +384,7 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print, n_few_real: int = 50,
         parts: tuple[str, ...] = ("attention", "fidelity", "synthetic"), m2i_guidance: float = 1.5,
         filter_scopes: tuple[str, ...] = FILTER_ROWS, hardness: bool = True, filter_seeds: tuple[int, ...] = (),
-        filter_quantile: float = 0.99) -> dict:
+        filter_quantile: float = 0.99, augment_seeds: tuple[int, ...] = ()) -> dict:
     from worker.engine.loading import load_model
 
     torch.manual_seed(seed)
@@ -421,7 +421,8 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
         result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs,
-                                            seed, test, seg_real, log, out)
+                                            seed, test, seg_real, log, out,
+                                            seg_seeds=augment_seeds)
     result["grids"] = sorted(str(p) for p in out.glob("*.png"))
     result["seconds"] = round(time.time() - started, 1)
     return result
@@ -743,6 +744,7 @@ def main(argv: list[str] | None = None) -> None:
                         "real_quantile (pixels above the real loss quantile), samples (whole samples dropped)")
     p.add_argument("--filter-seeds", default="", help="segmenter seeds per filter row, comma-separated (default: --seed)")
     p.add_argument("--filter-quantile", type=float, default=0.99, help="the real_quantile row's level")
+    p.add_argument("--augment-seeds", default="", help="segmenter seeds of the augment gains, comma-separated (default: --seed)")
     p.add_argument("--no-hardness", action="store_true", help="skip hardness-aware vs uniform resampling")
     a = p.parse_args(argv)
     if a.quick:
@@ -752,7 +754,8 @@ def main(argv: list[str] | None = None) -> None:
                  parts=("attention",) if a.attention_only else tuple(x.strip() for x in a.parts.split(",") if x.strip()),
                  m2i_guidance=a.m2i_guidance, filter_scopes=tuple(a.filter_scopes.split(",")), hardness=not a.no_hardness,
                  filter_seeds=tuple(int(x) for x in a.filter_seeds.split(",") if x.strip()),
-                 filter_quantile=a.filter_quantile)
+                 filter_quantile=a.filter_quantile,
+                 augment_seeds=tuple(int(x) for x in a.augment_seeds.split(",") if x.strip()))
     (a.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

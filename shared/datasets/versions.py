@@ -55,7 +55,7 @@ def resolve_sources(uow: UnitOfWork, tenant_id: uuid.UUID, spec: Any) -> tuple[A
     from shared.sources.archives import spec_sources
 
     errors: list[tuple[str, str]] = []
-    named = [(f"{field}.", field.split(".")[0], "source", source) for field, source in spec_sources(spec)]
+    named = [(f"{field}.", *field.split(".", 1), source) for field, source in spec_sources(spec)]
     if getattr(spec, "image2image", None) is not None:  # image2image names its dataset on itself
         named.append(("image2image.", "image2image", None, spec.image2image))
     for prefix, method, attr, source in named:

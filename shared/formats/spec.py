@@ -606,6 +606,12 @@ class LayoutSpec(StrictModel):
     box_mask_window: tuple[float, float] = Field(
         default=(0.0, 1.0), description="box_mask: the fractions of the steps it acts in; an early window "
         "([0, 0.5]) places the object and leaves its shape free (measured in docs/methods.md)")
+    shapes: SourceSpec | None = Field(
+        default=None, description="a labelled dataset (folder, upload or dataset version) whose instance masks give "
+        "each object a shape of its class: a mask of that class is drawn per object (from the sample's seed), "
+        "scaled into its box and used as the region of box_mask (in its window) in place of the whole box, so "
+        "a model trained with rectified attention draws the class's shape filling the box; labels: layout then "
+        "gives those masks. Without it a box-shaped region makes box-shaped objects (docs/methods.md)")
     labels: Literal["layout", "attention"] = Field(
         default="layout", description="layout: boxes are the asked boxes, masks from attention inside them; "
         "attention: masks and boxes from attention as text2image")
@@ -624,6 +630,8 @@ class LayoutSpec(StrictModel):
             raise ValueError("box_mask_window: need 0 <= start < end <= 1, e.g. [0.0, 0.5]")
         if "{class}" not in self.phrase:
             raise ValueError("phrase: needs a {class} slot")
+        if self.shapes is not None and not self.box_mask:
+            raise ValueError("shapes: the shapes are the regions of box_mask; set box_mask: true (and box_mask_window)")
         return self
 
 
@@ -1005,6 +1013,10 @@ def load_spec(path: str | Path) -> JobSpec:
         fixed = [c if c.startswith("upload:") or Path(c).is_absolute() or not (p.parent / c).exists()
                  else str((p.parent / c).resolve()) for c in spec.concepts]
         spec = spec.model_copy(update={"concepts": fixed})
+    lay = spec.layout
+    if lay is not None and lay.shapes is not None and lay.shapes.path and not Path(lay.shapes.path).is_absolute():
+        src = lay.shapes.model_copy(update={"path": str((p.parent / lay.shapes.path).resolve())})
+        spec = spec.model_copy(update={"layout": lay.model_copy(update={"shapes": src})})
     aug = spec.augment
     if aug is not None and aug.source.path and not Path(aug.source.path).is_absolute():
         src = aug.source.model_copy(update={"path": str((p.parent / aug.source.path).resolve())})

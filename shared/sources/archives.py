@@ -304,6 +304,8 @@ def spec_sources(spec) -> list[tuple[str, Any]]:
         out.append(("edit.source", spec.edit.source))
     if getattr(spec, "augment", None) is not None:
         out.append(("augment.source", spec.augment.source))
+    if getattr(spec, "layout", None) is not None and spec.layout.shapes is not None:
+        out.append(("layout.shapes", spec.layout.shapes))
     return out
 
 

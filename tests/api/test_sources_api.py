@@ -119,6 +119,18 @@ def test_edit_and_layout_over_the_api(client, headers):
     s["layout"] = {"objects": [{"class": "nope", "box": [0.1, 0.1, 0.6, 0.6]}]}
     r = client.post("/v1/jobs", json=s, headers=headers)
     assert r.status_code == 422 and "nope" in r.json()["detail"], r.json()
+    s["layout"] = {"objects": [{"class": cls, "box": [0.1, 0.1, 0.6, 0.6]}], "box_mask": True,
+                   "shapes": {"path": "/srv/shapes"}}
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "layout.shapes.path", r.json()
+    s["layout"]["shapes"] = {"upload": "0" * 32}
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "layout.shapes.upload" and "no upload" in r.json()["detail"]
+    s["layout"]["shapes"] = {"upload": up["id"]}
+    assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201
+    s["layout"]["box_mask"] = False
+    r = client.post("/v1/jobs", json=s, headers=headers)
+    assert r.status_code == 422 and "box_mask: true" in r.json()["detail"]
 
 
 # ------------------------------------------------------------------ sources naming a dataset version

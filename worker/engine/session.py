@@ -97,16 +97,19 @@ class EngineSession:
                             field="labels.boxes")
         self.filters = build_filters(self.spec, self)
 
-    def source_root(self, source: SourceSpec) -> Path:
-        """The local folder of a method's source data (a path, or an upload or a dataset version fetched by the service)."""
+    def source_root(self, source: SourceSpec, field: str | None = None) -> Path:
+        """The local folder of a method's source data (a path, or an upload or a dataset version fetched by the service).
+
+        `field`: the spec field that names the source (default `<method>.source`)."""
+        field = field or f"{self.spec.method}.source"
         if source.path is not None:
             return Path(source.path)
         if source.dataset is not None:
-            return self.dataset_root(source.dataset, source.version, f"{self.spec.method}.source.dataset")
+            return self.dataset_root(source.dataset, source.version, f"{field}.dataset")
         if self.uploads is None:
             raise SpecError(
-                f"{self.spec.method}.source.upload: uploads are read by the service's workers; "
-                "on this machine give source.path (a folder)", field=f"{self.spec.method}.source.upload",
+                f"{field}.upload: uploads are read by the service's workers; "
+                "on this machine give a folder (path)", field=f"{field}.upload",
             )
         return self.uploads(source.upload)
 

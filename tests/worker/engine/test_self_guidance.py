@@ -1,6 +1,7 @@
 """Self-guidance: energies on attention maps, their gradient through the UNet, method layout."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -164,3 +165,48 @@ def test_layout_with_box_mask_records_its_window():
     with pytest.raises(SpecError, match="box_mask_window"):
         parse_spec({**spec.model_dump(mode="json", by_alias=True), "layout": {
             "objects": [{"class": "circle", "box": [0.1, 0.1, 0.6, 0.6]}], "box_mask_window": [0.6, 0.2]}})
+
+
+def test_layout_shapes_fit_a_shape_of_each_class_into_its_box_as_region_and_label(tmp_path):
+    from shared.shapes.dataset import write_real_dataset
+
+    write_real_dataset(tmp_path / "real", 6, seed=3, size=32, formats=[], world="v2")
+    layout = {"objects": [{"class": "circle", "box": [0.1, 0.1, 0.6, 0.6]}, {"class": "star", "box": [0.6, 0.55, 0.95, 0.95]}],
+              "phrase": "a red {class}", "box_mask": True, "shapes": {"path": str(tmp_path / "real")}}
+    spec = parse_spec({"model": "builtin:shapes-v2", "method": "layout", "seed": 2,
+                       "classes": [{"name": "circle"}, {"name": "star"}], "num_images": 3,
+                       "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 3}, "layout": layout})
+    session = EngineSession(spec)
+    samples = list(session.generate(range(3)))
+    s = samples[0]
+    p = s.record.parameters["layout"]
+    assert p["labels"] == "layout (masks are the shapes fitted into the asked boxes)"
+    assert len(p["shapes"]) == 2 and all(name.startswith("samples/") for name in p["shapes"])
+    circle = s.semantic == 1
+    ys, xs = np.nonzero(circle)
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (3, 3, 19, 19)  # the asked box's extent
+    assert 0.5 < circle[3:19, 3:19].mean() < 0.95  # a circle's share of its box, not the whole box
+    assert [(a.category, a.bbox) for a in s.record.annotations][0] == ("circle", (3.0, 3.0, 16.0, 16.0))
+    # the rectified region of each object's words is its label
+    regions = session.method.regions(0)[0]
+    assert ((regions == 1) == circle).all() and ((regions == 2) == (s.semantic == 2)).all()
+    # per sample: the same in any batch, and samples draw their own shapes
+    (again,) = EngineSession(spec).generate([2])
+    assert (again.semantic == samples[2].semantic).all() and again.record.parameters == samples[2].record.parameters
+    assert len({samples[k].semantic.tobytes() for k in range(3)}) > 1
+
+
+def test_layout_shapes_need_box_mask_and_a_source_with_the_class(tmp_path):
+    from shared.shapes.dataset import write_real_dataset
+
+    base = {"objects": [{"class": "circle", "box": [0.1, 0.1, 0.6, 0.6]}], "shapes": {"path": str(tmp_path)}}
+    with pytest.raises(SpecError, match="box_mask: true"):
+        _spec(**base)
+    write_real_dataset(tmp_path / "real", 2, seed=3, size=32, formats=[], world="v2")
+    spec = parse_spec({"model": "builtin:shapes-v2", "method": "layout", "classes": [{"name": "cat"}], "num_images": 1,
+                       "generation": {"width": 32, "height": 32, "steps": 2},
+                       "layout": {"objects": [{"class": "cat", "box": [0.1, 0.1, 0.6, 0.6]}], "box_mask": True,
+                                  "shapes": {"path": str(tmp_path / "real")}}})
+    with pytest.raises(SpecError) as e:
+        EngineSession(spec).generate([0]).__next__()
+    assert e.value.field == "layout.shapes" and "'cat'" in str(e.value)

@@ -11,6 +11,7 @@ The record keeps the asked boxes (pixels, COCO xywh) either way.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from typing import Any
 
@@ -18,13 +19,17 @@ import numpy as np
 
 from shared.engine import LabelMaps
 from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
+from shared.formats.spec import SpecError
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.methods import BatchInputs
 from worker.engine.methods.mask2image import rectified_control
 from worker.engine.self_guidance import GuidanceOptions, ObjectTarget, layout_images
+from worker.engine.shape_bank import FIELD as SHAPES_FIELD
+from worker.engine.shape_bank import ShapeBank, build_shape_bank
 from worker.engine.text import token_groups, tokenize
 
 _STREAM_LAYOUT = 0x1A70  # distinct from the seed/prompt/strength streams
+_STREAM_SHAPES = 0x5A9E  # which shape of its class each object gets
 
 
 class Layout:
@@ -42,6 +47,24 @@ class Layout:
             weights=dict(self.options.weights), scale=self.options.scale, step_window=tuple(self.options.step_window),
             resolutions=None if res is None else tuple(res), checkpointing=self.options.checkpointing,
         )
+        self.bank: ShapeBank | None = None
+        if self.options.shapes is not None:
+            self.bank = self._shape_bank(session)
+        self.regions = functools.lru_cache(maxsize=256)(self._regions)
+
+    def _shape_bank(self, session) -> ShapeBank:
+        from worker.engine.mask_sources import load_mask_sources
+
+        names = tuple(c.name for c in self.spec.classes)
+        try:
+            sources = load_mask_sources(self.options.shapes, names, session.source_root(self.options.shapes, SHAPES_FIELD))
+        except SpecError as err:  # the loaders name mask2image's field: name this one
+            raise SpecError(str(err).replace("mask2image.source", SHAPES_FIELD), field=SHAPES_FIELD) from None
+        if self.options.objects is not None:
+            needed = {self.spec.category_ids[o.class_name] for o in self.options.objects}
+        else:
+            needed = set(self.spec.category_ids.values())
+        return build_shape_bank(sources, {cid: names[cid - 1] for cid in sorted(needed)})
 
     # --- the layout of a sample ----------------------------------------------------------------
     def objects(self, index: int) -> list[tuple[int, str, tuple[float, float, float, float]]]:
@@ -91,10 +114,26 @@ class Layout:
             out.append([ObjectTarget(tuple(g), box) for g, (_, _, box) in zip(groups, self.objects(p.index)) if g])
         return out
 
-    def _box_mask(self, plans: list[SamplePlan]) -> RectifiedCrossAttention:
+    def _regions(self, index: int) -> tuple[np.ndarray, tuple[str, ...]]:
+        """Sample `index`'s object regions (value k = its k-th object, later objects on top): its
+        boxes, or with `shapes` a shape of each object's class scaled into its box; and the
+        source masks those shapes came from."""
         gen = self.spec.generation
-        return box_mask(self.model, plans, [[b[1:] for b in self._pixel_boxes(p.index)] for p in plans],
-                        (gen.height, gen.width), tuple(self.options.box_mask_window))
+        regions = np.zeros((gen.height, gen.width), np.int64)
+        names = []
+        rng = np.random.default_rng(np.random.SeedSequence([self.spec.seed, index, _STREAM_SHAPES]))
+        for k, (cid, x0, y0, x1, y1) in enumerate(self._pixel_boxes(index), start=1):
+            if self.bank is None:
+                regions[y0:y1, x0:x1] = k
+                continue
+            shape = self.bank.fitted(cid, rng, y1 - y0, x1 - x0)
+            regions[y0:y1, x0:x1][shape.mask] = k
+            names.append(shape.source)
+        return regions, tuple(names)
+
+    def _box_mask(self, plans: list[SamplePlan]) -> RectifiedCrossAttention:
+        regions = np.stack([self.regions(p.index)[0] for p in plans])
+        return region_mask(self.model, plans, regions, tuple(self.options.box_mask_window))
 
     def batch_inputs(self, plans: list[SamplePlan]) -> list[BatchInputs]:
         targets = self._targets(plans)
@@ -120,13 +159,9 @@ class Layout:
     def given_labels(self, plan: SamplePlan) -> LabelMaps | None:
         if not self.labels_from_inputs:
             return None
-        gen = self.spec.generation
-        semantic = np.zeros((gen.height, gen.width), np.uint8)
-        instances = np.zeros((gen.height, gen.width), np.uint16)
-        for k, (cid, x0, y0, x1, y1) in enumerate(self._pixel_boxes(plan.index), start=1):
-            semantic[y0:y1, x0:x1] = cid  # later objects on top, as drawn in the prompt's order
-            instances[y0:y1, x0:x1] = k
-        return LabelMaps(semantic, instances)
+        regions, _ = self.regions(plan.index)  # later objects on top, as drawn in the prompt's order
+        ids = np.array([0] + [cid for cid, *_ in self._pixel_boxes(plan.index)], np.uint8)
+        return LabelMaps(ids[regions], regions.astype(np.uint16))
 
     def parameters(self, plan: SamplePlan) -> dict[str, Any]:
         names = {i: n for n, i in self.spec.category_ids.items()}
@@ -136,7 +171,10 @@ class Layout:
                     {"class": names[cid], "box": [x0, y0, x1 - x0, y1 - y0]}
                     for cid, x0, y0, x1, y1 in self._pixel_boxes(plan.index)
                 ],
-                "labels": "layout (masks are the asked boxes)" if self.labels_from_inputs else "attention",
+                "labels": ("attention" if not self.labels_from_inputs else
+                           "layout (masks are the asked boxes)" if self.bank is None else
+                           "layout (masks are the shapes fitted into the asked boxes)"),
+                "shapes": list(self.regions(plan.index)[1]) if self.bank is not None else None,
                 "scale": self.guidance.scale,
                 "weights": self.guidance.weights,
                 "step_window": list(self.guidance.step_window),
@@ -148,14 +186,21 @@ class Layout:
 
 def box_mask(model, plans: list[SamplePlan], boxes: list[list[tuple[int, int, int, int]]],
              hw: tuple[int, int], step_window: tuple[float, float] = (0.0, 1.0)) -> RectifiedCrossAttention:
-    """Rectified cross-attention keeping each object's words (its mention, with the words before
-    the class word in its phrase) inside its box (pixels x0, y0, x1, y1; later objects on top):
-    object k's region is value k, so two objects of one class keep their own boxes."""
+    """`region_mask` with each object's region its box (pixels x0, y0, x1, y1; later objects on top)."""
     regions = np.zeros((len(plans), *hw), np.int64)
-    per_object = []
-    for b, p in enumerate(plans):
+    for b in range(len(plans)):
         for k, (x0, y0, x1, y1) in enumerate(boxes[b], start=1):
             regions[b, y0:y1, x0:x1] = k
+    return region_mask(model, plans, regions, step_window)
+
+
+def region_mask(model, plans: list[SamplePlan], regions: np.ndarray,
+                step_window: tuple[float, float] = (0.0, 1.0)) -> RectifiedCrossAttention:
+    """Rectified cross-attention keeping each object's words (its mention, with the words before
+    the class word in its phrase) inside its region: `regions` [B, H, W] holds k where object k
+    is, so two objects of one class keep their own regions."""
+    per_object = []
+    for p in plans:
         mentions = tuple(ClassMention(m.name, k, m.spans) for k, m in enumerate(p.mentions, start=1))
         per_object.append(replace(p, mentions=mentions))
     return rectified_control(model, per_object, regions, step_window=step_window)
