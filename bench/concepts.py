@@ -93,7 +93,7 @@ def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str
 
 def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
-        init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = ()) -> dict:
+        init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = (), vectors: int = 1) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.loading import load_model
 
@@ -113,10 +113,10 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
     init = list(init)
     # one folder per learning setting: a re-run with the same settings resumes (finished: no work)
-    concept_dir = folder / f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img"
+    concept_dir = folder / f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img-v{vectors}"
     t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
-                                                    seed=seed), concept_dir, resume=True,
+                                                    seed=seed, vectors=vectors), concept_dir, resume=True,
                           progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
     learn_s, learn_cpu = time.time() - t0, time.process_time() - c0
     log(f"learned in {learn_s:.0f}s")
@@ -162,7 +162,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             "generation_seeds": {str(k): {"rate": v[0][0], "colour_rate": v[0][1], "shape_rate": v[0][2],
                                           "baseline_rate": v[1][0], "baseline_shape_rate": v[1][2]}
                                  for k, v in per_seed.items()},
-            "learn_images": n_learn, "learn_steps": state.step, "learn_lr": lr, "learn_batch": batch,
+            "learn_images": n_learn, "learn_steps": state.step, "learn_vectors": vectors, "learn_lr": lr, "learn_batch": batch,
             "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1),
             "final_loss": round(float(np.mean(state.losses[-50:])), 5),
             "judge": {"real_concept_found": round(judge_acc, 4), "train_scenes": n_judge, "epochs": judge_epochs},
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--init-words", default="blue,star", help="the words the colour and shape tokens start from")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--vectors", type=int, default=1, help="embedding vectors per token")
     p.add_argument("--gen-seeds", default="", help="generation seeds, comma-separated; rates are their mean (default: 0)")
     p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
     p.add_argument("--n-real", type=int, default=50)
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         a.n_real, a.variants, a.seg_epochs = 4, 1, 1
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
                  a.guidance, log=log, init=tuple(a.init_words.split(",")),
-                 gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()))
+                 gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()), vectors=a.vectors)
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))

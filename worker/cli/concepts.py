@@ -57,13 +57,15 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
 @click.option("--steps", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=5e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1))
+@click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="embedding vectors per token (more capacity for a concept far from every word the model knows)")
 @click.option("--max-images", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--template", "templates", multiple=True, help='prompt template with {} for the tokens, e.g. "a photo of a {}"')
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume/--restart", default=True, show_default=True, help="continue from --out's checkpoint")
 @click.option("--threads", default=None, type=int, help="torch CPU threads")
-def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps, lr, batch_size, max_images, templates,
-              seed, resume, threads) -> None:
+def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps, lr, batch_size, vectors, max_images,
+              templates, seed, resume, threads) -> None:
     """Learn TOKEN(s) from a few images; only their embeddings train (UNet and text encoder frozen)."""
     import torch
 
@@ -93,7 +95,7 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
             word = "the" if "the" in vocab else next(w for w in vocab if w not in model.tokenizer.all_special_tokens)
             init_words = (word,) * len(tokens)
         cfg = LearnConfig(tokens=list(tokens), init_words=list(init_words), steps=steps, lr=lr, batch_size=batch_size,
-                          seed=seed, templates=list(templates) or None)
+                          seed=seed, templates=list(templates) or None, vectors=vectors)
         click.echo(f"learning {' '.join(tokens)} from {len(paths)} images on {model.info.id} ({model.info.revision}), "
                    f"{steps} steps")
         with click.progressbar(length=steps, label="textual inversion", show_pos=True) as bar:

@@ -47,6 +47,7 @@ class LearnConfig:
     checkpoint_every: int = 100
     templates: list[str] | None = None  # with "{}" for the tokens; default: what the tokenizer can spell
     flips: bool = True
+    vectors: int = 1  # embedding vectors per token (the textual-inversion example's num_vectors)
 
 
 @dataclass
@@ -122,8 +123,13 @@ def learn_concept(
     pairs = [(model.tokenizer, model.text_encoder)]
     if model.text_encoder_2 is not None:
         pairs.append((model.tokenizer_2, model.text_encoder_2))
-    init = {t: [word_embedding(tok, enc, w) for tok, enc in pairs] for t, w in zip(cfg.tokens, cfg.init_words)}
-    ids = add_concept_tokens(model, init)
+    if not 1 <= cfg.vectors <= 16:
+        raise ConceptError("--vectors: give 1 to 16 embedding vectors per token", field="--vectors")
+    # every vector of a token starts at its init word; their positions in the prompt set them apart
+    init = {t: [word_embedding(tok, enc, w).expand(cfg.vectors, -1).clone() for tok, enc in pairs]
+            for t, w in zip(cfg.tokens, cfg.init_words)}
+    ids_by_token = add_concept_tokens(model, init)
+    ids = [[i for t in cfg.tokens for i in per_token[t]] for per_token in ids_by_token]
     phrase = " ".join(cfg.tokens)
     templates = usable_templates(model.tokenizer, phrase, cfg.templates)
     gen_defaults = model.extras.get("default_generation", {})
@@ -203,7 +209,7 @@ def learn_concept(
             os.replace(tmp, ckpt_path)
     for w in weights:
         w.requires_grad_(False)
-    rows = {t: [w.detach()[i[k]].clone() for w, i in zip(weights, ids)] for k, t in enumerate(cfg.tokens)}
+    rows = {t: [w.detach()[per_token[t]].clone() for w, per_token in zip(weights, ids_by_token)] for t in cfg.tokens}
     save_concept(out, rows, base_model.info, cfg, templates, len(images), state)
     return state
 
@@ -213,11 +219,13 @@ def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: Lear
     from safetensors.torch import save_file
 
     files = {}
-    for token, embs in rows.items():
+    for token, embs in rows.items():  # per encoder [N, D]; one vector is written as [D] (SDXL: [1, D])
         if len(embs) == 2:
-            tensors = {"clip_l": embs[0].reshape(1, -1).contiguous(), "clip_g": embs[1].reshape(1, -1).contiguous()}
+            tensors = {"clip_l": embs[0].reshape(-1, embs[0].shape[-1]).contiguous(),
+                       "clip_g": embs[1].reshape(-1, embs[1].shape[-1]).contiguous()}
         else:
-            tensors = {token: embs[0].contiguous()}
+            m = embs[0].reshape(-1, embs[0].shape[-1])
+            tensors = {token: (m[0] if m.shape[0] == 1 else m).contiguous()}
         save_file(tensors, str(out / token_file(token)))
         files[token] = token_file(token)
     meta = {
@@ -226,6 +234,7 @@ def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: Lear
         "tokens": list(rows),
         "files": files,
         "init_words": cfg.init_words,
+        "vectors": cfg.vectors,
         "base_model": {"id": info.id, "revision": info.revision},
         "training": {"steps": state.step, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                      "images": n_images, "templates": templates,

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from shared.formats.spec import SpecError
+from worker.engine.text import VECTORS_ATTR
 
 CONCEPT_FILE = "concept.json"
 FORMAT = "dsgen-concept"
@@ -47,19 +48,29 @@ class Concept:
     meta: dict[str, Any]
 
     def embeddings(self) -> dict[str, list[torch.Tensor]]:
-        """token -> one [D] row per text encoder (in encoder order)."""
+        """token -> one [N, D] matrix per text encoder (in encoder order): its N vectors."""
         from safetensors.torch import load_file
 
         out = {}
         for token in self.tokens:
             state = load_file(str(self.folder / self.files[token]))
             if set(state) == set(SDXL_KEYS):
-                out[token] = [state["clip_l"].reshape(-1), state["clip_g"].reshape(-1)]
+                out[token] = [_matrix(state["clip_l"]), _matrix(state["clip_g"])]
             elif len(state) == 1:
-                out[token] = [next(iter(state.values())).reshape(-1)]
+                out[token] = [_matrix(next(iter(state.values())))]
             else:
                 raise ConceptError(f"concepts: {self.folder / self.files[token]} is not a textual-inversion embedding")
         return out
+
+
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    """[D] (one vector, as most embeddings ship) or [N, D] -> [N, D]."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def vector_tokens(token: str, n: int) -> list[str]:
+    """The tokenizer entries of a token with n vectors: `<t>`, `<t>_1`, ... (diffusers' naming)."""
+    return [token] + [f"{token}_{k}" for k in range(1, n)]
 
 
 def check_token(token: str, field: str = "--token") -> str:
@@ -114,23 +125,31 @@ def word_embedding(tokenizer, text_encoder, word: str) -> torch.Tensor:
     return weight[torch.tensor(ids)].mean(0).detach().clone()
 
 
-def add_concept_tokens(model, rows: dict[str, Sequence[torch.Tensor]]) -> list[list[int]]:
+def add_concept_tokens(model, rows: dict[str, Sequence[torch.Tensor]]) -> list[dict[str, list[int]]]:
     """Add the tokens to the model's tokenizer(s) (in place), grow the text encoder(s)' input
-    embeddings and set the rows. Returns, per encoder, the new tokens' ids (in `rows` order)."""
+    embeddings and set the rows ([D] or [N, D] per encoder: N vectors). A token with N > 1 vectors
+    is N tokenizer entries that `worker.engine.text.tokenize` writes for the one word. Returns, per
+    encoder, each token's ids."""
     ids_per_encoder = []
     for e, (tokenizer, encoder) in enumerate(_pairs(model)):
-        known = [t for t in rows if t in tokenizer.get_vocab()]
+        matrices = {t: _matrix(rows[t][e]) for t in rows}
+        names = {t: vector_tokens(t, m.shape[0]) for t, m in matrices.items()}
+        vocab = tokenizer.get_vocab()
+        known = [n for t in rows for n in names[t] if n in vocab]
         if known:
             raise ConceptError(f"concepts: token {known[0]} is already a word of this model; pick another name "
                                "(two concepts cannot share a token)")
-        tokenizer.add_tokens(list(rows))
-        ids = tokenizer.convert_tokens_to_ids(list(rows))
+        tokenizer.add_tokens([n for t in rows for n in names[t]])
+        ids = {t: list(tokenizer.convert_tokens_to_ids(names[t])) for t in rows}
         encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # rows are set below
         weight = encoder.get_input_embeddings().weight
         with torch.no_grad():
-            for token, i in zip(rows, ids):
-                weight[i] = rows[token][e].to(weight.dtype, copy=True).to(weight.device)
-        ids_per_encoder.append(list(ids))
+            for t, m in matrices.items():
+                weight[ids[t]] = m.to(weight.dtype, copy=True).to(weight.device)
+        vectors = {i[0]: i for i in ids.values() if len(i) > 1}
+        if vectors:
+            setattr(tokenizer, VECTORS_ATTR, {**getattr(tokenizer, VECTORS_ATTR, {}), **vectors})
+        ids_per_encoder.append(ids)
     return ids_per_encoder
 
 
@@ -176,9 +195,9 @@ def with_concepts(model, folders: Sequence[str | Path], fields: Sequence[str] | 
         for c, field in zip(concepts, fields):
             for token, emb in c.embeddings().items():
                 dims = [enc.get_input_embeddings().weight.shape[1] for _, enc in _pairs(model)]
-                if len(emb) != n_enc or [e.numel() for e in emb] != dims:
-                    raise ConceptError(f"{field}: {token}'s embedding has sizes {[e.numel() for e in emb]}, this model's "
-                                       f"text encoders take {dims}", field=field)
+                if len(emb) != n_enc or [e.shape[-1] for e in emb] != dims or len({e.shape[0] for e in emb}) != 1:
+                    raise ConceptError(f"{field}: {token}'s embedding has sizes {[list(e.shape) for e in emb]}, this "
+                                       f"model's text encoders take {dims}", field=field)
                 rows[token] = emb
         copied = private_copy(model)
         add_concept_tokens(copied, rows)

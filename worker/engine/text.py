@@ -44,6 +44,11 @@ def _check_known_words(tokenizer, prompts: list[str], ids: torch.Tensor) -> None
             )
 
 
+# A tokenizer copy that holds multi-vector concept tokens carries {token id: [its vector ids]}
+# under this attribute (worker.engine.concepts sets it): one word in a prompt, N input embeddings.
+VECTORS_ATTR = "dsgen_concept_vectors"
+
+
 def tokenize(tokenizer, prompts: list[str]):
     enc = tokenizer(
         prompts,
@@ -54,7 +59,33 @@ def tokenize(tokenizer, prompts: list[str]):
         return_offsets_mapping=True,
     )
     _check_known_words(tokenizer, prompts, enc["input_ids"])
+    vectors = getattr(tokenizer, VECTORS_ATTR, None)
+    if vectors:
+        return _expand_vectors(enc, vectors, tokenizer.model_max_length, tokenizer.pad_token_id)
     return enc
+
+
+def _expand_vectors(enc, vectors: dict[int, list[int]], length: int, pad_id: int | None) -> dict:
+    """Each multi-vector token becomes its N ids in place (each with the word's character span, so
+    class mentions select all of them); the row is re-padded, and cut before its last real token
+    (the end token) if it grew past the limit."""
+    rows_ids, rows_mask, rows_off = [], [], []
+    for ids, mask, offs in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), enc["offset_mapping"].tolist()):
+        real = sum(mask)
+        new_ids, new_off = [], []
+        for t, o in zip(ids[:real], offs[:real]):
+            for v in vectors.get(t, (t,)):
+                new_ids.append(v)
+                new_off.append(tuple(o))
+        if len(new_ids) > length:
+            new_ids, new_off = new_ids[:length - 1] + new_ids[-1:], new_off[:length - 1] + new_off[-1:]
+        n = len(new_ids)
+        pad = ids[real] if real < len(ids) else (pad_id if pad_id is not None else new_ids[-1])
+        rows_ids.append(new_ids + [pad] * (length - n))
+        rows_mask.append([1] * n + [0] * (length - n))
+        rows_off.append(new_off + [(0, 0)] * (length - n))
+    return {"input_ids": torch.tensor(rows_ids), "attention_mask": torch.tensor(rows_mask),
+            "offset_mapping": torch.tensor(rows_off)}
 
 
 def token_groups(offsets: list[tuple[int, int]], mentions: tuple[ClassMention, ...]) -> list[list[int]]:

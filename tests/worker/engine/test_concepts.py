@@ -149,3 +149,63 @@ def test_a_missing_concept_names_the_field_and_the_fix(tmp_path):
 def test_init_word_the_model_does_not_know_is_refused(tmp_path):
     with pytest.raises(ConceptError, match="--init-word: 'photo' is not a word"):
         _learn(load_model("builtin:shapes-v1"), tmp_path, tokens=("<cyan>",), init=("photo",), steps=1)
+
+
+def test_a_multi_vector_token_is_one_word_with_n_embeddings_that_labels_and_diffusers_read(tmp_path):
+    from worker.engine.text import encode_prompts, token_groups, tokenize
+
+    model = load_model("builtin:tiny-random")
+    out, _ = _learn(model, tmp_path, vectors=3)
+    state = read_concept(out).embeddings()["<thing>"][0]
+    assert state.shape[0] == 3 and json.loads((out / "concept.json").read_text())["vectors"] == 3
+    assert not torch.allclose(state[0], state[1])  # the vectors trained apart from their shared init
+    learned = with_concepts(model, [out])
+    enc = tokenize(learned.tokenizer, ["a <thing> cat", "a cat"])
+    plain = tokenize(learned.tokenizer, ["a cat"])
+    row = enc["input_ids"][0].tolist()
+    ids = learned.tokenizer.convert_tokens_to_ids(["<thing>", "<thing>_1", "<thing>_2"])
+    assert row[2:5] == ids and enc["attention_mask"][0].sum() == plain["attention_mask"][0].sum() + 3
+    assert enc["input_ids"].shape[1] == plain["input_ids"].shape[1]  # still padded to the model's length
+    assert torch.equal(enc["input_ids"][1], plain["input_ids"][0])  # prompts without the token are untouched
+    # a class mention of the word selects its three vectors (so attention labels read all of them)
+    from shared.formats.prompts import ClassMention
+
+    offsets = [tuple(o) for o in enc["offset_mapping"][0].tolist()]
+    assert token_groups(offsets, (ClassMention("thing", 1, ((2, 9),)),)) == [[2, 3, 4]]
+    weight = learned.text_encoder.get_input_embeddings().weight
+    assert torch.equal(weight[ids], state)
+    assert encode_prompts(learned, ["a <thing> cat"]).embeds.shape[1] == enc["input_ids"].shape[1]
+
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model.path, safety_checker=None, requires_safety_checker=False)
+    pipe.load_textual_inversion(str(out / "thing.safetensors"), token="<thing>")
+    assert pipe.tokenizer.convert_tokens_to_ids("<thing>_2") != pipe.tokenizer.unk_token_id
+    assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("<thing>_2")],
+                          state[2])
+    samples = list(EngineSession(_spec(model.info.id, out, "<thing>", labels={"mode": "refined"})).generate(range(2)))
+    assert samples[0].record.prompt == "a <thing>" and samples[0].semantic is not None
+
+
+def test_a_word_level_model_takes_multi_vector_tokens_too(tmp_path):
+    model = load_model("builtin:shapes-v1")
+    out, _ = _learn(model, tmp_path, tokens=("<cyan>", "<cross>"), init=("blue", "star"), vectors=2)
+    learned = with_concepts(model, [out])
+    from worker.engine.text import tokenize
+
+    row = tokenize(learned.tokenizer, ["a <cyan> <cross>"])["input_ids"][0].tolist()
+    names = learned.tokenizer.convert_ids_to_tokens(row)
+    assert names[1:6] == ["a", "<cyan>", "<cyan>_1", "<cross>", "<cross>_1"]
+    with pytest.raises(ConceptError, match="--vectors"):
+        _learn(model, tmp_path / "x", vectors=0)
+
+
+def test_vector_expansion_that_overflows_keeps_the_end_token():
+    from worker.engine.text import _expand_vectors
+
+    enc = {"input_ids": torch.tensor([[0, 7, 9, 1, 1, 1]]), "attention_mask": torch.tensor([[1, 1, 1, 1, 0, 0]]),
+           "offset_mapping": torch.tensor([[[0, 0], [0, 3], [4, 5], [0, 0], [0, 0], [0, 0]]])}
+    out = _expand_vectors(enc, {7: [7, 20, 21, 22]}, 6, 1)
+    assert out["input_ids"][0].tolist() == [0, 7, 20, 21, 22, 1]  # 9 was cut, the end token kept
+    assert out["attention_mask"][0].tolist() == [1] * 6
+    assert [tuple(o) for o in out["offset_mapping"][0].tolist()][1:5] == [(0, 3)] * 4
