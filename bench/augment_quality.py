@@ -21,6 +21,7 @@ AUGMENT_STREAM = 910_007
 MODES = {
     "inpaint_inside": {"mode": "inpaint_inside", "strengths": [0.5, 0.75, 1.0]},
     "inpaint_inside_rectified": {"mode": "inpaint_inside", "strengths": [0.5, 0.75, 1.0], "rectify": True},
+    "inpaint_inside_rectified_low": {"mode": "inpaint_inside", "strengths": [0.25, 0.5], "rectify": True},
     "sdedit_low": {"mode": "sdedit", "strengths": [0.25], "keep_labels_below": 0.3},
 }
 
@@ -46,7 +47,7 @@ def _augment_samples(model_id: str, source: Path, classes, n: int, variants: int
 
 def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, guidance: float, seg_epochs: int,
                     seed: int, test, seg_real, log=print, out: Path | None = None,
-                    seg_seeds: tuple[int, ...] = ()) -> dict:
+                    seg_seeds: tuple[int, ...] = (), modes: tuple[str, ...] = ()) -> dict:
     """`q`: the bench.quality module the caller measures with (its world and helpers).
 
     `seg_seeds`: the real-only and mixed segmenters are trained once per seed (default: `seed`) and
@@ -64,7 +65,9 @@ def augment_quality(q, model_id: str, n_real: int, variants: int, steps: int, gu
     reps = max(1, round((n_real + n_real * variants) / n_real))
     real_only = [q.evaluate_segmenter(q.train_segmenter(real_x * reps, real_y * reps, seg_epochs, sd), test).miou()
                  for sd in seeds]
-    for name, options in MODES.items():
+    result["guidance_scale"] = guidance
+    for name in modes or tuple(MODES):
+        options = MODES[name]
         samples = _augment_samples(model_id, source, q.SHAPES, n_real, variants, options, steps, guidance, seed, q.SIZE)
         carried = sum(s.record.parameters["augment"]["labels"] == "carried" for s in samples)
         images = [np.asarray(s.image.convert("RGB")) for s in samples]

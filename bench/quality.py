@@ -384,7 +384,8 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         suffix: bool, seg_epochs: int, cls_epochs: int, seed: int = 0, log=print, n_few_real: int = 50,
         parts: tuple[str, ...] = ("attention", "fidelity", "synthetic"), m2i_guidance: float = 1.5,
         filter_scopes: tuple[str, ...] = FILTER_ROWS, hardness: bool = True, filter_seeds: tuple[int, ...] = (),
-        filter_quantile: float = 0.99, augment_seeds: tuple[int, ...] = ()) -> dict:
+        filter_quantile: float = 0.99, augment_seeds: tuple[int, ...] = (), augment_variants: int = 2,
+        augment_guidance: float | None = None, augment_modes: tuple[str, ...] = ()) -> dict:
     from worker.engine.loading import load_model
 
     torch.manual_seed(seed)
@@ -420,9 +421,9 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         if seg_real is None:
             seg_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
             seg_real = train_segmenter([s.image for s in seg_scenes], [s.semantic for s in seg_scenes], seg_epochs, seed)
-        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, 2, steps, guidance, seg_epochs,
-                                            seed, test, seg_real, log, out,
-                                            seg_seeds=augment_seeds)
+        result["augment"] = augment_quality(sys.modules[__name__], model_id, n_few_real, augment_variants, steps,
+                                            augment_guidance or guidance, seg_epochs, seed, test, seg_real, log, out,
+                                            seg_seeds=augment_seeds, modes=augment_modes)
     result["grids"] = sorted(str(p) for p in out.glob("*.png"))
     result["seconds"] = round(time.time() - started, 1)
     return result
@@ -744,6 +745,9 @@ def main(argv: list[str] | None = None) -> None:
                         "real_quantile (pixels above the real loss quantile), samples (whole samples dropped)")
     p.add_argument("--filter-seeds", default="", help="segmenter seeds per filter row, comma-separated (default: --seed)")
     p.add_argument("--filter-quantile", type=float, default=0.99, help="the real_quantile row's level")
+    p.add_argument("--augment-variants", type=int, default=2, help="augment: variants per real image (DA-Fusion's M)")
+    p.add_argument("--augment-guidance", type=float, default=None, help="augment's guidance scale (default: --guidance)")
+    p.add_argument("--augment-modes", default="", help="augment modes, comma-separated (default: all of bench/augment_quality.py's MODES)")
     p.add_argument("--augment-seeds", default="", help="segmenter seeds of the augment gains, comma-separated (default: --seed)")
     p.add_argument("--no-hardness", action="store_true", help="skip hardness-aware vs uniform resampling")
     a = p.parse_args(argv)
@@ -755,7 +759,9 @@ def main(argv: list[str] | None = None) -> None:
                  m2i_guidance=a.m2i_guidance, filter_scopes=tuple(a.filter_scopes.split(",")), hardness=not a.no_hardness,
                  filter_seeds=tuple(int(x) for x in a.filter_seeds.split(",") if x.strip()),
                  filter_quantile=a.filter_quantile,
-                 augment_seeds=tuple(int(x) for x in a.augment_seeds.split(",") if x.strip()))
+                 augment_seeds=tuple(int(x) for x in a.augment_seeds.split(",") if x.strip()),
+                 augment_variants=a.augment_variants, augment_guidance=a.augment_guidance,
+                 augment_modes=tuple(x for x in a.augment_modes.split(",") if x.strip()))
     (a.out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
