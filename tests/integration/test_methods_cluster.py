@@ -85,3 +85,22 @@ def test_augment_marks_its_samples_synthetic_with_their_source(cluster, api, hea
         truth = np.asarray(Image.open(real / "samples" / f"{index:06d}" / "semantic.png"))
         assert (fetch_png(s["urls"]["semantic"]) == truth).all()  # inpainted inside: labels carried over
     assert seen == {0, 1, 2}
+
+
+def test_layout_shapes_come_from_an_uploaded_source_and_are_the_labels(cluster, api, headers, tmp_path):
+    real = tmp_path / "shapes"
+    write_real_dataset(real, 12, seed=4, size=32, formats=["coco"])
+    source = upload(api, headers, zip_folder(real))
+    _, samples = run_job(api, headers, cluster, {
+        "name": "layout-shapes", "method": "layout", "num_images": 2, "export": {"formats": ["coco"]},
+        "layout": {"objects": [{"class": "circle", "box": [0.1, 0.1, 0.6, 0.6]}], "scale": 1.0, "box_mask": True,
+                   "shapes": {"upload": source["id"]}}})
+    for s in samples:
+        params = s["lineage"]["parameters"]["layout"]
+        assert params["labels"] == "layout (masks are the shapes fitted into the asked boxes)"
+        (name,) = params["shapes"]
+        assert (real / name).is_file()  # a mask of the uploaded source
+        x, y, w, h = params["objects"][0]["box"]
+        ys, xs = np.nonzero(fetch_png(s["urls"]["semantic"]) == 1)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)  # it fills the asked box
+        assert len(xs) < 0.95 * w * h  # with a circle's shape, not the box's
