@@ -62,6 +62,7 @@ bench: setup
 bench-quality: setup
 	$(BIN)/python bench/quality.py --model builtin:shapes-v2 --out bench/out
 	$(BIN)/python bench/adaptor.py --quick
+	$(BIN)/python bench/methods_quality.py --n-edit 64 --n-layout 64 --n-classifier 4000 --cls-epochs 8 --out bench/out/methods.json
 
 ## Retrain the shipped detection adaptor against the current builtin:shapes-v2 weights.
 shapes-adaptor: setup

@@ -256,7 +256,6 @@ def main() -> None:
     p.add_argument("--n-classifier", type=int, default=1000)
     p.add_argument("--cls-epochs", type=int, default=4)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--edit-guidance", type=float, default=1.5,
                    help="edit's guidance scale: the source is inverted without guidance, and a high scale on the way "
                    "back breaks the inversion (noisy objects); 1.5 measured on shapes-v2")
@@ -270,7 +269,11 @@ def main() -> None:
                    help='further EditOptions fields as JSON, e.g. \'{"self_strength": 0.5}\'')
     p.add_argument("--edit-stream", type=int, default=EDIT_STREAM, help="930001: the validation stream settings are chosen on")
     p.add_argument("--layout-scale", type=float, default=2.0)
-    p.add_argument("--layout-modes", default="guided,plain,box_mask,guided+box_mask")
+    p.add_argument("--layout-modes", default="plain,box_mask,shapes,guided+shapes",
+                   help="of plain, guided, box_mask, guided+box_mask, shapes, guided+shapes")
+    p.add_argument("--layout-guidance", type=float, default=1.5,
+                   help="layout's guidance scale: rectified objects break into pieces at 3.0 and stay whole at 1.5 "
+                   "(as mask2image's; docs/methods.md)")
     p.add_argument("--box-window", type=float, default=1.0, help="box_mask acts in steps [0, this) of the run")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -286,7 +289,8 @@ def main() -> None:
     t0 = time.time()
     judge = q.PairJudge(q.real_scenes(q.CLASSIFIER_STREAM, a.n_classifier), a.cls_epochs, a.seed)
     result = {"model": a.model, "model_revision": model.info.revision, "judge_seconds": round(time.time() - t0, 1)}
-    gen = GenerationSpec(width=side, height=side, steps=a.steps, guidance_scale=a.guidance, scheduler="ddim", batch_size=a.batch)
+    gen = GenerationSpec(width=side, height=side, steps=a.steps, guidance_scale=a.layout_guidance, scheduler="ddim",
+                         batch_size=a.batch)
     parts = a.parts.split(",")
     if "edit" in parts:
         result["edit"] = edit_quality(model, judge, world, a.n_edit, gen.model_copy(update={"guidance_scale": a.edit_guidance}),
