@@ -5,9 +5,11 @@ models, FreestyleNet) draws its words' region: a box-shaped region makes a box-s
 Giving each object a real instance mask of its class, scaled into its box, tells such a model
 the class's shape as well as the place, and the same mask is the object's label.
 
-Instances touching the image border are left out (they are cut, not the class's shape). The bank
-reads the source in its fixed order and stops once every class it needs has `PER_CLASS` shapes,
-so a large dataset costs a few hundred label maps, not all of them.
+Instances touching the image border are left out (they are cut, not the class's shape). Instances
+touching another object may be partly hidden behind it, so a class's shapes are its free-standing
+instances when it has at least `MIN_FREE` of them, else all. The bank reads the source in its
+fixed order and stops once every class it needs has `PER_CLASS` free-standing shapes, so a large
+dataset costs a few hundred label maps, not all of them.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from worker.engine.mask_sources import MaskSource
 
 FIELD = "layout.shapes"
 PER_CLASS = 64  # shapes kept per class: enough variety for a job, few maps read
+MIN_FREE = 8  # free-standing shapes a class needs before its touching ones are left out
 MIN_PIXELS = 16  # smaller instances carry no shape worth copying
 _STRUCTURE = np.ones((3, 3), dtype=bool)
 
@@ -67,19 +70,27 @@ def _instances(semantic: np.ndarray, instances: np.ndarray | None) -> list[tuple
 
 def build_shape_bank(sources: Sequence[MaskSource], needed: dict[int, str], field: str = FIELD) -> ShapeBank:
     """Shapes of the classes in `needed` (category id -> name) from `sources`, in their order."""
-    bank = ShapeBank({cid: [] for cid in needed})
+    free: dict[int, list[Shape]] = {cid: [] for cid in needed}
+    touching: dict[int, list[Shape]] = {cid: [] for cid in needed}
     for source in sources:
-        if all(len(v) >= PER_CLASS for v in bank.shapes.values()):
+        if all(len(v) >= PER_CLASS for v in free.values()):
             break
         maps = source.load()
+        objects = (maps.semantic > 0) & (maps.semantic < 255)
         for cid, mask in _instances(maps.semantic, maps.instances):
-            if cid not in bank.shapes or len(bank.shapes[cid]) >= PER_CLASS or mask.sum() < MIN_PIXELS:
+            if cid not in free or len(free[cid]) >= PER_CLASS or mask.sum() < MIN_PIXELS:
                 continue
             rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
             y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
             if y0 == 0 or x0 == 0 or y1 == mask.shape[0] or x1 == mask.shape[1]:
                 continue  # cut by the image border: not the class's whole shape
-            bank.shapes[cid].append(Shape(source.name, mask[y0:y1, x0:x1].copy()))
+            shape = Shape(source.name, mask[y0:y1, x0:x1].copy())
+            if (ndimage.binary_dilation(mask, _STRUCTURE) & objects & ~mask).any():
+                touching[cid].append(shape)  # beside another object: perhaps partly behind it
+            else:
+                free[cid].append(shape)
+    bank = ShapeBank({cid: free[cid] if len(free[cid]) >= MIN_FREE else free[cid] + touching[cid][:PER_CLASS]
+                      for cid in needed})
     missing = [needed[cid] for cid, v in bank.shapes.items() if not v]
     if missing:
         raise SpecError(f"{field}: the source has no instance of {', '.join(repr(m) for m in missing)} clear of the "

@@ -50,3 +50,21 @@ def test_a_class_the_source_lacks_is_a_spec_error_naming_the_field():
     with pytest.raises(SpecError) as e:
         build_shape_bank([_source("c.png", sem)], {1: "circle", 3: "star"})
     assert e.value.field == "layout.shapes" and "'star'" in str(e.value)
+
+
+def test_free_standing_shapes_are_preferred_once_a_class_has_enough(monkeypatch):
+    import worker.engine.shape_bank as sb
+
+    def scene(touch: bool) -> np.ndarray:
+        sem = np.zeros((16, 16), np.uint8)
+        sem[4:10, 4:10] = 1
+        if touch:
+            sem[4:10, 10:13] = 2  # another object right beside it
+        return sem
+
+    sources = [_source("touching.png", scene(True)), _source("free.png", scene(False))]
+    bank = build_shape_bank(sources, {1: "square"})
+    assert sorted(s.source for s in bank.shapes[1]) == ["free.png", "touching.png"]  # too few free ones: both
+    monkeypatch.setattr(sb, "MIN_FREE", 1)
+    bank = build_shape_bank(sources, {1: "square"})
+    assert [s.source for s in bank.shapes[1]] == ["free.png"]
