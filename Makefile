@@ -39,6 +39,7 @@ demo: setup
 METHODS := text2image image2image mask2image edit layout
 demo-methods: setup
 	$(BIN)/dsgen shapes render --out out/methods/_real --n 16 --seed 5 --size 48 --formats coco --overwrite
+	$(BIN)/dsgen shapes render --out out/methods/_shapes --n 64 --seed 6 --size 48 --formats coco --overwrite
 	for m in $(METHODS); do $(BIN)/dsgen run examples/methods/$$m.yaml --out out/methods/$$m --overwrite || exit 1; done
 	$(BIN)/python examples/methods/grids.py $(addprefix out/methods/,$(METHODS))
 
