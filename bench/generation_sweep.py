@@ -14,7 +14,6 @@ seconds per image.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -105,11 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         result["settings"][f"{sched}:{steps}:{guidance:g}"] = {
             **fidelity(judge, captions, imgs), "scheduler": sched, "steps": steps, "guidance_scale": guidance,
             "seconds_per_image": round(seconds[key] / len(imgs), 4)}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    q.emit_json(result, a.out)
 
 
 if __name__ == "__main__":

@@ -300,11 +300,7 @@ def main() -> None:
     if "layout" in parts:
         result["layout"] = layout_quality(model, judge, world, a.n_layout, gen, a.batch, a.seed, a.layout_scale,
                                           tuple(a.layout_modes.split(",")), (0.0, a.box_window))
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    q.emit_json(result, a.out)
 
 
 if __name__ == "__main__":

@@ -344,6 +344,15 @@ def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance
     return list(session.generate(range(len(captions))))
 
 
+def emit_json(result: dict, out: Path | None) -> None:
+    """A benchmark's one JSON object: printed, and written to `out` when given."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 # ------------------------------------------------------------------ grids
 
 def colourise(sem: np.ndarray) -> np.ndarray:

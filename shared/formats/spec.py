@@ -965,6 +965,16 @@ def json_data(value: Any, path: str = "", depth: int = 0) -> Any:
     raise ValueError(f"{where}: {type(value).__name__} values are not allowed in a spec")
 
 
+def _with_local_source(spec: JobSpec, method: str, attr: str, base: Path) -> JobSpec:
+    """`spec` with `<method>.<attr>` (a SourceSpec) read relative to the spec file's folder."""
+    options = getattr(spec, method)
+    source = getattr(options, attr, None) if options is not None else None
+    if source is None or not source.path or Path(source.path).is_absolute():
+        return spec
+    fixed = source.model_copy(update={"path": str((base / source.path).resolve())})
+    return spec.model_copy(update={method: options.model_copy(update={attr: fixed})})
+
+
 def load_spec(path: str | Path) -> JobSpec:
     """Read a job spec from a YAML or JSON file. Relative paths inside resolve against its folder."""
     p = Path(path)
@@ -995,32 +1005,21 @@ def load_spec(path: str | Path) -> JobSpec:
         if paths:
             fixed = {k: str((p.parent / v).resolve()) for k, v in paths.items()}
             spec = spec.model_copy(update={"image2image": spec.image2image.model_copy(update=fixed)})
+    for method, attr in (("mask2image", "source"), ("edit", "source"), ("augment", "source"), ("layout", "shapes")):
+        spec = _with_local_source(spec, method, attr, p.parent)
     m2i = spec.mask2image
     if m2i is not None:
         update: dict[str, Any] = {}
-        if m2i.source.path and not Path(m2i.source.path).is_absolute():
-            update["source"] = m2i.source.model_copy(update={"path": str((p.parent / m2i.source.path).resolve())})
         if m2i.controlnet and not Path(m2i.controlnet).is_absolute() and (p.parent / m2i.controlnet).exists():
             update["controlnet"] = str((p.parent / m2i.controlnet).resolve())
         if m2i.resample and not Path(m2i.resample.segmenter).is_absolute() and (p.parent / m2i.resample.segmenter).exists():
             update["resample"] = m2i.resample.model_copy(update={"segmenter": str((p.parent / m2i.resample.segmenter).resolve())})
         if update:
             spec = spec.model_copy(update={"mask2image": m2i.model_copy(update=update)})
-    if spec.edit is not None and spec.edit.source.path and not Path(spec.edit.source.path).is_absolute():
-        src = spec.edit.source.model_copy(update={"path": str((p.parent / spec.edit.source.path).resolve())})
-        spec = spec.model_copy(update={"edit": spec.edit.model_copy(update={"source": src})})
     if spec.concepts:
         fixed = [c if c.startswith("upload:") or Path(c).is_absolute() or not (p.parent / c).exists()
                  else str((p.parent / c).resolve()) for c in spec.concepts]
         spec = spec.model_copy(update={"concepts": fixed})
-    lay = spec.layout
-    if lay is not None and lay.shapes is not None and lay.shapes.path and not Path(lay.shapes.path).is_absolute():
-        src = lay.shapes.model_copy(update={"path": str((p.parent / lay.shapes.path).resolve())})
-        spec = spec.model_copy(update={"layout": lay.model_copy(update={"shapes": src})})
-    aug = spec.augment
-    if aug is not None and aug.source.path and not Path(aug.source.path).is_absolute():
-        src = aug.source.model_copy(update={"path": str((p.parent / aug.source.path).resolve())})
-        spec = spec.model_copy(update={"augment": aug.model_copy(update={"source": src})})
     seg = spec.labels.filter.segmenter
     if seg and not Path(seg).is_absolute() and (p.parent / seg).exists():
         filt = spec.labels.filter.model_copy(update={"segmenter": str((p.parent / seg).resolve())})

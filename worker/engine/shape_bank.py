@@ -80,11 +80,10 @@ def build_shape_bank(sources: Sequence[MaskSource], needed: dict[int, str], fiel
         for cid, mask in _instances(maps.semantic, maps.instances):
             if cid not in free or len(free[cid]) >= PER_CLASS or mask.sum() < MIN_PIXELS:
                 continue
-            rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-            y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-            if y0 == 0 or x0 == 0 or y1 == mask.shape[0] or x1 == mask.shape[1]:
+            ((rows, cols),) = ndimage.find_objects(mask.astype(np.uint8))
+            if rows.start == 0 or cols.start == 0 or rows.stop == mask.shape[0] or cols.stop == mask.shape[1]:
                 continue  # cut by the image border: not the class's whole shape
-            shape = Shape(source.name, mask[y0:y1, x0:x1].copy())
+            shape = Shape(source.name, mask[rows, cols].copy())
             if (ndimage.binary_dilation(mask, _STRUCTURE) & objects & ~mask).any():
                 touching[cid].append(shape)  # beside another object: perhaps partly behind it
             else:

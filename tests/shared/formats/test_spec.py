@@ -78,6 +78,22 @@ def test_load_yaml_and_json_and_resolve_captions_relative_to_the_spec(tmp_path):
     assert load_spec(tmp_path / "job.json").num_images == 4
 
 
+@pytest.mark.parametrize("method, options, read", [
+    ("mask2image", {"source": {"path": "real"}}, lambda s: s.mask2image.source),
+    ("edit", {"source": {"path": "real"}, "inside": ["a blue {class}"]}, lambda s: s.edit.source),
+    ("augment", {"source": {"path": "real"}}, lambda s: s.augment.source),
+    ("layout", {"objects": [{"class": "cat", "box": [0.1, 0.1, 0.5, 0.5]}], "box_mask": True,
+                "shapes": {"path": "real"}}, lambda s: s.layout.shapes),
+])
+def test_a_methods_source_folder_is_read_relative_to_the_spec_file(tmp_path, method, options, read):
+    job = {"model": "builtin:tiny-random", "classes": [{"name": "cat"}], "num_images": 1, "method": method, method: options}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert read(load_spec(tmp_path / "job.json")).path == str((tmp_path / "real").resolve())
+    job[method] = {**options, **{k: {"path": "/abs/real"} for k in ("source", "shapes") if k in options}}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    assert read(load_spec(tmp_path / "job.json")).path == "/abs/real"  # absolute paths stay as written
+
+
 @pytest.mark.parametrize("text, suffix, hint", [("model: [unclosed", ".yaml", "not valid YAML"),
                                                 ("{", ".json", "not valid JSON"),
                                                 ("- a\n- b\n", ".yaml", "mapping")])
