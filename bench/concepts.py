@@ -10,10 +10,17 @@ judge trained on *real* renders only (every drawable colour x shape pair, held-o
 included; bench/quality.py's PairJudge) says which objects each image holds.
 
 Prints one JSON object (and writes it to <out>/concepts.json):
-  concepts.rate            share of generated images in which the judge finds a cyan cross
-  concepts.baseline_rate   the same for the untrained model: the tokens at their init words
-                           (= "a blue star"), i.e. what the model drew before learning
-  concepts.colour_rate / shape_rate   cyan anything / anything cross
+  concepts.objects         read per object (bench/object_judge.py: one solid region the judge reads
+                           as the pair, its silhouette matching the shape as 95% of real objects'
+                           do): share of images holding a cyan cross ("concept"), anything cyan,
+                           anything cross, exactly one object, and the init words' pair; for the
+                           learned tokens, the untrained model (the tokens at their init words,
+                           i.e. what the model drew before learning) and real renders of the concept
+  concepts.layout_with_own_shapes   (--layout) the same for `method: layout` with `layout.shapes`
+                           taken from the 16 learning renders: the tokens' words drawn in the
+                           concept's own shapes, at random boxes (guidance 1.5)
+  concepts.pixel_presence  the pixel judge's reading (a pair present when it wins 12 pixels):
+                           blobs and fragments of the held-out colour pass it, kept for comparison
   concepts.learn_seconds   wall time of the learning on this CPU, steps, images
   concepts.judge           the judge's pair accuracy on held-out real renders of the concept
 """
@@ -32,14 +39,16 @@ import numpy as np  # noqa: E402
 import quality as q  # noqa: E402  (bench/quality.py: the judge and the scene streams)
 import torch  # noqa: E402
 
+from bench import object_judge as oj  # noqa: E402  (the per-object reading)
 from shared.formats.model_meta import model_side  # noqa: E402
 from shared.shapes import render_scene  # noqa: E402
-from shared.shapes.dataset import scene_seed  # noqa: E402
+from shared.shapes.dataset import scene_seed, write_sample  # noqa: E402
 from shared.shapes.world import World, get_world  # noqa: E402
 
 CONCEPT_STREAM, JUDGE_STREAM, JUDGE_TEST_STREAM = 920_001, 920_002, 920_003
 
 
+LAYOUT_GUIDANCE = 1.5  # rectified regions draw whole objects at 1.5 on shapes-v2 (docs/methods.md)
 SIDE = 32  # renders and generated images: the measured model's own side (set by run / run_augment)
 
 
@@ -91,9 +100,46 @@ def generate(model_id: str, concept: Path | None, prompt: str, classes: list[str
     return [np.asarray(s.image) for s in session.generate(range(n))]
 
 
+def generate_layout(model_id: str, concept: Path | None, colour_word: str, shape: str, shape_word: str, shapes: Path,
+                    n: int, steps: int, guidance: float, seed: int) -> list[np.ndarray]:
+    """`method: layout` with `layout.shapes`: one object per image in a random box, its region a
+    shape from `shapes` (the concept's own learning renders), its words "a <colour word> <shape word>"."""
+    from shared.formats.spec import parse_spec
+    from worker.engine.session import EngineSession
+
+    spec = parse_spec({
+        "name": "bench-concepts-layout", "model": model_id, "seed": seed, "method": "layout",
+        "classes": [{"name": shape, "words": [shape_word]}], "num_images": n,
+        "concepts": [str(concept)] if concept else [],
+        "layout": {"random": {"count": [1, 1], "size": [0.4, 0.55]}, "phrase": f"a {colour_word} {{class}}",
+                   "scale": 0.0, "box_mask": True, "shapes": {"path": str(shapes)}, "labels": "layout"},
+        "generation": {"width": SIDE, "height": SIDE, "steps": steps, "guidance_scale": guidance, "scheduler": "ddim",
+                       "batch_size": 16},
+        "export": {"formats": []},
+    })
+    return [np.asarray(s.image) for s in EngineSession(spec).generate(range(n))]
+
+
+def object_rates(judge, rule, world: World, held: tuple[str, str], images, init: tuple[str, str]) -> dict:
+    """Per image, read per object (bench/object_judge.py): the share of images holding an object
+    of the concept, of its colour, of its shape, with exactly one object (the prompt asks one), and
+    holding the init words' pair (a pair the model was trained on: for the untrained prompt
+    "a <init colour> <init shape>" that is the model's own rate, the ceiling a concept starts under)."""
+    found = {"concept": [], "colour": [], "shape": [], "one_object": [], "init_pair": []}
+    for pm in judge.pairs(images):
+        objs = [o for o in oj.read_objects(pm, world.colours, world.shapes) if rule.accepts(o)]
+        found["init_pair"].append(any((o.colour, o.shape) == init for o in objs))
+        found["concept"].append(any((o.colour, o.shape) == held for o in objs))
+        found["colour"].append(any(o.colour == held[0] for o in objs))
+        found["shape"].append(any(o.shape == held[1] for o in objs))
+        found["one_object"].append(len(objs) == 1)
+    return {k: round(float(np.mean(v)), 4) for k, v in found.items()}
+
+
 def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
-        init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = (), vectors: int = 1) -> dict:
+        init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = (), vectors: int = 1,
+        layout: bool = False) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.loading import load_model
 
@@ -106,9 +152,12 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     images_dir = folder / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    shapes_dir = folder / "shapes"  # the same renders as a labelled dsgen folder (layout.shapes' source)
     for i in range(n_learn):
         p = images_dir / f"{i:02d}.png"
-        render_scene(scene_seed(CONCEPT_STREAM, i), SIDE, world=world, objects=[held]).to_pil().save(p)
+        scene = render_scene(scene_seed(CONCEPT_STREAM, i), SIDE, world=world, objects=[held])
+        scene.to_pil().save(p)
+        write_sample(shapes_dir, i, scene)
         paths.append(p)
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
     init = list(init)
@@ -130,37 +179,68 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     judge_acc = float(judge.presence([s.image for s in test])[:, pair].mean())
     log(f"judge trained in {time.time() - t1:.0f}s; finds {held} in {judge_acc:.2f} of real renders")
 
+    rule = q.object_rule(judge)  # calibrated on one-object real renders of every drawable colour x shape
+    real_objects = object_rates(judge, rule, jw, held, [s.image for s in test], tuple(init))
+    log(f"object rule {rule.to_json()}; real concept renders read {real_objects}")
+
     def rates(images):
         pres = judge.presence(images)
         colour = [q.pair_index(held[0], s) for s in jw.shapes]
         shape = [q.pair_index(c, held[1]) for c in jw.colours]
         return (round(float(pres[:, pair].mean()), 4), round(float(pres[:, colour].amax(1).mean()), 4),
-                round(float(pres[:, shape].amax(1).mean()), 4))
+                round(float(pres[:, shape].amax(1).mean()), 4), object_rates(judge, rule, jw, held, images, tuple(init)))
 
     phrase = f"a {tokens[0]} {tokens[1]}"
-    per_seed = {}
+    per_seed, per_layout = {}, {}
     for gs in gen_seeds or (seed,):  # one generation seed reads the rate to a few points only
         learned = generate(model_id, concept_dir, phrase, tokens, n_eval, gen_steps, guidance, gs)
         # the untrained model: the same tokens at their init words (what the concept started from)
         baseline = generate(model_id, None, f"a {init[0]} {init[1]}", init, n_eval, gen_steps, guidance, gs)
         per_seed[gs] = (rates(learned), rates(baseline))
-        log(f"generation seed {gs}: rate {per_seed[gs][0][0]} baseline {per_seed[gs][1][0]}")
+        log(f"generation seed {gs}: pixel rate {per_seed[gs][0][0]} baseline {per_seed[gs][1][0]}; "
+            f"objects {per_seed[gs][0][3]} baseline {per_seed[gs][1][3]}")
+        if layout:  # the concept's words drawn in shapes taken from its own learning renders (guidance 1.5)
+            lay = generate_layout(model_id, concept_dir, tokens[0], held[1], tokens[1], shapes_dir, n_eval, gen_steps,
+                                  LAYOUT_GUIDANCE, gs)
+            lay_base = generate_layout(model_id, None, init[0], held[1], init[1], shapes_dir, n_eval, gen_steps,
+                                       LAYOUT_GUIDANCE, gs)
+            per_layout[gs] = (rates(lay), rates(lay_base))
+            log(f"layout seed {gs}: objects {per_layout[gs][0][3]} baseline {per_layout[gs][1][3]}")
 
     def mean(which: int, k: int) -> float:
         return round(float(np.mean([v[which][k] for v in per_seed.values()])), 4)
 
     r, rc, rs = mean(0, 0), mean(0, 1), mean(0, 2)
     b, bc, bs = mean(1, 0), mean(1, 1), mean(1, 2)
-    q.save_grid([learned[:16], baseline[:16], [s.image for s in test[:16]]], out / "concepts_grid.png",
-                labels=[phrase, f"a {init[0]} {init[1]} (untrained)", "real"])
+
+    def mean_objects(which: int, runs: dict = per_seed) -> dict:
+        keys = next(iter(runs.values()))[which][3]
+        return {k: round(float(np.mean([v[which][3][k] for v in runs.values()])), 4) for k in keys}
+
+    rows, names = [learned[:16], baseline[:16]], [phrase, f"a {init[0]} {init[1]} (untrained)"]
+    if per_layout:
+        rows, names = rows + [lay[:16], lay_base[:16]], names + ["layout, own shapes", "layout, untrained"]
+    q.save_grid(rows + [[s.image for s in test[:16]]], out / "concepts_grid.png", labels=names + ["real"])
     return {
         "_judge": judge,
         "concepts": {
             "model": model_id, "model_revision": model.info.revision, "concept": list(held), "tokens": tokens,
-            "init_words": init, "prompt": phrase, "rate": r, "colour_rate": rc, "shape_rate": rs,
-            "baseline_rate": b, "baseline_colour_rate": bc, "baseline_shape_rate": bs, "n_generated": n_eval,
-            "generation_seeds": {str(k): {"rate": v[0][0], "colour_rate": v[0][1], "shape_rate": v[0][2],
-                                          "baseline_rate": v[1][0], "baseline_shape_rate": v[1][2]}
+            "init_words": init, "prompt": phrase,
+            # the headline: per object (one solid region of the concept's colour and shape, its
+            # silhouette matching the shape as 95% of real objects do); bench/object_judge.py
+            "objects": {"learned": mean_objects(0), "untrained": mean_objects(1), "real_renders": real_objects,
+                        "rule": rule.to_json()},
+            # method layout, layout.shapes from the 16 learning renders: the token gives the colour,
+            # the shape is the region it is drawn in (docs/concepts-augment.md)
+            **({"layout_with_own_shapes": {"learned": mean_objects(0, per_layout), "untrained": mean_objects(1, per_layout),
+                                           "guidance": LAYOUT_GUIDANCE, "per_seed": {str(k): v[0][3] for k, v in per_layout.items()}}}
+               if per_layout else {}),
+            # the pixel judge's presence (>= 12 pixels won anywhere): blobs and fragments pass it
+            "pixel_presence": {"rate": r, "colour_rate": rc, "shape_rate": rs,
+                               "baseline_rate": b, "baseline_colour_rate": bc, "baseline_shape_rate": bs},
+            "n_generated": n_eval,
+            "generation_seeds": {str(k): {"objects": v[0][3], "untrained_objects": v[1][3], "pixel_rate": v[0][0],
+                                          "pixel_baseline_rate": v[1][0]}
                                  for k, v in per_seed.items()},
             "learn_images": n_learn, "learn_steps": state.step, "learn_vectors": vectors, "learn_lr": lr, "learn_batch": batch,
             "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1),
@@ -244,6 +324,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--vectors", type=int, default=1, help="embedding vectors per token")
     p.add_argument("--gen-seeds", default="", help="generation seeds, comma-separated; rates are their mean (default: 0)")
+    p.add_argument("--layout", action="store_true",
+                   help="also measure the concept drawn by method layout in shapes from its own learning renders")
     p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
     p.add_argument("--n-real", type=int, default=50)
     p.add_argument("--variants", type=int, default=2)
@@ -259,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
         a.n_real, a.variants, a.seg_epochs = 4, 1, 1
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
                  a.guidance, log=log, init=tuple(a.init_words.split(",")),
-                 gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()), vectors=a.vectors)
+                 gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()), vectors=a.vectors,
+                 layout=a.layout)
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))

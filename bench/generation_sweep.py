@@ -8,8 +8,10 @@ in the image. Settings are chosen on captions of the validation stream (never th
 the quality benchmark reports); `--stream test` re-reads a chosen setting there. Settings run
 interleaved, one batch of each in turn, so machine noise does not favour one.
 
-Prints one JSON object: per setting colour_and_shape, colour, shape, all_objects_in_image and
-seconds per image.
+Prints one JSON object: per setting colour_and_shape, colour, shape, all_objects_in_image,
+seconds per image, and the same read per object (`by_object`, bench/object_judge.py: blobs and
+fragments do not count) with the real renders of the same captions read that way beside them.
+A grid of each setting's first 8 images goes beside the JSON.
 """
 from __future__ import annotations
 
@@ -99,11 +101,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{b0 + a.batch}/{len(captions)}", file=sys.stderr, flush=True)
     result = {"model": a.model, "model_revision": model.info.revision, "stream": a.stream, "n_images": len(captions),
               "judge": {"train_renders": a.n_classifier, "epochs": a.cls_epochs}, "settings": {}}
+    rule = q.object_rule(judge)
+    real = q.real_scenes(STREAMS[a.stream], a.n)
+    result["by_object_on_real"] = q.object_fidelity(judge, rule, captions, [s.image for s in real])
     for key, imgs in images.items():
         sched, steps, guidance = key
         result["settings"][f"{sched}:{steps}:{guidance:g}"] = {
             **fidelity(judge, captions, imgs), "scheduler": sched, "steps": steps, "guidance_scale": guidance,
-            "seconds_per_image": round(seconds[key] / len(imgs), 4)}
+            "seconds_per_image": round(seconds[key] / len(imgs), 4),
+            "by_object": q.object_fidelity(judge, rule, captions, imgs)}
+    q.save_grid([imgs[:8] for imgs in images.values()], (a.out.parent if a.out else ROOT / "bench" / "out")
+                / "generation_sweep.png", labels=[f"{k[0]}:{k[1]}:{k[2]:g}" for k in images])
     q.emit_json(result, a.out)
 
 

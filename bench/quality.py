@@ -11,6 +11,9 @@ Prints one JSON object:
   prompt_fidelity      generate from held-out captions with dsgen (CFG, DDIM); fraction of the
                        prompted objects (colour + shape) a small classifier trained on real
                        renders finds in the image; also "colour only" and "shape only".
+                       `.by_object`: the same read per object (bench/object_judge.py: one solid
+                       region whose silhouette matches the shape as real objects' do; blobs and
+                       fragments do not count), with the reading of real renders beside it.
   synthetic_vs_real    the same small segmenter trained once on N generated samples with dsgen's
                        labels (255 ignored) and once on N real renders, both evaluated on the
                        held-out real set: mIoU of each and the ratio synthetic / real.
@@ -70,6 +73,8 @@ TEST_STREAM, CLASSIFIER_STREAM, SEG_REAL_STREAM, PROMPT_STREAM = 910_001, 910_00
 MASK_STREAM, FILTER_REAL_STREAM = 910_005, 910_006
 VALIDATION_STREAM = 910_007  # label settings are chosen here (bench/label_sweep.py), never on TEST_STREAM
 FILTER_CALIBRATION_STREAM = 910_008  # real renders that set the sample-scope filter's min_kept (never TEST_STREAM)
+SELECTION_TEST_STREAM = 910_009  # held-out real renders that settings are chosen on (bench/generated_labels.py)
+OBJECT_CALIBRATION_STREAM = 910_010  # one-object real renders that calibrate the per-object reading
 FILTER_ROWS = ("pixels", "real_quantile", "samples")
 N_CLASSES = len(SHAPES) + 1
 CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
@@ -143,36 +148,35 @@ class IoU:
 # ------------------------------------------------------------------ attention on real images
 
 @torch.no_grad()
-def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed: int = 0, specs=None):
-    """IoU against the truth of label settings on real renders noised to `t`, one capture per
-    batch shared by every setting. `specs` (name -> LabelSpec) defaults to the model's
-    recommended settings (dsgen.json) in refined and DAAM mode, as a job using it gets them.
-    The capture is at the model's recommended resolutions (label_image reads what the store
-    captured), so settings differ in thresholds, tau, edges and mode only."""
+def attention_labels(model, images: list[np.ndarray], captions: list[str], t: int, suffix: bool, batch: int = 25,
+                     seed: int = 0, specs=None):
+    """dsgen's labels read from one UNet pass over `images` noised to `t` with their captions,
+    one capture per batch shared by every setting: name -> list of semantic maps. `specs`
+    (name -> LabelSpec) defaults to the model's recommended settings (dsgen.json) in refined and
+    DAAM mode, as a job using it gets them. The capture is at the model's recommended
+    resolutions (label_image reads what the store captured), so settings differ in thresholds,
+    tau, edges and mode only."""
     from shared.formats.spec import LabelSpec
     from worker.engine.attention import CaptureConfig, capture_attention
     from worker.engine.text import encode_prompts, token_groups
     from worker.labels.from_attention import label_image
 
     rec = model.extras.get("recommended_labels", {})
-    size = scenes[0].image.shape[0]
+    size = images[0].shape[0]
     if specs is None:
         rec = {k: v for k, v in rec.items() if k in LabelSpec.model_fields and k != "mode"}
         specs = {"refined": LabelSpec(**{**rec, "mode": "refined"}), "daam": LabelSpec(**{**rec, "mode": "daam"})}
     cross = tuple(rec.get("cross_resolutions", (16, 32)))
     self_res = int(rec.get("self_resolution", 16))
     cfg = CaptureConfig(latent_hw=(size, size), cross_resolutions=cross, self_resolutions=(self_res,))
-    ious = {k: IoU() for k in specs}
-    ignored = []
-    examples = []
-    alphas = model.scheduler.alphas_cumprod
-    a = alphas[t].float()
+    labels: dict[str, list[np.ndarray]] = {k: [] for k in specs}
+    a = model.scheduler.alphas_cumprod[t].float()
     g = torch.Generator().manual_seed(seed)
-    for b0 in range(0, len(scenes), batch):
-        chunk = scenes[b0:b0 + batch]
-        plans = [caption_mentions(s.caption, suffix) for s in chunk]
+    for b0 in range(0, len(images), batch):
+        chunk, caps = images[b0:b0 + batch], captions[b0:b0 + batch]
+        plans = [caption_mentions(c, suffix) for c in caps]
         enc = encode_prompts(model, [p for p, _ in plans])
-        x0 = to_tensor([s.image for s in chunk])
+        x0 = to_tensor(chunk)
         noise = torch.randn(x0.shape, generator=g)
         xt = (a.sqrt() * x0 + (1 - a).sqrt() * noise).to(model.device, model.dtype)
         tt = torch.full((len(chunk),), t, device=model.device)
@@ -180,19 +184,28 @@ def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed
         with capture_attention(model.unet, cfg) as store:
             store.begin_step(0, 1)
             model.unet(xt, tt, encoder_hidden_states=enc.embeds.to(model.device, model.dtype), encoder_attention_mask=mask)
-        for j, (scene, (_, mentions)) in enumerate(zip(chunk, plans)):
+        for j, (image, (_, mentions)) in enumerate(zip(chunk, plans)):
             groups = token_groups(enc.offsets[j], mentions)
-            preds = {}
             for k, spec in specs.items():
                 res = label_image(store, j, groups, [m.category_id for m in mentions], [m.name for m in mentions],
-                                  spec, (size, size), image=scene.image)
-                ious[k].add(res.semantic, scene.semantic)
-                preds[k] = res.semantic
-            first = next(iter(preds.values()))
-            ignored.append(float((preds.get("refined", first) == 255).mean()))
-            if len(examples) < 16 and "refined" in preds and "daam" in preds:
-                examples.append((scene.image, scene.semantic, preds["refined"], preds["daam"]))
-    return ious, float(np.mean(ignored)), examples
+                                  spec, (size, size), image=image)
+                labels[k].append(res.semantic)
+    return labels
+
+
+def attention_on_real(model, scenes, t: int, suffix: bool, batch: int = 25, seed: int = 0, specs=None):
+    """IoU against the truth of label settings on real renders noised to `t` (attention_labels)."""
+    labels = attention_labels(model, [s.image for s in scenes], [s.caption for s in scenes], t, suffix, batch, seed, specs)
+    ious = {k: IoU() for k in labels}
+    for k, maps in labels.items():
+        for sem, scene in zip(maps, scenes):
+            ious[k].add(sem, scene.semantic)
+    first = next(iter(labels))
+    ignored = float(np.mean([(sem == 255).mean() for sem in labels.get("refined", labels[first])]))
+    examples = []
+    if "refined" in labels and "daam" in labels:
+        examples = [(s.image, s.semantic, r, d) for s, r, d in zip(scenes[:16], labels["refined"], labels["daam"])]
+    return ious, ignored, examples
 
 
 # ------------------------------------------------------------------ small networks
@@ -256,6 +269,12 @@ class PairJudge:
         return np.concatenate(out).astype(np.uint8)
 
     @torch.no_grad()
+    def pairs(self, images: list[np.ndarray]) -> np.ndarray:
+        """Per pixel: 0 background, else 1 + pair_index (the judge's reading; bench/object_judge.py)."""
+        return np.concatenate([self.net(to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
+                               for b0 in range(0, len(images), 64)])
+
+    @torch.no_grad()
     def presence(self, images: list[np.ndarray]) -> torch.Tensor:
         out = []
         for b0 in range(0, len(images), 64):
@@ -263,6 +282,46 @@ class PairJudge:
             counts = torch.stack([(pred == k + 1).flatten(1).sum(1) for k in range(N_PAIRS)], 1)
             out.append((counts >= MIN_PAIR_PIXELS).float())
         return torch.cat(out)
+
+
+def object_rule(judge: PairJudge, per_shape: int = 40):
+    """The per-object reading's thresholds (bench/object_judge.py), calibrated through `judge` on
+    real renders holding one object each, every colour x shape of the current world."""
+    from bench import object_judge as oj
+
+    scenes = [render_scene(scene_seed(OBJECT_CALIBRATION_STREAM, i), SIZE, world=WORLD,
+                           objects=[(COLOURS[i % len(COLOURS)], SHAPES[(i // len(COLOURS)) % len(SHAPES)])])
+              for i in range(per_shape * len(SHAPES))]
+    return oj.calibrate(judge.pairs([s.image for s in scenes]), [s.objects[0].shape for s in scenes],
+                        [s.objects[0].area for s in scenes])
+
+
+def object_fidelity(judge: PairJudge, rule, captions: list[str], images: list[np.ndarray]) -> dict:
+    """Prompt fidelity read per object (bench/object_judge.py): a prompted (colour, shape) counts
+    when the image holds one solid region the judge reads as that pair whose silhouette matches
+    the shape as real objects do. Also: the share of the images' foreground regions (fragments
+    included) that are such objects, and images whose objects are exactly the prompted ones."""
+    from bench import object_judge as oj
+
+    hits = colour = shape = total = regions = objects = 0
+    all_in, exact = [], []
+    for cap, pm in zip(captions, judge.pairs(images)):
+        read = oj.read_objects(pm, COLOURS, SHAPES)
+        found = [o for o in read if rule.accepts(o)]
+        regions, objects = regions + len(read), objects + len(found)
+        wanted = [(m.group(1), m.group(2)) for m in OBJ_RE.finditer(cap)]
+        ok_all = True
+        for c, s in wanted:
+            ok = any((o.colour, o.shape) == (c, s) for o in found)
+            total, hits, ok_all = total + 1, hits + ok, ok_all and ok
+            colour += any(o.colour == c for o in found)
+            shape += any(o.shape == s for o in found)
+        all_in.append(ok_all)
+        exact.append(ok_all and len(found) == len(wanted) == len(read))
+    return {"colour_and_shape": round(hits / max(total, 1), 4), "colour": round(colour / max(total, 1), 4),
+            "shape": round(shape / max(total, 1), 4), "all_objects_in_image": round(float(np.mean(all_in)), 4),
+            "exactly_the_prompted_objects": round(float(np.mean(exact)), 4),
+            "regions_that_are_objects": round(objects / max(regions, 1), 4), "rule": rule.to_json()}
 
 
 class SegNet(nn.Module):
@@ -323,7 +382,9 @@ def evaluate_segmenter(net: SegNet, scenes) -> IoU:
 
 # ------------------------------------------------------------------ generation with dsgen
 
-def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance: float, suffix: bool, seed: int):
+def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance: float, suffix: bool, seed: int,
+                        labels: dict | None = None):
+    """text2image samples of `captions`, labelled with the model's recommended settings (+ `labels`)."""
     from shared.formats.spec import parse_spec
     from worker.engine.loading import load_model
     from worker.engine.session import EngineSession
@@ -337,7 +398,7 @@ def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance
         "num_images": len(captions),
         "generation": {"width": SIZE, "height": SIZE, "steps": steps, "guidance_scale": guidance,
                        "scheduler": "ddim", "batch_size": 16},
-        "labels": {"mode": "refined", **rec},
+        "labels": {"mode": "refined", **rec, **(labels or {})},
         "export": {"formats": []},
     })
     session = EngineSession(spec, model)
@@ -486,6 +547,10 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
             colour_hits += bool(max(p[pair_index(c, s2)] for s2 in SHAPES) > 0.5)
             shape_hits += bool(max(p[pair_index(c2, s)] for c2 in COLOURS) > 0.5)
         per_image_all.append(ok_all)
+    rule = object_rule(judge)
+    by_object = object_fidelity(judge, rule, captions, gen_images)
+    by_object["on_real"] = object_fidelity(judge, rule, [s.caption for s in test], [s.image for s in test])
+    by_object["on_real"].pop("rule")
     log(f"fidelity done ({time.time() - started:.0f}s)")
     # 3b. dsgen's labels on the generated images vs the judge's per-pixel reading of them
     # (uncertain 255 pixels left out of both); the judge's own mIoU on real renders says how
@@ -525,6 +590,8 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
             "all_objects_in_image": round(float(np.mean(per_image_all)), 4),
             "n_objects": total, "n_images": len(captions), "steps": steps, "guidance_scale": guidance,
             "judge_on_real": {"recall": round(judge_recall, 4), "false_positive_rate": round(judge_fp, 5)},
+            # the same read per object (blobs and fragments do not count; bench/object_judge.py)
+            "by_object": by_object,
         },
         "labels_on_generated": {
             "miou_vs_judge": iou_gen.miou(), "per_class": iou_gen.per_class(),

@@ -103,7 +103,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     return [(cx + scale * x, cy + scale * y) for x, y in pts]
 
 
-def _coverage(shape: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
+def shape_coverage(shape: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
     """Fraction of each pixel the shape covers (0..1), by drawing at SUPERSAMPLE x and box-averaging."""
     s = SUPERSAMPLE
     canvas = Image.new("L", (size * s, size * s), 0)
@@ -160,7 +160,7 @@ def render_scene(seed: int, size: int = 32, n_objects: int | None = None, class_
             cx = rng.uniform(r * 0.8, size - r * 0.8)
             cy = rng.uniform(r * 0.8, size - r * 0.8)
             angle = rng.uniform(0, 2 * math.pi)
-            cov = _coverage(shape, cx, cy, r, angle, size)
+            cov = shape_coverage(shape, cx, cy, r, angle, size)
             hard = cov >= 0.5
             if hard.sum() < 4:
                 continue
