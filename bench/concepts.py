@@ -139,7 +139,7 @@ def object_rates(judge, rule, world: World, held: tuple[str, str], images, init:
 def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
         init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = (), vectors: int = 1,
-        layout: bool = False) -> dict:
+        layout: bool = False, masked: bool = False) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.loading import load_model
 
@@ -151,7 +151,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     folder = out / "concepts-bench"
     images_dir = folder / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, masks = [], []
     shapes_dir = folder / "shapes"  # the same renders as a labelled dsgen folder (layout.shapes' source)
     for i in range(n_learn):
         p = images_dir / f"{i:02d}.png"
@@ -159,13 +159,16 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         scene.to_pil().save(p)
         write_sample(shapes_dir, i, scene)
         paths.append(p)
+        masks.append(scene.semantic > 0)
     tokens = [f"<{held[0]}>", f"<{held[1]}>"]
     init = list(init)
     # one folder per learning setting: a re-run with the same settings resumes (finished: no work)
-    concept_dir = folder / f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img-v{vectors}"
+    concept_dir = folder / (f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img-v{vectors}"
+                            + ("-masked" if masked else ""))
     t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
-                                                    seed=seed, vectors=vectors), concept_dir, resume=True,
+                                                    seed=seed, vectors=vectors, masked=masked), concept_dir, resume=True,
+                          masks=masks,
                           progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
     learn_s, learn_cpu = time.time() - t0, time.process_time() - c0
     log(f"learned in {learn_s:.0f}s")
@@ -191,12 +194,13 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
                 round(float(pres[:, shape].amax(1).mean()), 4), object_rates(judge, rule, jw, held, images, tuple(init)))
 
     phrase = f"a {tokens[0]} {tokens[1]}"
-    per_seed, per_layout = {}, {}
+    per_seed, per_layout, kept = {}, {}, {}
     for gs in gen_seeds or (seed,):  # one generation seed reads the rate to a few points only
         learned = generate(model_id, concept_dir, phrase, tokens, n_eval, gen_steps, guidance, gs)
         # the untrained model: the same tokens at their init words (what the concept started from)
         baseline = generate(model_id, None, f"a {init[0]} {init[1]}", init, n_eval, gen_steps, guidance, gs)
         per_seed[gs] = (rates(learned), rates(baseline))
+        kept |= {f"learned-{gs}": np.stack(learned), f"untrained-{gs}": np.stack(baseline)}
         log(f"generation seed {gs}: pixel rate {per_seed[gs][0][0]} baseline {per_seed[gs][1][0]}; "
             f"objects {per_seed[gs][0][3]} baseline {per_seed[gs][1][3]}")
         if layout:  # the concept's words drawn in shapes taken from its own learning renders (guidance 1.5)
@@ -205,6 +209,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             lay_base = generate_layout(model_id, None, init[0], held[1], init[1], shapes_dir, n_eval, gen_steps,
                                        LAYOUT_GUIDANCE, gs)
             per_layout[gs] = (rates(lay), rates(lay_base))
+            kept |= {f"layout-{gs}": np.stack(lay), f"layout-untrained-{gs}": np.stack(lay_base)}
             log(f"layout seed {gs}: objects {per_layout[gs][0][3]} baseline {per_layout[gs][1][3]}")
 
     def mean(which: int, k: int) -> float:
@@ -221,6 +226,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     if per_layout:
         rows, names = rows + [lay[:16], lay_base[:16]], names + ["layout, own shapes", "layout, untrained"]
     q.save_grid(rows + [[s.image for s in test[:16]]], out / "concepts_grid.png", labels=names + ["real"])
+    np.savez_compressed(out / "concepts_images.npz", **kept)  # to re-read with another judge, no generation
     return {
         "_judge": judge,
         "concepts": {
@@ -242,7 +248,8 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             "generation_seeds": {str(k): {"objects": v[0][3], "untrained_objects": v[1][3], "pixel_rate": v[0][0],
                                           "pixel_baseline_rate": v[1][0]}
                                  for k, v in per_seed.items()},
-            "learn_images": n_learn, "learn_steps": state.step, "learn_vectors": vectors, "learn_lr": lr, "learn_batch": batch,
+            "learn_images": n_learn, "learn_steps": state.step, "learn_vectors": vectors, "learn_masked": masked,
+            "learn_lr": lr, "learn_batch": batch,
             "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1),
             "final_loss": round(float(np.mean(state.losses[-50:])), 5),
             "judge": {"real_concept_found": round(judge_acc, 4), "train_scenes": n_judge, "epochs": judge_epochs},
@@ -324,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--vectors", type=int, default=1, help="embedding vectors per token")
     p.add_argument("--gen-seeds", default="", help="generation seeds, comma-separated; rates are their mean (default: 0)")
+    p.add_argument("--masked", action="store_true",
+                   help="learn inside the renders' object masks (rectified cross-attention; `concepts learn --masked`)")
     p.add_argument("--layout", action="store_true",
                    help="also measure the concept drawn by method layout in shapes from its own learning renders")
     p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
@@ -342,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
                  a.guidance, log=log, init=tuple(a.init_words.split(",")),
                  gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()), vectors=a.vectors,
-                 layout=a.layout)
+                 layout=a.layout, masked=a.masked)
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))

@@ -11,7 +11,7 @@ interleaved, one batch of each in turn, so machine noise does not favour one.
 Prints one JSON object: per setting colour_and_shape, colour, shape, all_objects_in_image,
 seconds per image, and the same read per object (`by_object`, bench/object_judge.py: blobs and
 fragments do not count) with the real renders of the same captions read that way beside them.
-A grid of each setting's first 8 images goes beside the JSON.
+A grid of each setting's first 8 images and all images (npz) go to bench/out/.
 """
 from __future__ import annotations
 
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cls-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reread", type=Path, default=None,
+                   help="judge the images a previous run saved (bench/out/generation_sweep_images.npz) again, "
+                        "without generating; --settings and --n come from the file")
     a = p.parse_args(argv)
     from shared.formats.spec import parse_spec
     from worker.engine.loading import load_model
@@ -79,6 +82,13 @@ def main(argv: list[str] | None = None) -> None:
     judge = q.PairJudge(q.real_scenes(q.CLASSIFIER_STREAM, a.n_classifier), a.cls_epochs, a.seed)
     captions = [s.caption for s in q.real_scenes(STREAMS[a.stream], a.n)]
     settings = [parse_setting(x) for x in a.settings.split(",") if x.strip()]
+    saved = None
+    if a.reread is not None:
+        saved = np.load(a.reread)
+        captions = [str(c) for c in saved["captions"]]
+        settings = [parse_setting(k) for k in saved.files if k != "captions"]
+        if captions != [s.caption for s in q.real_scenes(STREAMS[a.stream], len(captions))]:
+            raise SystemExit(f"--reread: {a.reread} holds captions of another stream than --stream {a.stream}")
     sessions = {}
     for sched, steps, guidance in settings:
         spec = parse_spec({
@@ -93,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         sessions[(sched, steps, guidance)] = EngineSession(spec, model)
     images: dict = {k: [] for k in sessions}
     seconds: dict = {k: 0.0 for k in sessions}
-    for b0 in range(0, len(captions), a.batch):  # interleaved: one batch of each setting in turn
+    if saved is not None:
+        images = {k: list(saved[f"{k[0]}:{k[1]}:{k[2]:g}"]) for k in sessions}
+    for b0 in range(0, len(captions) if saved is None else 0, a.batch):  # interleaved: one batch of each setting in turn
         for key, session in sessions.items():
             t0 = time.perf_counter()
             images[key] += [np.asarray(s.image.convert("RGB")) for s in session.generate(range(b0, min(b0 + a.batch, len(captions))))]
@@ -108,10 +120,19 @@ def main(argv: list[str] | None = None) -> None:
         sched, steps, guidance = key
         result["settings"][f"{sched}:{steps}:{guidance:g}"] = {
             **fidelity(judge, captions, imgs), "scheduler": sched, "steps": steps, "guidance_scale": guidance,
-            "seconds_per_image": round(seconds[key] / len(imgs), 4),
+            "seconds_per_image": None if saved is not None else round(seconds[key] / len(imgs), 4),
             "by_object": q.object_fidelity(judge, rule, captions, imgs)}
-    q.save_grid([imgs[:8] for imgs in images.values()], (a.out.parent if a.out else ROOT / "bench" / "out")
-                / "generation_sweep.png", labels=[f"{k[0]}:{k[1]}:{k[2]:g}" for k in images])
+    if saved is not None:
+        result["reread"] = str(a.reread)
+        q.emit_json(result, a.out)
+        return
+    pictures = ROOT / "bench" / "out"
+    pictures.mkdir(parents=True, exist_ok=True)
+    q.save_grid([imgs[:8] for imgs in images.values()], pictures / "generation_sweep.png",
+                labels=[f"{k[0]}:{k[1]}:{k[2]:g}" for k in images])
+    # the images themselves, so a judge can be re-read without generating again
+    np.savez_compressed(pictures / "generation_sweep_images.npz", captions=np.array(captions),
+                        **{f"{k[0]}:{k[1]}:{k[2]:g}": np.stack(v) for k, v in images.items()})
     q.emit_json(result, a.out)
 
 

@@ -5,8 +5,9 @@ renders) calls a pair present when it wins MIN_PAIR_PIXELS pixels anywhere. On g
 images that is too easy: a blob or a few fragments of the right colour win pixels of the
 nearest pair. Here every *object* is read on its own:
 
-1. objects are the connected regions of the judge's foreground (4-connected);
-2. an object's pair is the majority of the judge's pixels in it, and it counts only when that
+1. objects are the 4-connected regions of one colour in the judge's reading (touching objects of
+   different colours are read apart);
+2. an object's shape is the majority of the judge's pixels in it, and it counts only when that
    majority holds `min_purity` of the region (one object, not a patchwork);
 3. its silhouette must match its shape: the shape is drawn with the world's own renderer at
    the region's centroid, scaled to its area, at every rotation a `angle_step` apart, and the
@@ -65,21 +66,28 @@ def shape_iou(region: np.ndarray, shape: str, angle_step: float = math.radians(6
     return float(best)
 
 
-def regions_of(pair_map: np.ndarray) -> list[np.ndarray]:
-    """The judge's foreground as 4-connected regions (boolean masks)."""
-    labels, n = ndimage.label(pair_map > 0)
-    return [labels == k for k in range(1, n + 1)]
+def regions_of(pair_map: np.ndarray, n_shapes: int) -> list[np.ndarray]:
+    """Candidate objects: 4-connected regions of one judged colour each (boolean masks), so that
+    touching objects of different colours are read apart (the judge's colours are reliable: 1.00 on
+    generated images; its shapes are what is being judged)."""
+    colour = np.where(pair_map > 0, (pair_map - 1) // n_shapes, -1)
+    out = []
+    for c in np.unique(colour[colour >= 0]):
+        labels, n = ndimage.label(colour == c)
+        out += [labels == k for k in range(1, n + 1)]
+    return out
 
 
 def read_objects(pair_map: np.ndarray, colours: tuple[str, ...], shapes: tuple[str, ...]) -> list[JudgedObject]:
     """Objects of one image from the judge's per-pixel pair map (0 background, else 1 + pair index,
     pair index = colour index * len(shapes) + shape index)."""
     out = []
-    for region in regions_of(pair_map):
-        votes = np.bincount(pair_map[region] - 1, minlength=len(colours) * len(shapes))
-        pair = int(votes.argmax())
-        colour, shape = colours[pair // len(shapes)], shapes[pair % len(shapes)]
-        out.append(JudgedObject(colour, shape, int(region.sum()), float(votes[pair] / region.sum()),
+    for region in regions_of(pair_map, len(shapes)):
+        pairs = pair_map[region] - 1
+        colour = colours[int(pairs[0]) // len(shapes)]
+        votes = np.bincount(pairs % len(shapes), minlength=len(shapes))
+        shape = shapes[int(votes.argmax())]
+        out.append(JudgedObject(colour, shape, int(region.sum()), float(votes.max() / region.sum()),
                                 shape_iou(region, shape)))
     return out
 
@@ -101,7 +109,7 @@ class ObjectRule:
                 "min_area": {k: round(v, 1) for k, v in self.min_area.items()}, "min_purity": self.min_purity}
 
 
-def calibrate(pair_maps, true_shapes, true_areas, quantile: float = 0.05, min_area_frac: float = 0.4,
+def calibrate(pair_maps, true_shapes, true_areas, n_shapes: int, quantile: float = 0.05, min_area_frac: float = 0.4,
               min_purity: float = 0.6) -> ObjectRule:
     """From the judge's reading of real renders that hold one whole object each (`true_shapes`,
     `true_areas` from their ground truth): per shape, the `quantile` of the largest region's IoU
@@ -110,7 +118,7 @@ def calibrate(pair_maps, true_shapes, true_areas, quantile: float = 0.05, min_ar
     ious: dict[str, list[float]] = {}
     areas: dict[str, list[int]] = {}
     for pm, shape, area in zip(pair_maps, true_shapes, true_areas):
-        regions = regions_of(pm)
+        regions = regions_of(pm, n_shapes)
         largest = max(regions, key=lambda r: r.sum()) if regions else np.zeros_like(pm, bool)
         ious.setdefault(shape, []).append(shape_iou(largest, shape))
         areas.setdefault(shape, []).append(int(area))

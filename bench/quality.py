@@ -293,7 +293,7 @@ def object_rule(judge: PairJudge, per_shape: int = 40):
                            objects=[(COLOURS[i % len(COLOURS)], SHAPES[(i // len(COLOURS)) % len(SHAPES)])])
               for i in range(per_shape * len(SHAPES))]
     return oj.calibrate(judge.pairs([s.image for s in scenes]), [s.objects[0].shape for s in scenes],
-                        [s.objects[0].area for s in scenes])
+                        [s.objects[0].area for s in scenes], len(SHAPES))
 
 
 def object_fidelity(judge: PairJudge, rule, captions: list[str], images: list[np.ndarray]) -> dict:
@@ -304,10 +304,11 @@ def object_fidelity(judge: PairJudge, rule, captions: list[str], images: list[np
     from bench import object_judge as oj
 
     hits = colour = shape = total = regions = objects = 0
-    all_in, exact = [], []
+    all_in, exact, silhouettes = [], [], []
     for cap, pm in zip(captions, judge.pairs(images)):
         read = oj.read_objects(pm, COLOURS, SHAPES)
         found = [o for o in read if rule.accepts(o)]
+        silhouettes += [o.shape_iou for o in read if o.area >= rule.min_area[o.shape]]
         regions, objects = regions + len(read), objects + len(found)
         wanted = [(m.group(1), m.group(2)) for m in OBJ_RE.finditer(cap)]
         ok_all = True
@@ -321,7 +322,10 @@ def object_fidelity(judge: PairJudge, rule, captions: list[str], images: list[np
     return {"colour_and_shape": round(hits / max(total, 1), 4), "colour": round(colour / max(total, 1), 4),
             "shape": round(shape / max(total, 1), 4), "all_objects_in_image": round(float(np.mean(all_in)), 4),
             "exactly_the_prompted_objects": round(float(np.mean(exact)), 4),
-            "regions_that_are_objects": round(objects / max(regions, 1), 4), "rule": rule.to_json()}
+            "regions_that_are_objects": round(objects / max(regions, 1), 4),
+            # how close object-sized regions come to their judged shape's silhouette (real renders ~0.95)
+            "silhouette_iou_median": round(float(np.median(silhouettes)), 4) if silhouettes else None,
+            "rule": rule.to_json()}
 
 
 class SegNet(nn.Module):

@@ -31,7 +31,7 @@ def single(i: int, colour: str, shape: str):
 def rule() -> oj.ObjectRule:
     scenes = [single(i, WORLD.colours[i % 3], WORLD.shapes[(i // 3) % 3]) for i in range(45)]
     return oj.calibrate([pm for _, pm in scenes], [s.objects[0].shape for s, _ in scenes],
-                        [s.objects[0].area for s, _ in scenes])
+                        [s.objects[0].area for s, _ in scenes], len(WORLD.shapes))
 
 
 def test_real_objects_of_every_shape_pass(rule):
@@ -65,10 +65,24 @@ def test_fragments_and_patchworks_are_not_objects(rule):
     cut[int(ys.mean()) - 1:int(ys.mean()) + 2, :] = False
     objs = oj.read_objects(pair_map([(cut, "cyan", "cross")]), WORLD.colours, WORLD.shapes)
     assert len(objs) >= 2 and not any(rule.accepts(o) for o in objs)
-    # one region whose pixels the judge splits between pairs is not one object of either
-    patch = pair_map([(mask, "cyan", "cross"), (mask & (np.arange(SIDE)[None, :] < xs.mean()), "blue", "square")])
+    # one region whose pixels the judge splits between shapes is not one object of either
+    patch = pair_map([(mask, "cyan", "cross"), (mask & (np.arange(SIDE)[None, :] < xs.mean()), "cyan", "square")])
     (obj,) = oj.read_objects(patch, WORLD.colours, WORLD.shapes)
     assert obj.purity < rule.min_purity and not rule.accepts(obj)
+
+
+def test_touching_objects_of_two_colours_are_read_apart(rule):
+    a = render_scene(500, SIDE, world=WORLD, objects=[("red", "square")])
+    b = render_scene(501, SIDE, world=WORLD, objects=[("blue", "circle")])
+    ma, mb = a.semantic > 0, b.semantic > 0
+    shift = np.argwhere(ma).mean(0) - np.argwhere(mb).mean(0)  # put b's centre on a's, then beside it
+    dy, dx = int(round(shift[0])), int(round(shift[1])) + int(np.ptp(np.nonzero(ma)[1]))
+    mb = np.roll(np.roll(mb, dy, 0), dx, 1)
+    ma &= ~mb  # b in front
+    from scipy import ndimage
+    assert ndimage.label(ma | mb)[1] == 1  # one foreground region: read as one, they would be a patchwork
+    objs = oj.read_objects(pair_map([(ma, "red", "square"), (mb, "blue", "circle")]), WORLD.colours, WORLD.shapes)
+    assert sorted((o.colour, o.shape) for o in objs if o.area > 20) == [("blue", "circle"), ("red", "square")]
 
 
 def test_shape_iou_is_rotation_invariant():

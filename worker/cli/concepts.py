@@ -14,14 +14,19 @@ def concepts() -> None:
     """Learned concepts: new prompt tokens for objects the model cannot draw (spec `concepts:`)."""
 
 
-def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None, limit: int) -> list[Path]:
+def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None, limit: int,
+            masked: bool = False) -> tuple[list[Path], list | None]:
+    """The learning images, and with `masked` each one's mask of the class."""
     if (images is None) == (source is None):
         raise UserError("--images / --source: give exactly one (a folder of images, or a labelled dataset + --class)")
+    if masked and source is None:
+        raise UserError("--masked: learning inside the objects' masks needs them: give a labelled dataset with "
+                        "--source and --class instead of --images")
     if images is not None:
         found = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise UserError(f"--images: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {images}")
-        return found[:limit]
+        return found[:limit], None
     if not cls:
         raise UserError("--class: with --source, name the class whose images teach the concept")
 
@@ -36,10 +41,11 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
     except SpecError as err:
         raise UserError(str(err).replace("mask2image.source", "--source")) from None
     cid = names.index(cls) + 1
-    picked = [s.image for s in found if s.image is not None and (s.load().semantic == cid).any()]
+    picked = [(s.image, s.load().semantic == cid) for s in found if s.image is not None]
+    picked = [(image, mask) for image, mask in picked if mask.any()][:limit]
     if not picked:
         raise UserError(f"--source: no image of {source} shows a {cls!r}")
-    return picked[:limit]
+    return [image for image, _ in picked], ([mask for _, mask in picked] if masked else None)
 
 
 @concepts.command("learn")
@@ -60,12 +66,15 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
 @click.option("--vectors", default=1, show_default=True, type=click.IntRange(1, 16),
               help="embedding vectors per token (more capacity for a concept far from every word the model knows)")
 @click.option("--max-images", default=16, show_default=True, type=click.IntRange(min=1))
+@click.option("--masked", is_flag=True, help="with --source: the tokens attend only inside the class's masks while "
+              "learning (rectified cross-attention), so they learn the object, not the picture; for models trained "
+              "with rectified attention (the shapes models) and for drawing the concept with mask2image or layout.shapes")
 @click.option("--template", "templates", multiple=True, help='prompt template with {} for the tokens, e.g. "a photo of a {}"')
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume/--restart", default=True, show_default=True, help="continue from --out's checkpoint")
 @click.option("--threads", default=None, type=int, help="torch CPU threads")
 def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps, lr, batch_size, vectors, max_images,
-              templates, seed, resume, threads) -> None:
+              masked, templates, seed, resume, threads) -> None:
     """Learn TOKEN(s) from a few images; only their embeddings train (UNet and text encoder frozen)."""
     import torch
 
@@ -87,7 +96,7 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
         raise UserError(f"--init-word: give one per --token ({len(tokens)}), or none")
     if (out / CONCEPT_FILE).is_file() and not resume:
         raise UserError(f"--out: {out} already holds a learned concept; pick another folder")
-    paths = _images(images, source, fmt, cls, max_images)
+    paths, masks = _images(images, source, fmt, cls, max_images, masked)
     try:
         model = load_model(model_id)
         if not init_words:
@@ -95,7 +104,7 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
             word = "the" if "the" in vocab else next(w for w in vocab if w not in model.tokenizer.all_special_tokens)
             init_words = (word,) * len(tokens)
         cfg = LearnConfig(tokens=list(tokens), init_words=list(init_words), steps=steps, lr=lr, batch_size=batch_size,
-                          seed=seed, templates=list(templates) or None, vectors=vectors)
+                          seed=seed, templates=list(templates) or None, vectors=vectors, masked=masked)
         click.echo(f"learning {' '.join(tokens)} from {len(paths)} images on {model.info.id} ({model.info.revision}), "
                    f"{steps} steps")
         with click.progressbar(length=steps, label="textual inversion", show_pos=True) as bar:
@@ -106,7 +115,7 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
                 bar.update(step - last[0])
                 last[0] = step
 
-            state = learn_concept(model, paths, cfg, out, progress=progress, resume=resume)
+            state = learn_concept(model, paths, cfg, out, progress=progress, resume=resume, masks=masks)
     except SpecError as err:
         raise UserError(str(err)) from None
     click.echo(f"wrote {out} ({' '.join(tokens)}, {state.step} steps); use it with `concepts: [{out}]` in a spec")

@@ -5,6 +5,8 @@ Only the new rows train: the whole input-embedding matrix gets gradients, a hook
 other row's gradient, and Adam (no weight decay) leaves zero-gradient rows exactly where they
 are. Loss: the model's own denoising objective (epsilon or v, from its scheduler config) on
 the images noised at uniform timesteps, with prompts from templates that name the tokens.
+With `masked` (and a mask per image) the tokens may attend only inside their image's object
+mask (rectified cross-attention through `control_attention`, the engine's one attention path).
 
 Resumable: every `checkpoint_every` steps the rows, the optimiser and the step go to
 `<out>/checkpoint.pt`; a run with the same arguments continues from there. The final folder is
@@ -14,7 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -48,6 +51,10 @@ class LearnConfig:
     templates: list[str] | None = None  # with "{}" for the tokens; default: what the tokenizer can spell
     flips: bool = True
     vectors: int = 1  # embedding vectors per token (the textual-inversion example's num_vectors)
+    # Learn inside the objects' masks: the tokens' cross-attention is rectified to each image's
+    # object mask (FreestyleNet's rectified attention, as mask2image and layout.shapes draw), so the
+    # tokens learn what fills the object, not the whole picture. Needs one mask per image.
+    masked: bool = False
 
 
 @dataclass
@@ -102,6 +109,27 @@ def _encode_with_grad(model, prompts: list[str]):
     return torch.cat([s1, s2], dim=-1), None, pooled
 
 
+def _load_masks(masks: Sequence[np.ndarray], side: int) -> torch.Tensor:
+    """Object masks -> [N, side, side] int64 (1 = the object), nearest-resized."""
+    out = []
+    for m in masks:
+        im = Image.fromarray(np.asarray(m, dtype=bool).astype(np.uint8) * 255)
+        if im.size != (side, side):
+            im = im.resize((side, side), Image.NEAREST)
+        out.append(torch.from_numpy((np.asarray(im) > 127).astype(np.int64)))
+    return torch.stack(out)
+
+
+def _rectified(model, prompts: list[str], token_ids: Sequence[int], masks: torch.Tensor):
+    """The concept tokens of each prompt kept inside its image's mask (category 1)."""
+    from worker.engine.controls import RectifiedCrossAttention
+
+    input_ids = tokenize(model.tokenizer, prompts)["input_ids"]
+    wanted = set(int(i) for i in token_ids)
+    tokens = [[(j, 1) for j, t in enumerate(row.tolist()) if t in wanted] for row in input_ids]
+    return RectifiedCrossAttention(masks.to(model.device), tokens, input_ids.shape[1])
+
+
 def learn_concept(
     base_model,
     images: Sequence[Path],
@@ -109,12 +137,18 @@ def learn_concept(
     out: Path,
     progress: Callable[[int, int, float], None] | None = None,
     resume: bool = True,
+    masks: Sequence[np.ndarray] | None = None,
 ) -> LearnState:
-    """Train the tokens' rows on `images`; write the concept folder to `out`."""
+    """Train the tokens' rows on `images` (inside `masks` with cfg.masked); write the concept folder to `out`."""
     from diffusers import DDPMScheduler
+
+    from worker.engine.attention import control_attention
 
     if not images:
         raise ConceptError("--images: no images to learn from", field="--images")
+    if cfg.masked and (masks is None or len(masks) != len(images)):
+        raise ConceptError("--masked: needs one object mask per image (give a labelled dataset with --source and "
+                           "--class)", field="--masked")
     if len(cfg.tokens) != len(cfg.init_words):
         raise ConceptError("--init-word: give one init word per --token", field="--init-word")
     for t in cfg.tokens:
@@ -135,6 +169,7 @@ def learn_concept(
     gen_defaults = model.extras.get("default_generation", {})
     side = cfg.resolution or int(gen_defaults.get("width", 512))
     x_all = _load_images(images, side)
+    m_all = _load_masks(masks, side) if cfg.masked else None
 
     torch.manual_seed(cfg.seed)
     weights, masks = [], []
@@ -154,7 +189,9 @@ def learn_concept(
     out.mkdir(parents=True, exist_ok=True)
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ckpt["config"] != asdict(cfg) or ckpt["images"] != [str(p) for p in images]:
+        # a checkpoint written before a setting existed holds that setting's default
+        defaults = {f.name: f.default for f in fields(LearnConfig) if f.default is not MISSING}
+        if {**defaults, **ckpt["config"]} != asdict(cfg) or ckpt["images"] != [str(p) for p in images]:
             raise ConceptError(f"--out: {out} holds a checkpoint of a different run (other tokens, images or settings); "
                                "use another --out or delete it", field="--out")
         with torch.no_grad():
@@ -174,9 +211,12 @@ def learn_concept(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
         idx = torch.randint(len(x0_all), (cfg.batch_size,), generator=g)
         x0 = x0_all[idx]
+        mb = m_all[idx] if m_all is not None else None
         if cfg.flips:
             flip = torch.rand(cfg.batch_size, generator=g) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            if mb is not None:  # the masks follow their images
+                mb = torch.where(flip[:, None, None], mb.flip(-1), mb)
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(n_train, (cfg.batch_size,), generator=g)
         prompts = [templates[int(k)].format(phrase) for k in torch.randint(len(templates), (cfg.batch_size,), generator=g)]
@@ -188,8 +228,10 @@ def learn_concept(
             scale = model.vae_scale
             time_ids = torch.tensor([[h * scale, w_ * scale, 0, 0, h * scale, w_ * scale]], dtype=pooled.dtype).repeat(len(prompts), 1)
             added = {"text_embeds": pooled, "time_ids": time_ids}
-        pred = unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=states,
-                    encoder_attention_mask=None if mask is None else mask.to(model.device), added_cond_kwargs=added).sample
+        controls = [_rectified(model, prompts, ids[0], mb)] if mb is not None else []
+        with control_attention(unet, controls, tuple(x0.shape[-2:])) if controls else nullcontext():
+            pred = unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=states,
+                        encoder_attention_mask=None if mask is None else mask.to(model.device), added_cond_kwargs=added).sample
         loss = F.mse_loss(pred.float(), target.to(pred.device).float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,6 +277,7 @@ def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: Lear
         "files": files,
         "init_words": cfg.init_words,
         "vectors": cfg.vectors,
+        "masked": cfg.masked,
         "base_model": {"id": info.id, "revision": info.revision},
         "training": {"steps": state.step, "lr": cfg.lr, "batch_size": cfg.batch_size, "seed": cfg.seed,
                      "images": n_images, "templates": templates,

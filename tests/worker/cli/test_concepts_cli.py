@@ -44,6 +44,21 @@ def test_learn_from_a_dataset_class_then_errors(real, tmp_path):
     assert bad.exit_code == 2 and "--class: 'cat' is not a class" in bad.output
 
 
+def test_learn_inside_the_class_masks(real, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "m"
+    r = runner.invoke(cli, ["concepts", "learn", "--model", "builtin:shapes-v1", "--source", str(real), "--class", "square",
+                            "--token", "<sq>", "--init-word", "square", "--out", str(out), "--steps", "2",
+                            "--batch-size", "2", "--masked"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "concept.json").read_text())["masked"] is True
+    # masks come from a labelled dataset: a folder of bare images has none
+    bad = runner.invoke(cli, ["concepts", "learn", "--model", "builtin:shapes-v1", "--images", str(tmp_path),
+                              "--token", "<x>", "--out", str(tmp_path / "d"), "--masked"])
+    assert bad.exit_code == 2 and "--masked" in bad.output and "--source" in bad.output
+    assert not (tmp_path / "d").exists()
+
+
 def test_mix_replaces_real_samples_by_their_variants(real, tmp_path):
     spec = parse_spec({
         "model": "builtin:shapes-v1", "method": "augment", "num_images": 6, "seed": 1,

@@ -209,3 +209,28 @@ def test_vector_expansion_that_overflows_keeps_the_end_token():
     assert out["input_ids"][0].tolist() == [0, 7, 20, 21, 22, 1]  # 9 was cut, the end token kept
     assert out["attention_mask"][0].tolist() == [1] * 6
     assert [tuple(o) for o in out["offset_mapping"][0].tolist()][1:5] == [(0, 3)] * 4
+
+
+def test_masked_learning_keeps_the_tokens_inside_the_masks(tmp_path):
+    """With `masked`, the tokens' cross-attention is rectified to each image's mask: a mask over
+    the whole image changes nothing, a mask over part of it changes what is learned."""
+    model = load_model("builtin:tiny-random")
+    paths = _images(tmp_path / "imgs")
+    whole = [np.ones((32, 32), bool)] * len(paths)
+    part = []
+    for i in range(len(paths)):
+        m = np.zeros((32, 32), bool)
+        m[8:24, 8 + i:24 + i] = True  # where _images drew the object
+        part.append(m)
+
+    def rows(masked: bool, masks, name: str):
+        cfg = LearnConfig(["<thing>"], ["the"], steps=3, batch_size=2, lr=1e-2, masked=masked)
+        learn_concept(model, paths, cfg, tmp_path / name, masks=masks)
+        return read_concept(tmp_path / name).embeddings()["<thing>"][0]
+
+    plain = rows(False, None, "plain")
+    assert torch.allclose(rows(True, whole, "whole"), plain, atol=1e-6)
+    assert not torch.allclose(rows(True, part, "part"), plain, atol=1e-4)
+    assert json.loads((tmp_path / "part" / "concept.json").read_text())["masked"] is True
+    with pytest.raises(ConceptError, match="--masked"):
+        learn_concept(model, paths, LearnConfig(["<thing>"], ["the"], steps=1, masked=True), tmp_path / "none")
