@@ -39,7 +39,7 @@ class JudgedObject:
     colour: str
     shape: str
     area: int
-    purity: float  # share of the region's pixels in its majority pair
+    purity: float  # share of the region's pixels the judge gives its majority shape
     shape_iou: float  # best IoU of the region with its shape drawn at its centroid, area-matched
 
 
