@@ -127,7 +127,7 @@ def object_rates(judge, rule, world: World, held: tuple[str, str], images, init:
     "a <init colour> <init shape>" that is the model's own rate, the ceiling a concept starts under)."""
     found = {"concept": [], "colour": [], "shape": [], "one_object": [], "init_pair": []}
     for pm in judge.pairs(images):
-        objs = [o for o in oj.read_objects(pm, world.colours, world.shapes) if rule.accepts(o)]
+        objs = [o for o in oj.read_objects(pm, world.colours, world.shapes, rule.min_area) if rule.accepts(o)]
         found["init_pair"].append(any((o.colour, o.shape) == init for o in objs))
         found["concept"].append(any((o.colour, o.shape) == held for o in objs))
         found["colour"].append(any(o.colour == held[0] for o in objs))

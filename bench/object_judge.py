@@ -78,17 +78,20 @@ def regions_of(pair_map: np.ndarray, n_shapes: int) -> list[np.ndarray]:
     return out
 
 
-def read_objects(pair_map: np.ndarray, colours: tuple[str, ...], shapes: tuple[str, ...]) -> list[JudgedObject]:
+def read_objects(pair_map: np.ndarray, colours: tuple[str, ...], shapes: tuple[str, ...],
+                 min_area: dict[str, float] | None = None) -> list[JudgedObject]:
     """Objects of one image from the judge's per-pixel pair map (0 background, else 1 + pair index,
-    pair index = colour index * len(shapes) + shape index)."""
+    pair index = colour index * len(shapes) + shape index). Regions under `min_area` of their
+    shape are fragments: read, but their silhouette is not searched (shape_iou 0)."""
     out = []
     for region in regions_of(pair_map, len(shapes)):
         pairs = pair_map[region] - 1
         colour = colours[int(pairs[0]) // len(shapes)]
         votes = np.bincount(pairs % len(shapes), minlength=len(shapes))
         shape = shapes[int(votes.argmax())]
-        out.append(JudgedObject(colour, shape, int(region.sum()), float(votes.max() / region.sum()),
-                                shape_iou(region, shape)))
+        area = int(region.sum())
+        fragment = min_area is not None and area < min_area.get(shape, 0.0)
+        out.append(JudgedObject(colour, shape, area, float(votes.max() / area), 0.0 if fragment else shape_iou(region, shape)))
     return out
 
 

@@ -259,29 +259,22 @@ class PairJudge:
         cached.with_suffix(".tmp").replace(cached)
 
     @torch.no_grad()
-    def semantic(self, images: list[np.ndarray]) -> np.ndarray:
-        """Per-pixel shape class (0 background): the judge's reading of an image, used as the
-        truth of *generated* images (derived from their pixels, not from dsgen's labels)."""
-        out = []
-        for b0 in range(0, len(images), 64):
-            pair = self.net(to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
-            out.append(np.where(pair > 0, (pair - 1) % len(SHAPES) + 1, 0))
-        return np.concatenate(out).astype(np.uint8)
-
-    @torch.no_grad()
     def pairs(self, images: list[np.ndarray]) -> np.ndarray:
-        """Per pixel: 0 background, else 1 + pair_index (the judge's reading; bench/object_judge.py)."""
+        """Per pixel: 0 background, else 1 + pair_index (the judge's reading of an image)."""
         return np.concatenate([self.net(to_tensor(images[b0:b0 + 64])).argmax(1).numpy()
                                for b0 in range(0, len(images), 64)])
 
-    @torch.no_grad()
+    def semantic(self, images: list[np.ndarray]) -> np.ndarray:
+        """Per-pixel shape class (0 background): the judge's reading of an image, used as the
+        truth of *generated* images (derived from their pixels, not from dsgen's labels)."""
+        pair = self.pairs(images)
+        return np.where(pair > 0, (pair - 1) % len(SHAPES) + 1, 0).astype(np.uint8)
+
     def presence(self, images: list[np.ndarray]) -> torch.Tensor:
-        out = []
-        for b0 in range(0, len(images), 64):
-            pred = self.net(to_tensor(images[b0:b0 + 64])).argmax(1)
-            counts = torch.stack([(pred == k + 1).flatten(1).sum(1) for k in range(N_PAIRS)], 1)
-            out.append((counts >= MIN_PAIR_PIXELS).float())
-        return torch.cat(out)
+        """[images, pairs]: 1 where the pair wins >= MIN_PAIR_PIXELS pixels anywhere in the image."""
+        pred = torch.from_numpy(self.pairs(images))
+        counts = torch.stack([(pred == k + 1).flatten(1).sum(1) for k in range(N_PAIRS)], 1)
+        return (counts >= MIN_PAIR_PIXELS).float()
 
 
 def object_rule(judge: PairJudge, per_shape: int = 40):
@@ -306,7 +299,7 @@ def object_fidelity(judge: PairJudge, rule, captions: list[str], images: list[np
     hits = colour = shape = total = regions = objects = 0
     all_in, exact, silhouettes = [], [], []
     for cap, pm in zip(captions, judge.pairs(images)):
-        read = oj.read_objects(pm, COLOURS, SHAPES)
+        read = oj.read_objects(pm, COLOURS, SHAPES, rule.min_area)
         found = [o for o in read if rule.accepts(o)]
         silhouettes += [o.shape_iou for o in read if o.area >= rule.min_area[o.shape]]
         regions, objects = regions + len(read), objects + len(found)

@@ -65,6 +65,11 @@ def test_fragments_and_patchworks_are_not_objects(rule):
     cut[int(ys.mean()) - 1:int(ys.mean()) + 2, :] = False
     objs = oj.read_objects(pair_map([(cut, "cyan", "cross")]), WORLD.colours, WORLD.shapes)
     assert len(objs) >= 2 and not any(rule.accepts(o) for o in objs)
+    # given the rule's areas, fragments are read without the silhouette search, same verdict
+    quick = oj.read_objects(pair_map([(cut, "cyan", "cross")]), WORLD.colours, WORLD.shapes, rule.min_area)
+    assert [(o.colour, o.shape, o.area) for o in quick] == [(o.colour, o.shape, o.area) for o in objs]
+    assert all(q.shape_iou == 0.0 for q in quick if q.area < rule.min_area["cross"])
+    assert not any(rule.accepts(o) for o in quick)
     # one region whose pixels the judge splits between shapes is not one object of either
     patch = pair_map([(mask, "cyan", "cross"), (mask & (np.arange(SIDE)[None, :] < xs.mean()), "cyan", "square")])
     (obj,) = oj.read_objects(patch, WORLD.colours, WORLD.shapes)

@@ -41,11 +41,19 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
     except SpecError as err:
         raise UserError(str(err).replace("mask2image.source", "--source")) from None
     cid = names.index(cls) + 1
-    picked = [(s.image, s.load().semantic == cid) for s in found if s.image is not None]
-    picked = [(image, mask) for image, mask in picked if mask.any()][:limit]
-    if not picked:
+    paths, masks = [], []
+    for s in found:  # in the source's order, until `limit` images show the class
+        if s.image is None:
+            continue
+        mask = s.load().semantic == cid
+        if mask.any():
+            paths.append(s.image)
+            masks.append(mask if masked else None)
+            if len(paths) == limit:
+                break
+    if not paths:
         raise UserError(f"--source: no image of {source} shows a {cls!r}")
-    return [image for image, _ in picked], ([mask for _, mask in picked] if masked else None)
+    return paths, (masks if masked else None)
 
 
 @concepts.command("learn")
