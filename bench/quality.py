@@ -38,9 +38,14 @@ Prints one JSON object:
                          kept fraction 95% of them reach);
     .hardness            hardness-aware variants vs uniform variants per mask at about the same
                          number of images (mIoU on real of a segmenter trained on each).
+  layout_first         text2image drawn layout-first (`method: layout`, `from_prompts`): the same
+                       captions, each class word given a random box and a shape of its class from
+                       64 held-out real renders, drawn there by rectified cross-attention, labelled
+                       by those shapes. The same keys as above (prompt_fidelity with by_object,
+                       labels_on_generated, synthetic_vs_real, real_plus_synthetic) for its data.
   augment              DA-Fusion (`method: augment`) on real renders, labels carried over: label
                          validity and real N + augmented vs real N (bench/augment_quality.py).
-`--parts` picks parts (attention, fidelity, synthetic, mask2image, augment; text2image_samples:
+`--parts` picks parts (attention, fidelity, synthetic, mask2image, layout_first, augment; text2image_samples:
 text2image data for the filter without the fidelity judges).
 PNG grids (samples, overlays) go to --out.
 """
@@ -75,6 +80,7 @@ VALIDATION_STREAM = 910_007  # label settings are chosen here (bench/label_sweep
 FILTER_CALIBRATION_STREAM = 910_008  # real renders that set the sample-scope filter's min_kept (never TEST_STREAM)
 SELECTION_TEST_STREAM = 910_009  # held-out real renders that settings are chosen on (bench/generated_labels.py)
 OBJECT_CALIBRATION_STREAM = 910_010  # one-object real renders that calibrate the per-object reading
+LAYOUT_SHAPES_STREAM = 910_011  # real renders whose instance masks are layout_first's shapes
 FILTER_ROWS = ("pixels", "real_quantile", "samples")
 N_CLASSES = len(SHAPES) + 1
 CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
@@ -402,6 +408,29 @@ def generate_with_dsgen(model_id: str, captions: list[str], steps: int, guidance
     return list(session.generate(range(len(captions))))
 
 
+def generate_layout_first(model_id: str, captions: list[str], steps: int, guidance: float, seed: int,
+                          shapes_dir: Path):
+    """The captions drawn layout-first (`method: layout`, `from_prompts`): each class word a random
+    box of the world's object sizes and a shape of its class from `shapes_dir`, rectified there,
+    labelled by that shape."""
+    from shared.formats.spec import parse_spec
+    from worker.engine.loading import load_model
+    from worker.engine.session import EngineSession
+
+    spec = parse_spec({
+        "name": "bench-layout-first", "model": model_id, "seed": seed, "method": "layout",
+        "classes": [{"name": s} for s in SHAPES],
+        "prompts": {"source": "list", "prompts": captions},
+        "num_images": len(captions),
+        "generation": {"width": SIZE, "height": SIZE, "steps": steps, "guidance_scale": guidance,
+                       "scheduler": "ddim", "batch_size": 16},
+        "layout": {"from_prompts": True, "random": {"size": list(WORLD.size_frac)}, "box_mask": True, "scale": 0.0,
+                   "shapes": {"path": str(shapes_dir)}, "labels": "layout"},
+        "export": {"formats": []},
+    })
+    return list(EngineSession(spec, load_model(model_id)).generate(range(len(captions))))
+
+
 def emit_json(result: dict, out: Path | None) -> None:
     """A benchmark's one JSON object: printed, and written to `out` when given."""
     text = json.dumps(result, indent=1)
@@ -482,6 +511,20 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         result["mask2image"] = mask2image_quality(model_id, out, n_synth, steps, m2i_guidance, seg_epochs, seed, test,
                                                   seg_real, samples, log, filter_scopes, hardness, filter_seeds,
                                                   filter_quantile)
+    if "layout_first" in parts:
+        import functools
+        import tempfile
+
+        from shared.shapes.dataset import write_real_dataset
+
+        shapes_dir = Path(tempfile.mkdtemp(prefix="bench-layout-")) / "shapes"
+        write_real_dataset(shapes_dir, 64, seed=LAYOUT_SHAPES_STREAM, size=SIZE, formats=[], world=WORLD)
+        draw = functools.partial(generate_layout_first, model_id, steps=steps, guidance=m2i_guidance, seed=seed,
+                                 shapes_dir=shapes_dir)
+        result["layout_first"] = {"guidance_scale": m2i_guidance, "shapes": "64 real renders (LAYOUT_SHAPES_STREAM)"}
+        _generation_parts(model_id, test, out, n_synth, n_classifier, steps, m2i_guidance, suffix, seg_epochs,
+                          cls_epochs, seed, log, started, result["layout_first"], n_few_real, generate=draw,
+                          prefix="layout_first_")
     if "augment" in parts:
         from bench.augment_quality import augment_quality
 
@@ -516,10 +559,16 @@ def _attention_part(model, test, t, suffix, out, log, started) -> dict:
 
 
 def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix, seg_epochs, cls_epochs,
-                      seed, log, started, result, n_few_real: int = 50, segmenters: bool = True):
+                      seed, log, started, result, n_few_real: int = 50, segmenters: bool = True,
+                      generate=None, prefix: str = ""):
+    """Fidelity, labels and segmenters of generated data, written into `result`: text2image by
+    default, or what `generate(captions)` makes (layout_first)."""
     # 2. generation with dsgen: captions of another real stream (realistic object counts)
     captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
-    samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)
+    if generate is None:
+        samples = generate_with_dsgen(model_id, captions, steps, guidance, suffix, seed)
+    else:
+        samples = generate(captions)
     gen_images = [np.asarray(s.image.convert("RGB")) for s in samples]
     gen_labels = [s.semantic for s in samples]
     log(f"generation done ({time.time() - started:.0f}s)")
@@ -576,9 +625,9 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
         iou_few, iou_mix = evaluate_segmenter(seg_few, test), evaluate_segmenter(seg_mix, test)
         log(f"segmenters done ({time.time() - started:.0f}s)")
     # grids
-    save_grid([gen_images[r * 8:(r + 1) * 8] for r in range(min(4, len(gen_images) // 8))], out / "samples.png")
+    save_grid([gen_images[r * 8:(r + 1) * 8] for r in range(min(4, len(gen_images) // 8))], out / f"{prefix}samples.png")
     save_grid([[g_img, overlay(g_img, lab)] for g_img, lab in list(zip(gen_images, gen_labels))[:8]],
-              out / "generated_overlay.png", labels=["generated", "dsgen labels"])
+              out / f"{prefix}generated_overlay.png", labels=["generated", "dsgen labels"])
     result.update({
         "prompt_fidelity": {
             "colour_and_shape": round(hits / max(total, 1), 4),

@@ -612,6 +612,12 @@ class LayoutSpec(StrictModel):
         "scaled into its box and used as the region of box_mask (in its window) in place of the whole box, so "
         "a model trained with rectified attention draws the class's shape filling the box; labels: layout then "
         "gives those masks. Without it a box-shaped region makes box-shaped objects (docs/methods.md)")
+    from_prompts: bool = Field(
+        default=False, description="layout-first text2image: each sample's prompt comes from the job's `prompts` "
+        "(templates, list, captions, llm) as in text2image, and every class word in it is one object, placed at a "
+        "box drawn as `random` draws them (its size and separate; the prompt gives the count). With box_mask and "
+        "shapes the objects' words are kept inside a shape of their class, and labels: layout labels each sample by "
+        "those shapes: exact by construction (docs/methods.md)")
     labels: Literal["layout", "attention"] = Field(
         default="layout", description="layout: boxes are the asked boxes, masks from attention inside them; "
         "attention: masks and boxes from attention as text2image")
@@ -630,6 +636,9 @@ class LayoutSpec(StrictModel):
             raise ValueError("box_mask_window: need 0 <= start < end <= 1, e.g. [0.0, 0.5]")
         if "{class}" not in self.phrase:
             raise ValueError("phrase: needs a {class} slot")
+        if self.from_prompts and self.random is None:
+            raise ValueError("from_prompts: the prompts give the objects; give random (their box sizes, "
+                             "e.g. random: {size: [0.35, 0.5]}) in place of objects")
         if self.shapes is not None and not self.box_mask:
             raise ValueError("shapes: the shapes are the regions of box_mask; set box_mask: true (and box_mask_window)")
         return self
@@ -793,6 +802,9 @@ class JobSpec(StrictModel):
             for o in self.layout.objects:
                 if o.class_name not in known:
                     raise ValueError(f"layout: object class {o.class_name!r} is not one of the job's classes {sorted(known)}")
+        if self.layout is not None and self.layout.from_prompts and self.prompts.append_class_names:
+            raise ValueError("prompts.append_class_names: layout.from_prompts makes every class word of a prompt an "
+                             "object, so appended class names would add objects; set append_class_names: false")
         if self.method == "augment" and self.augment is None:
             raise ValueError("augment: method 'augment' needs augment.source (a folder or an uploaded archive)")
         if self.method != "augment" and self.augment is not None:

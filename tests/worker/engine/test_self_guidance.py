@@ -210,3 +210,114 @@ def test_layout_shapes_need_box_mask_and_a_source_with_the_class(tmp_path):
     with pytest.raises(SpecError) as e:
         EngineSession(spec).generate([0]).__next__()
     assert e.value.field == "layout.shapes" and "'cat'" in str(e.value)
+
+
+def _layout_first(tmp_path, **over):
+    from shared.shapes.dataset import write_real_dataset
+
+    write_real_dataset(tmp_path / "real", 8, seed=3, size=32, formats=[], world="v2")
+    layout = {"from_prompts": True, "random": {"size": [0.35, 0.45]}, "box_mask": True, "scale": 0.0,
+              "shapes": {"path": str(tmp_path / "real")}, **over}
+    return parse_spec({"model": "builtin:shapes-v2", "method": "layout", "seed": 4,
+                       "classes": [{"name": "circle"}, {"name": "square"}, {"name": "star"}], "num_images": 4,
+                       "prompts": {"templates": ["a {colour} {class} and a {colour_2} {class_2}"],
+                                   "slots": {"colour": ["red", "blue"], "colour_2": ["green", "yellow"]}},
+                       "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 2}, "layout": layout})
+
+
+def test_layout_from_prompts_keeps_the_jobs_prompts_and_labels_each_class_word_by_its_shape(tmp_path):
+    from shared.formats.prompts import plan_sample
+
+    spec = _layout_first(tmp_path)
+    session = EngineSession(spec)
+    samples = list(session.generate(range(4)))
+    for k, s in enumerate(samples):
+        assert s.record.prompt == plan_sample(spec, k).prompt  # the text2image prompt, unchanged
+        p = s.record.parameters["layout"]
+        assert p["from_prompts"] is True and p["labels"].startswith("layout (masks are the shapes")
+        assert [o["class"] for o in p["objects"]] == s.record.classes and len(p["objects"]) == 2
+        regions = session.method.regions(k)[0]
+        ids = np.array([0] + [spec.category_ids[o["class"]] for o in p["objects"]])
+        assert (s.semantic == ids[regions]).all()  # labels are the rectified regions, by construction
+        # the colour before each class word is kept inside that object's region with it
+        control = session.method._box_mask([session.method.plan(k)])
+        vocab = session.model.tokenizer.convert_ids_to_tokens(session.model.tokenizer(s.record.prompt)["input_ids"])
+        words = {(vocab[t], obj) for t, obj in control.class_tokens[0]}
+        assert {w for w, _ in words} == set(s.record.prompt.replace(" and ", " ").split()) - {"a"}
+        assert len({obj for _, obj in words}) == 2
+    # per sample, the same in any batch
+    (again,) = EngineSession(spec).generate([3])
+    assert again.image.tobytes() == samples[3].image.tobytes() and (again.semantic == samples[3].semantic).all()
+
+
+def test_layout_from_prompts_makes_each_repeated_class_word_its_own_object(tmp_path):
+    spec = _layout_first(tmp_path)
+    spec = parse_spec({**spec.model_dump(mode="json", by_alias=True),
+                       "prompts": {"source": "list", "prompts": ["a red circle and a blue circle"]}})
+    session = EngineSession(spec)
+    plan = session.method.plan(0)
+    assert plan.prompt == "a red circle and a blue circle"  # no '; circle' appended: it would be a third object
+    assert [m.spans for m in plan.mentions] == [((6, 12),), ((24, 30),)]
+    (s,) = session.generate([0])
+    assert [o["class"] for o in s.record.parameters["layout"]["objects"]] == ["circle", "circle"]
+    assert len([a for a in s.record.annotations if a.category == "circle"]) == 2
+
+
+def test_layout_scale_zero_runs_no_guidance(tmp_path):
+    spec = _layout_first(tmp_path)
+    (inputs,) = EngineSession(spec).method.batch_inputs([EngineSession(spec).method.plan(0)])
+    assert inputs.runner is None and len(inputs.controls) == 1
+    guided = parse_spec({**spec.model_dump(mode="json", by_alias=True),
+                         "layout": {**spec.layout.model_dump(mode="json", by_alias=True), "scale": 1.0}})
+    (inputs,) = EngineSession(guided).method.batch_inputs([EngineSession(guided).method.plan(0)])
+    assert inputs.runner is not None
+
+
+def test_layout_from_prompts_spec_errors_name_the_field(tmp_path):
+    with pytest.raises(SpecError) as e:
+        _spec(objects=[{"class": "cat", "box": [0, 0, 0.5, 0.5]}], from_prompts=True)
+    assert e.value.field.startswith("layout") and "random" in str(e.value)
+    spec = _layout_first(tmp_path)
+    with pytest.raises(SpecError) as e:
+        parse_spec({**spec.model_dump(mode="json", by_alias=True),
+                    "prompts": {"source": "list", "prompts": ["a red circle"], "append_class_names": True}})
+    assert "append_class_names: false" in str(e.value)
+
+
+def test_random_boxes_drop_what_does_not_fit_unless_the_prompt_names_it():
+    from worker.engine.methods.layout import _random_boxes
+
+    def draw(keep_all):
+        return _random_boxes(np.random.default_rng(0), 2, (0.8, 0.9), True, keep_all)
+
+    assert len(draw(False)) == 1  # two boxes of side > 0.5 never fit apart
+    kept = draw(True)
+    assert len(kept) == 2 and all(0 <= v <= 1 for b in kept for v in b)
+
+
+def test_layout_first_on_the_shapes_model_draws_each_prompted_colour_inside_its_labelled_shape(tmp_path):
+    """Behaviour, not plumbing: builtin:shapes-v2 fills each object's label with the colour its
+    prompt gives that object (nearest palette colour) and leaves a flat background outside."""
+    from shared.shapes.dataset import write_real_dataset
+    from shared.shapes.world import PALETTE
+
+    write_real_dataset(tmp_path / "real", 8, seed=3, size=48, formats=[], world="v2")
+    prompts = ["a red circle and a blue square", "a yellow star and a green circle"]
+    spec = parse_spec({"model": "builtin:shapes-v2", "method": "layout", "seed": 4,
+                       "classes": [{"name": "circle"}, {"name": "square"}, {"name": "star"}], "num_images": 2,
+                       "prompts": {"source": "list", "prompts": prompts},
+                       "generation": {"width": 48, "height": 48, "steps": 20, "batch_size": 2, "guidance_scale": 1.5},
+                       "layout": {"from_prompts": True, "random": {"size": [0.35, 0.5]}, "box_mask": True, "scale": 0.0,
+                                  "shapes": {"path": str(tmp_path / "real")}}})
+    names = ["red", "green", "blue", "yellow"]
+    palette = np.array([PALETTE[n] for n in names], float)
+    for s in EngineSession(spec).generate(range(2)):
+        img = np.asarray(s.image.convert("RGB")).astype(float)
+        nearest = np.argmin(((img[..., None, :] - palette) ** 2).sum(-1), -1)
+        colours = [w for w in s.record.prompt.split() if w in names]
+        for k, colour in enumerate(colours, start=1):
+            region = s.instances == k
+            assert region.sum() > 50 and (nearest[region] == names.index(colour)).mean() > 0.8, (s.record.prompt, colour)
+        outside = s.semantic == 0
+        saturation = img.max(-1) - img.min(-1)
+        assert (saturation[outside] < 40).mean() > 0.95, s.record.prompt

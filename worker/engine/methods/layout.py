@@ -3,7 +3,10 @@
 A sample's layout is the spec's fixed `objects`, or drawn from `random` with the sample's own
 random stream (keyed by job seed and index), so a sample is the same in any batch or shard.
 The prompt joins the objects' phrases; each object's class-word tokens carry its energies
-(`worker.engine.self_guidance`). Labels:
+(`worker.engine.self_guidance`). With `from_prompts` the job is text2image drawn layout-first
+(LMD's two stages, with a random layout in place of a language model's): the prompt is the
+job's own and each class word in it is an object given a random box. `scale: 0` runs no
+guidance (no gradients): the box mask alone places the objects, as mask2image does. Labels:
 - `labels: layout` (by construction): each object's asked box is its box, and its mask is that
   box (records say so: `layout.labels`);
 - `labels: attention`: masks and boxes from the captured attention, as text2image.
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from shared.engine import LabelMaps
-from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
+from shared.formats.prompts import ClassMention, SamplePlan, plan_sample, sample_seed
 from shared.formats.spec import SpecError
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.methods import BatchInputs
@@ -47,6 +50,10 @@ class Layout:
             weights=dict(self.options.weights), scale=self.options.scale, step_window=tuple(self.options.step_window),
             resolutions=None if res is None else tuple(res), checkpointing=self.options.checkpointing,
         )
+        # from_prompts: the prompt's own class words are the objects, so appended class names
+        # (on by default for lists and captions) would be objects too: never appended here.
+        self.prompt_spec = self.spec.model_copy(update={
+            "prompts": self.spec.prompts.model_copy(update={"append_class_names": False})})
         self.bank: ShapeBank | None = None
         if self.options.shapes is not None:
             self.bank = self._shape_bank(session)
@@ -78,22 +85,20 @@ class Layout:
             return out
         r = self.options.random
         rng = np.random.default_rng(np.random.SeedSequence([self.spec.seed, index, _STREAM_LAYOUT]))
+        if self.options.from_prompts:
+            mentions = self.plan(index).mentions
+            boxes = _random_boxes(rng, len(mentions), r.size, r.separate, keep_all=True)
+            return [(m.category_id, "", b) for m, b in zip(mentions, boxes)]
         count = int(rng.integers(r.count[0], r.count[1] + 1))
-        boxes: list[tuple[float, float, float, float]] = []
-        for _ in range(count):
-            for _attempt in range(50):
-                side = float(rng.uniform(*r.size))
-                x0, y0 = float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side))
-                box = (x0, y0, x0 + side, y0 + side)
-                if not r.separate or not any(_overlap(box, b) for b in boxes):
-                    boxes.append(box)
-                    break
+        boxes = _random_boxes(rng, count, r.size, r.separate, keep_all=False)
         classes = rng.choice(len(self.spec.classes), size=len(boxes), replace=len(boxes) > len(self.spec.classes))
         return [(int(c) + 1, self.options.phrase, b) for c, b in zip(classes, boxes)]
 
     def plan(self, index: int) -> SamplePlan:
         if not 0 <= index < self.spec.num_images:
             raise IndexError(f"sample index {index} outside 0..{self.spec.num_images - 1}")
+        if self.options.from_prompts:
+            return one_mention_per_word(plan_sample(self.prompt_spec, index))
         prompt, mentions = "", []
         for k, (cid, phrase, _) in enumerate(self.objects(index)):
             if k:
@@ -144,6 +149,8 @@ class Layout:
             return layout_images(model, prompts, seeds, gen, targets, guidance, negative_prompt, capture, on_step,
                                  controls=controls)
 
+        if guidance.scale == 0:  # no energies: a plain denoise with the box mask (no gradients)
+            return [BatchInputs(list(range(len(plans))), controls=controls)]
         return [BatchInputs(list(range(len(plans))), runner=run)]
 
     def _pixel_boxes(self, index: int) -> list[tuple[int, int, int, int, int]]:
@@ -175,6 +182,7 @@ class Layout:
                            "layout (masks are the asked boxes)" if self.bank is None else
                            "layout (masks are the shapes fitted into the asked boxes)"),
                 "shapes": list(self.regions(plan.index)[1]) if self.bank is not None else None,
+                "from_prompts": self.options.from_prompts,
                 "scale": self.guidance.scale,
                 "weights": self.guidance.weights,
                 "step_window": list(self.guidance.step_window),
@@ -204,6 +212,34 @@ def region_mask(model, plans: list[SamplePlan], regions: np.ndarray,
         mentions = tuple(ClassMention(m.name, k, m.spans) for k, m in enumerate(p.mentions, start=1))
         per_object.append(replace(p, mentions=mentions))
     return rectified_control(model, per_object, regions, step_window=step_window)
+
+
+def one_mention_per_word(plan: SamplePlan) -> SamplePlan:
+    """The plan with each class word its own mention, in prompt order: "a red circle and a blue
+    circle" is two circles, each with its own region."""
+    words = sorted(((span, m) for m in plan.mentions for span in m.spans), key=lambda w: w[0])
+    return replace(plan, mentions=tuple(ClassMention(m.name, m.category_id, (span,)) for span, m in words))
+
+
+def _random_boxes(rng: np.random.Generator, count: int, size: tuple[float, float], separate: bool,
+                  keep_all: bool) -> list[tuple[float, float, float, float]]:
+    """`count` square boxes (x0, y0, x1, y1 in 0..1) of side in `size`; with `separate` a box that
+    overlaps an earlier one is redrawn up to 50 times, then dropped, or with `keep_all` (the
+    prompt names the object) kept where its last draw fell."""
+    boxes: list[tuple[float, float, float, float]] = []
+    for _ in range(count):
+        box = None
+        for _attempt in range(50):
+            side = float(rng.uniform(*size))
+            x0, y0 = float(rng.uniform(0, 1 - side)), float(rng.uniform(0, 1 - side))
+            box = (x0, y0, x0 + side, y0 + side)
+            if not separate or not any(_overlap(box, b) for b in boxes):
+                boxes.append(box)
+                box = None
+                break
+        if box is not None and keep_all:
+            boxes.append(box)
+    return boxes
 
 
 def _square(centroid: tuple[float, float], side: float) -> tuple[float, float, float, float]:
