@@ -32,6 +32,7 @@ demo-augment: setup
 
 ## Generate the demo dataset (out/demo/) with the builtin model, on this machine.
 demo: setup
+	$(BIN)/dsgen shapes render --out out/demo-shapes --n 64 --seed 6 --size 48 --formats coco --overwrite
 	$(BIN)/dsgen run examples/demo.yaml --out out/demo
 
 ## One complete dataset (with exports) per available method under out/methods/<method>/, from

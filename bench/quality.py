@@ -861,7 +861,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cls-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attention-only", action="store_true", help="only attention_miou_real (fast; for curves)")
-    p.add_argument("--parts", default="attention,fidelity,synthetic,mask2image,augment", help="comma-separated parts to run")
+    p.add_argument("--parts", default="attention,fidelity,synthetic,mask2image,layout_first,augment",
+                   help="comma-separated parts to run")
     p.add_argument("--filter-scopes", default=",".join(FILTER_ROWS),
                    help="segmenter filter rows measured in mask2image: pixels (FreeMask, 1.25 x class mean), "
                         "real_quantile (pixels above the real loss quantile), samples (whole samples dropped)")

@@ -217,9 +217,11 @@ def spec_texts(spec: Any) -> list[tuple[str, str]]:
     for i, c in enumerate(spec.classes):
         for w in c.prompt_words:
             out.append((f"classes.{i}.words" if c.words else f"classes.{i}.name", w))
-    # `prompts` makes the prompts of text2image and image2image only; the other methods build
-    # theirs from their own fields (a caption, a template, a phrase), checked here instead.
-    if spec.method in ("text2image", "image2image"):
+    # `prompts` makes the prompts of text2image, image2image and layout-first (layout.from_prompts)
+    # only; the other methods build theirs from their own fields (a caption, a template, a
+    # phrase), checked here instead.
+    layout_first = spec.method == "layout" and spec.layout is not None and spec.layout.from_prompts
+    if spec.method in ("text2image", "image2image") or layout_first:
         if p.source == "templates":
             out += [("prompts.templates", SLOT_PATTERN.sub(" ", t)) for t in p.templates]
             for name, values in p.slots.items():
@@ -244,7 +246,7 @@ def _method_texts(spec: Any, slots) -> list[tuple[str, str]]:
     elif method == "edit":
         out += [("edit.inside", slots.sub(" ", t)) for t in opts.inside]
         out += [("edit.outside", opts.outside), ("edit.inversion", slots.sub(" ", opts.inversion))]
-    elif method == "layout":
+    elif method == "layout" and not opts.from_prompts:
         out += [("layout.phrase", slots.sub(" ", opts.phrase)), ("layout.joiner", opts.joiner)]
         out += [(f"layout.objects.{i}.phrase", slots.sub(" ", o.phrase)) for i, o in enumerate(opts.objects or []) if o.phrase]
     return [(f, t) for f, t in out if t and t.strip()]

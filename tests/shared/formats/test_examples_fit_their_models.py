@@ -33,3 +33,14 @@ def test_method_prompt_texts_are_checked_against_the_vocabulary():
     # the default text2image templates ("a photo of a {class}") are not read by other methods
     assert check_spec_fits_model(parse_spec({**base, "method": "layout", "layout": {
         "objects": [{"class": "circle", "box": [0.1, 0.1, 0.5, 0.5]}], "phrase": "a red {class}"}}), meta) == []
+
+
+def test_layout_first_checks_the_jobs_prompts_not_the_layout_phrase():
+    meta = model_meta("builtin:shapes-v2")
+    base = {"model": "builtin:shapes-v2", "classes": [{"name": "circle"}], "num_images": 1,
+            "generation": {"width": 48, "height": 48, "steps": 2}, "method": "layout"}
+    layout = {"from_prompts": True, "random": {"size": [0.3, 0.5]}, "phrase": "a shiny {class}"}
+    ok = parse_spec({**base, "prompts": {"templates": ["a {colour} {class}"], "slots": {"colour": ["red"]}}, "layout": layout})
+    assert check_spec_fits_model(ok, meta) == []  # the phrase is not used: the prompts are
+    bad = parse_spec({**base, "prompts": {"templates": ["a {colour} {class}"], "slots": {"colour": ["teal"]}}, "layout": layout})
+    assert [f for f, _ in check_spec_fits_model(bad, meta)] == ["prompts.slots.colour"]
