@@ -572,7 +572,8 @@ class LayoutObjectSpec(StrictModel):
 class LayoutRandomSpec(StrictModel):
     """Layouts drawn per sample: `count` objects of random classes, square boxes of side in `size`."""
 
-    count: tuple[int, int] = Field(default=(1, 2), description="[min, max] objects per image")
+    count: tuple[int, int] = Field(default=(1, 2), description="[min, max] objects per image (not used with "
+                                   "layout.from_prompts: the prompt's class words are the objects)")
     size: tuple[float, float] = Field(default=(0.35, 0.5), description="[min, max] box side, fraction of the image")
     separate: bool = Field(default=True, description="boxes of one image do not overlap (redrawn up to 50 times)")
 

@@ -321,3 +321,10 @@ def test_layout_first_on_the_shapes_model_draws_each_prompted_colour_inside_its_
         outside = s.semantic == 0
         saturation = img.max(-1) - img.min(-1)
         assert (saturation[outside] < 40).mean() > 0.95, s.record.prompt
+
+
+def test_layout_first_spec_survives_the_round_trip_the_service_makes(tmp_path):
+    """The service stores a parsed spec's full JSON and the worker parses it again."""
+    spec = _layout_first(tmp_path)
+    again = parse_spec(spec.model_dump(mode="json", by_alias=True))
+    assert again.layout.from_prompts and again == spec
