@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         pres = judge.presence(imgs)
         return {"objects": objects, "pixel_presence": round(float(pres[:, pair].mean()), 4)}
 
+    grids: dict[str, list] = {}  # reading -> its first images, one grid column each
+
     def draw(tag: str) -> dict:
         t2i = cb.generate(a.model, concept_dir, f"a {phrase}", tokens, a.n_eval, 20, 3.0, a.seed)
         lay = cb.generate_layout(a.model, concept_dir, tokens[0], held[1], tokens[1], shapes_dir, a.n_eval, 20,
@@ -168,7 +170,6 @@ def main(argv: list[str] | None = None) -> None:
                 "own_concept_blue_star": {"pixel_presence": round(float(own_pres.mean()), 4),
                                           "objects": cb.object_rates(judge, rule, jw, ("blue", "star"), own, ("blue", "star"))}}
 
-    grids: dict[str, list] = {}
     result = {"model": a.model, "concept": list(held), "tokens": tokens, "learn_images": a.images,
               "textual_inversion": {"steps": a.ti_steps, "seconds": round(ti_s, 1)}}
     result["before_unet"] = draw("before")  # textual inversion only

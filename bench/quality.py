@@ -522,9 +522,9 @@ def run(model_id: str, out: Path, n_real: int, n_synth: int, n_classifier: int, 
         draw = functools.partial(generate_layout_first, model_id, steps=steps, guidance=m2i_guidance, seed=seed,
                                  shapes_dir=shapes_dir)
         result["layout_first"] = {"guidance_scale": m2i_guidance, "shapes": "64 real renders (LAYOUT_SHAPES_STREAM)"}
-        _generation_parts(model_id, test, out, n_synth, n_classifier, steps, m2i_guidance, suffix, seg_epochs,
-                          cls_epochs, seed, log, started, result["layout_first"], n_few_real, generate=draw,
-                          prefix="layout_first_")
+        _, seg_real = _generation_parts(model_id, test, out, n_synth, n_classifier, steps, m2i_guidance, suffix,
+                                        seg_epochs, cls_epochs, seed, log, started, result["layout_first"], n_few_real,
+                                        generate=draw, prefix="layout_first_", seg_real=seg_real)
     if "augment" in parts:
         from bench.augment_quality import augment_quality
 
@@ -560,9 +560,10 @@ def _attention_part(model, test, t, suffix, out, log, started) -> dict:
 
 def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidance, suffix, seg_epochs, cls_epochs,
                       seed, log, started, result, n_few_real: int = 50, segmenters: bool = True,
-                      generate=None, prefix: str = ""):
+                      generate=None, prefix: str = "", seg_real=None):
     """Fidelity, labels and segmenters of generated data, written into `result`: text2image by
-    default, or what `generate(captions)` makes (layout_first)."""
+    default, or what `generate(captions)` makes (layout_first). `seg_real`: the real-trained
+    segmenter of an earlier call (the same renders and seed), reused rather than trained again."""
     # 2. generation with dsgen: captions of another real stream (realistic object counts)
     captions = [s.caption for s in real_scenes(PROMPT_STREAM, n_synth)]
     if generate is None:
@@ -608,11 +609,12 @@ def _generation_parts(model_id, test, out, n_synth, n_classifier, steps, guidanc
         iou_gen.add(np.where(keep, lab, 254), np.where(keep, truth, 254))
     for sc, truth in zip(test, judge.semantic([s.image for s in test])):
         iou_judge_real.add(truth, sc.semantic)
-    seg_real = None
     if segmenters:  # the 'synthetic' part (a curve or an ablation asks only for fidelity)
         # 4. synthetic vs real: same segmenter, same real test set
         seg_real_scenes = real_scenes(SEG_REAL_STREAM, n_synth)
-        seg_real = train_segmenter([s.image for s in seg_real_scenes], [s.semantic for s in seg_real_scenes], seg_epochs, seed)
+        if seg_real is None:
+            seg_real = train_segmenter([s.image for s in seg_real_scenes], [s.semantic for s in seg_real_scenes],
+                                       seg_epochs, seed)
         seg_synth = train_segmenter(gen_images, gen_labels, seg_epochs, seed)
         iou_real, iou_synth = evaluate_segmenter(seg_real, test), evaluate_segmenter(seg_synth, test)
         # 5. real + synthetic vs real only, at a small real N (FreeMask's claim): the real images

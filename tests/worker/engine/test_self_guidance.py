@@ -264,13 +264,17 @@ def test_layout_from_prompts_makes_each_repeated_class_word_its_own_object(tmp_p
 
 
 def test_layout_scale_zero_runs_no_guidance(tmp_path):
+    def inputs_of(spec):
+        method = EngineSession(spec).method
+        (inputs,) = method.batch_inputs([method.plan(0)])
+        return inputs
+
     spec = _layout_first(tmp_path)
-    (inputs,) = EngineSession(spec).method.batch_inputs([EngineSession(spec).method.plan(0)])
-    assert inputs.runner is None and len(inputs.controls) == 1
+    plain = inputs_of(spec)
+    assert plain.runner is None and len(plain.controls) == 1
     guided = parse_spec({**spec.model_dump(mode="json", by_alias=True),
                          "layout": {**spec.layout.model_dump(mode="json", by_alias=True), "scale": 1.0}})
-    (inputs,) = EngineSession(guided).method.batch_inputs([EngineSession(guided).method.plan(0)])
-    assert inputs.runner is not None
+    assert inputs_of(guided).runner is not None
 
 
 def test_layout_from_prompts_spec_errors_name_the_field(tmp_path):
