@@ -29,7 +29,9 @@ from worker.engine.text import VECTORS_ATTR
 
 CONCEPT_FILE = "concept.json"
 FORMAT = "dsgen-concept"
-TOKEN_PATTERN = re.compile(r"^<[A-Za-z0-9][A-Za-z0-9_\-]{0,40}>$")
+# A concept token as prompts write it: "<my-part>" (one word, though \w splits it).
+TOKEN = r"<[A-Za-z0-9][A-Za-z0-9_\-]{0,40}>"
+TOKEN_PATTERN = re.compile(rf"^{TOKEN}$")
 SDXL_KEYS = ("clip_l", "clip_g")
 
 

@@ -300,6 +300,22 @@ def test_modifiers_bind_to_their_class_word_and_stop_at_the_phrase():
     assert bound == {"circle": ["red circle", "circle"], "square": ["big blue square"], "star": ["green star"]}
 
 
+def test_a_concept_token_binds_to_its_class_word_like_any_modifier():
+    """A learned token ("<cyan>") is one word: kept inside its class's region with the class word
+    (splitting it at '<' once left it out, so a concept's colour was drawn anywhere)."""
+    from shared.formats.prompts import ClassMention
+    from worker.engine.methods.mask2image import with_modifiers
+
+    prompt = "a <cyan> square and a big <my-part>, <x>, circle"
+    def span(word):
+        i = prompt.index(word)
+        return (i, i + len(word))
+    mentions = (ClassMention("square", 1, (span("square"),)), ClassMention("part", 2, (span("<my-part>"),)),
+                ClassMention("circle", 3, (span("circle"),)))
+    bound = {m.name: [prompt[a:b] for a, b in m.spans] for m in with_modifiers(prompt, mentions)}
+    assert bound == {"square": ["<cyan> square"], "part": ["big <my-part>"], "circle": ["circle"]}
+
+
 def test_bound_modifiers_are_rectified_with_their_class(shapes_dir):
     """With bind_modifiers the colour word's tokens are kept inside the class region too."""
     from worker.engine.controls import RectifiedCrossAttention

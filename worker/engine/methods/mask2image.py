@@ -26,6 +26,7 @@ from shared.engine import LabelMaps
 from shared.formats.prompts import ClassMention, SamplePlan, sample_seed
 from shared.formats.spec import SpecError
 from worker.engine import palettes
+from worker.engine.concepts import TOKEN, TOKEN_PATTERN
 from worker.engine.controls import RectifiedCrossAttention
 from worker.engine.generate import ControlNetInput
 from worker.engine.mask_sources import MaskSource, load_mask_sources
@@ -176,6 +177,10 @@ _PHRASE_BREAKS = frozenset(
 )
 
 
+# Words of a prompt: concept tokens ("<cyan>") whole, then words, then single punctuation marks.
+_WORDS = re.compile(rf"{TOKEN}|[\w'-]+|[^\w\s]")
+
+
 def with_modifiers(prompt: str, mentions: tuple[ClassMention, ...]) -> tuple[ClassMention, ...]:
     """Each mention's spans extended back over the words of its phrase before the class word
     ("red" in "a red circle"): the attributes a rectified job keeps inside the class's region.
@@ -186,8 +191,9 @@ def with_modifiers(prompt: str, mentions: tuple[ClassMention, ...]) -> tuple[Cla
         spans = []
         for start, end in m.spans:
             new_start = start
-            for word in reversed(list(re.finditer(r"[\w'-]+|[^\w\s]", prompt[:start]))):
-                if not word.group()[0].isalnum() or word.group().lower() in _PHRASE_BREAKS:
+            for word in reversed(list(_WORDS.finditer(prompt[:start]))):
+                concept = TOKEN_PATTERN.match(word.group()) is not None  # a learned token: a modifier like any word
+                if not (concept or word.group()[0].isalnum()) or word.group().lower() in _PHRASE_BREAKS:
                     break
                 if any(a < word.end() and word.start() < b for a, b in taken):
                     break
