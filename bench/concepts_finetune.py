@@ -39,7 +39,7 @@ from shared.shapes.world import get_world  # noqa: E402
 
 
 def finetune_unet(model, concept_dir: Path, images: np.ndarray, phrase: str, steps: int, lr: float, batch: int,
-                  seed: int, log=print, masks: np.ndarray | None = None) -> list[float]:
+                  seed: int, log=print, masks: np.ndarray | None = None, only: tuple[str, ...] = ()) -> list[float]:
     """DreamBooth on top of the learned tokens: half of each batch the concept's renders with
     `phrase`, half the training world with its captions (prior preservation). In place. With
     `masks` the concept's tokens attend only inside each render's object (rectified, as the
@@ -57,8 +57,14 @@ def finetune_unet(model, concept_dir: Path, images: np.ndarray, phrase: str, ste
 
     text_model = with_concepts(model, [concept_dir])  # the tokens; the UNet is shared with `model`
     unet = model.unet
-    unet.requires_grad_(True).train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    # `only`: train just the parameters whose names end so (Custom Diffusion: the cross-attention
+    # key and value projections, what maps words into the picture)
+    trained = [p for n, p in unet.named_parameters() if not only or n.endswith(only)]
+    unet.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    unet.train()
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=0.0)
     sched = DDPMScheduler.from_config(model.scheduler.config)
     n_train = sched.config.num_train_timesteps
     x_concept = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
@@ -118,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--judge-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rectify", action="store_true", help="fine-tune with the tokens kept inside each render's object")
+    p.add_argument("--cross-kv", action="store_true",
+                   help="fine-tune only the cross-attention key/value projections (Custom Diffusion), not the whole UNet")
     a = p.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     torch.manual_seed(a.seed)
@@ -162,11 +170,15 @@ def main(argv: list[str] | None = None) -> None:
         t2i = cb.generate(a.model, concept_dir, f"a {phrase}", tokens, a.n_eval, 20, 3.0, a.seed)
         lay = cb.generate_layout(a.model, concept_dir, tokens[0], held[1], tokens[1], shapes_dir, a.n_eval, 20,
                                  cb.LAYOUT_GUIDANCE, a.seed)
+        # the colour token with the shape token left at its init word: the shape is the region's
+        lay_word = cb.generate_layout(a.model, concept_dir, tokens[0], held[1], init[1], shapes_dir, a.n_eval, 20,
+                                      cb.LAYOUT_GUIDANCE, a.seed)
         # the model's own concepts after the change: "a blue star" read by the same judge
         own = cb.generate(a.model, None, "a blue star", ["star"], a.n_eval, 20, 3.0, a.seed)
         own_pres = judge.presence(own)[:, q.pair_index("blue", "star")]
-        grids[tag] = [t2i[:8], lay[:8], own[:8]]
+        grids[tag] = [t2i[:8], lay[:8], lay_word[:8], own[:8]]
         return {"text2image": read(t2i), "layout_with_own_shapes": read(lay),
+                f"layout_with_own_shapes_word_{init[1]}": read(lay_word),
                 "own_concept_blue_star": {"pixel_presence": round(float(own_pres.mean()), 4),
                                           "objects": cb.object_rates(judge, rule, jw, ("blue", "star"), own, ("blue", "star"))}}
 
@@ -176,9 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     log(f"TI only: {json.dumps(result['before_unet'])}")
     t1 = time.time()
     losses = finetune_unet(model, concept_dir, np.stack(images), phrase, a.unet_steps, a.unet_lr, a.batch, a.seed, log,
-                           masks=np.stack(masks) if a.rectify else None)
+                           masks=np.stack(masks) if a.rectify else None,
+                           only=("attn2.to_k.weight", "attn2.to_v.weight") if a.cross_kv else ())
     result["unet_finetune"] = {"steps": a.unet_steps, "lr": a.unet_lr, "batch": a.batch, "seconds": round(time.time() - t1, 1),
-                               "rectified": a.rectify,
+                               "rectified": a.rectify, "trained": "cross-attention k/v" if a.cross_kv else "whole UNet",
                                "final_loss": round(float(np.mean(losses[-25:])), 5), "prior_preservation": "half of each batch"}
     result["after_unet"] = draw("after")
     log(f"TI + UNet: {json.dumps(result['after_unet'])}")
@@ -187,8 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     result["seconds"] = round(time.time() - started, 1)
     columns = grids["before"] + grids["after"] + [real[:8]]  # one column per reading, 8 images down
     q.save_grid([list(row) for row in zip(*columns)], a.out / "concepts_finetune_grid.png",
-                labels=["TI: a <cyan> <cross>", "TI: layout", "TI: a blue star", "TI+UNet: a <cyan> <cross>",
-                        "TI+UNet: layout", "TI+UNet: a blue star", "real"])
+                labels=["TI: a <cyan> <cross>", "TI: layout", f"TI: layout, {init[1]}", "TI: a blue star",
+                        "TI+UNet: a <cyan> <cross>", "TI+UNet: layout", f"TI+UNet: layout, {init[1]}",
+                        "TI+UNet: a blue star", "real"])
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "concepts_finetune.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.formats.prompts import CONCEPT_TOKEN
+
 BUILTIN_PREFIX = "builtin:"
 EXTRAS_FILE = "dsgen.json"
 ADAPTOR_CONFIG = "adaptor.json"
@@ -26,7 +28,8 @@ ADAPTOR_CONFIG = "adaptor.json"
 _BUILTIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*")
 AUTO_MAX_RESOLUTION = 32  # as worker.labels.from_attention resolves "auto"
 MAX_SELF_CELLS = 48 * 48  # as worker.engine.attention.MAX_SELF_TOKENS
-_WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
+_WORD = re.compile(rf"{CONCEPT_TOKEN}|[^\W_]+|[^\w\s]", re.UNICODE)  # a concept token is one word
+_CONCEPT_WORD = re.compile(rf"^{CONCEPT_TOKEN}$")
 
 
 class BuiltinNameError(ValueError):
@@ -288,8 +291,16 @@ def check_spec_fits_model(spec: Any, meta: ModelMeta) -> list[tuple[str, str]]:
     vocab = meta.vocabulary
     if vocab:
         known = {w.lower() for w in vocab}
+        concepts = bool(getattr(spec, "concepts", None))
         for fld, text in spec_texts(spec):
-            unknown = [w for w in prompt_words(text) if w.lower() not in known]
+            words = prompt_words(text)
+            # a concept's token: the tokenizer learns it from the spec's concepts (checked where they load)
+            unknown = [w for w in words if w.lower() not in known and not (concepts and _CONCEPT_WORD.match(w))]
+            if not concepts and any(_CONCEPT_WORD.match(w) for w in unknown):
+                token = next(w for w in unknown if _CONCEPT_WORD.match(w))
+                errors.append((fld, f"{token!r} in {text.strip()!r} is a concept token, and the spec lists no concepts: "
+                                    "add the concept that defines it to `concepts:` (made by `dsgen concepts learn`)"))
+                break
             if unknown:
                 errors.append((fld, f"{', '.join(repr(w) for w in dict.fromkeys(unknown))} in {text.strip()!r} "
                                     f"is not in the vocabulary of {meta.id}; known words: {' '.join(vocab)}"))

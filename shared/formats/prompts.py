@@ -15,6 +15,9 @@ import numpy as np
 
 from shared.formats.spec import CLASS_SLOT, SLOT_PATTERN, JobSpec, SpecError
 
+# A learned concept's token as prompts write it ("<my-part>"): one word, though \w splits it.
+CONCEPT_TOKEN = r"<[A-Za-z0-9][A-Za-z0-9_\-]{0,40}>"
+
 # Distinct stream ids so that adding a new random choice never shifts existing ones.
 _STREAM_SEED = 0
 _STREAM_PROMPT = 1

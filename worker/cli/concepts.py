@@ -77,13 +77,21 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
 @click.option("--masked", is_flag=True, help="with --source: the tokens attend only inside the class's masks while "
               "learning (rectified cross-attention), so they learn the object, not the picture; for models trained "
               "with rectified attention (the shapes models) and for drawing the concept with mask2image or layout.shapes")
+@click.option("--unet-steps", default=0, show_default=True, type=click.IntRange(min=0),
+              help="then fine-tune the UNet's cross-attention key/value this many steps (Custom Diffusion) for what "
+              "no embedding reaches, e.g. a colour the model never drew; the concept then carries unet.safetensors")
+@click.option("--unet-lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--prior-images", default=16, show_default=True, type=click.IntRange(min=0),
+              help="with --unet-steps: the base model's own pictures of the init words, half of each batch, so those "
+              "words keep drawing what they drew (0: none)")
 @click.option("--template", "templates", multiple=True, help='prompt template with {} for the tokens, e.g. "a photo of a {}"')
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume/--restart", default=True, show_default=True, help="continue from --out's checkpoint")
 @click.option("--threads", default=None, type=int, help="torch CPU threads")
 def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps, lr, batch_size, vectors, max_images,
-              masked, templates, seed, resume, threads) -> None:
-    """Learn TOKEN(s) from a few images; only their embeddings train (UNet and text encoder frozen)."""
+              masked, unet_steps, unet_lr, prior_images, templates, seed, resume, threads) -> None:
+    """Learn TOKEN(s) from a few images: their embeddings (textual inversion), then with
+    --unet-steps the UNet's cross-attention key/value too."""
     import torch
 
     from shared.formats.spec import SpecError
@@ -112,21 +120,27 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
             word = "the" if "the" in vocab else next(w for w in vocab if w not in model.tokenizer.all_special_tokens)
             init_words = (word,) * len(tokens)
         cfg = LearnConfig(tokens=list(tokens), init_words=list(init_words), steps=steps, lr=lr, batch_size=batch_size,
-                          seed=seed, templates=list(templates) or None, vectors=vectors, masked=masked)
+                          seed=seed, templates=list(templates) or None, vectors=vectors, masked=masked,
+                          unet_steps=unet_steps, unet_lr=unet_lr, prior_images=prior_images)
         click.echo(f"learning {' '.join(tokens)} from {len(paths)} images on {model.info.id} ({model.info.revision}), "
                    f"{steps} steps")
-        with click.progressbar(length=steps, label="textual inversion", show_pos=True) as bar:
-            last = [0]
+        # one bar over both steps: textual inversion, then (--unet-steps) the cross-attention fine-tune
+        with click.progressbar(length=steps + unet_steps, label="textual inversion", show_pos=True) as bar:
+            done = [0]
 
-            def progress(step: int, total: int, loss: float) -> None:
-                bar.label = f"textual inversion (loss {loss:.4f})"
-                bar.update(step - last[0])
-                last[0] = step
+            def advance(offset: int, label: str):
+                def progress(step: int, total: int, loss: float) -> None:
+                    bar.label = f"{label} (loss {loss:.4f})"
+                    bar.update(offset + step - done[0])
+                    done[0] = offset + step
+                return progress
 
-            state = learn_concept(model, paths, cfg, out, progress=progress, resume=resume, masks=masks)
+            state = learn_concept(model, paths, cfg, out, progress=advance(0, "textual inversion"), resume=resume,
+                                  masks=masks, unet_progress=advance(steps, "cross-attention fine-tune"))
     except SpecError as err:
         raise UserError(str(err)) from None
-    click.echo(f"wrote {out} ({' '.join(tokens)}, {state.step} steps); use it with `concepts: [{out}]` in a spec")
+    tuned = f" + {unet_steps} cross-attention steps" if unet_steps else ""
+    click.echo(f"wrote {out} ({' '.join(tokens)}, {state.step} steps{tuned}); use it with `concepts: [{out}]` in a spec")
 
 
 @cli.command("mix")

@@ -14,10 +14,11 @@ written by `save_concept` (`worker.engine.concepts` reads it).
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 from contextlib import nullcontext
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from worker.engine.concepts import CONCEPT_FILE, FORMAT, ConceptError, add_concept_tokens, check_token, private_copy, \
-    token_file, word_embedding
+from worker.engine.concepts import CONCEPT_FILE, FORMAT, UNET_FILE, ConceptError, add_concept_tokens, check_token, \
+    private_copy, token_file, word_embedding
 from worker.engine.generate import encode_images
 from worker.engine.text import _encode_one, tokenize
 
@@ -55,6 +56,11 @@ class LearnConfig:
     # object mask (FreestyleNet's rectified attention, as mask2image and layout.shapes draw), so the
     # tokens learn what fills the object, not the whole picture. Needs one mask per image.
     masked: bool = False
+    # Then fine-tune the UNet's cross-attention key/value for this many steps (Custom Diffusion;
+    # worker.engine.concept_unet), for what no embedding reaches: a colour the model never drew.
+    unet_steps: int = 0
+    unet_lr: float = 1e-4
+    prior_images: int = 16  # the base model's own pictures of the init words, half of each fine-tune batch
 
 
 @dataclass
@@ -138,11 +144,11 @@ def learn_concept(
     progress: Callable[[int, int, float], None] | None = None,
     resume: bool = True,
     masks: Sequence[np.ndarray] | None = None,
+    unet_progress: Callable[[int, int, float], None] | None = None,
 ) -> LearnState:
     """Train the tokens' rows on `images` (inside `masks` with cfg.masked); write the concept folder to `out`."""
     from diffusers import DDPMScheduler
 
-    from worker.engine.attention import control_attention
 
     if not images:
         raise ConceptError("--images: no images to learn from", field="--images")
@@ -201,12 +207,10 @@ def learn_concept(
         state = LearnState(ckpt["step"], ckpt["losses"])
 
     scheduler = DDPMScheduler.from_config(model.scheduler.config)
-    prediction = scheduler.config.prediction_type
     n_train = scheduler.config.num_train_timesteps
-    unet = model.unet
-    unet.requires_grad_(False)
+    model.unet.requires_grad_(False)
     x0_all = encode_images(model, x_all).float()
-    added = None
+    loss_fn = functools.partial(_denoise_loss, token_ids=ids[0])
     while state.step < cfg.steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + state.step)
         idx = torch.randint(len(x0_all), (cfg.batch_size,), generator=g)
@@ -220,19 +224,7 @@ def learn_concept(
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(n_train, (cfg.batch_size,), generator=g)
         prompts = [templates[int(k)].format(phrase) for k in torch.randint(len(templates), (cfg.batch_size,), generator=g)]
-        noisy = scheduler.add_noise(x0, noise, t)
-        target = noise if prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
-        states, mask, pooled = _encode_with_grad(model, prompts)
-        if pooled is not None:
-            h, w_ = x0.shape[-2:]
-            scale = model.vae_scale
-            time_ids = torch.tensor([[h * scale, w_ * scale, 0, 0, h * scale, w_ * scale]], dtype=pooled.dtype).repeat(len(prompts), 1)
-            added = {"text_embeds": pooled, "time_ids": time_ids}
-        controls = [_rectified(model, prompts, ids[0], mb)] if mb is not None else []
-        with control_attention(unet, controls, tuple(x0.shape[-2:])) if controls else nullcontext():
-            pred = unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=states,
-                        encoder_attention_mask=None if mask is None else mask.to(model.device), added_cond_kwargs=added).sample
-        loss = F.mse_loss(pred.float(), target.to(pred.device).float())
+        loss = loss_fn(model, scheduler, x0, noise, t, prompts, mb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -252,12 +244,60 @@ def learn_concept(
     for w in weights:
         w.requires_grad_(False)
     rows = {t: [w.detach()[per_token[t]].clone() for w, per_token in zip(weights, ids_by_token)] for t in cfg.tokens}
-    save_concept(out, rows, base_model.info, cfg, templates, len(images), state)
+    unet = None
+    if cfg.unet_steps:
+        unet = _finetune_unet(base_model, model, cfg, x0_all, m_all, templates, phrase, side, loss_fn, out, resume,
+                              unet_progress)
+    save_concept(out, rows, base_model.info, cfg, templates, len(images), state, unet)
     return state
 
 
+def _finetune_unet(base_model, model, cfg: LearnConfig, x0_all, m_all, templates: list[str], phrase: str, side: int,
+                   loss_fn, out: Path, resume: bool, progress) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The concept's cross-attention k/v step, on a private UNet, with the base model's own pictures
+    of the init words as the prior half of each batch."""
+    from worker.engine.concept_unet import finetune_cross_attention, prior_images
+    from worker.engine.concepts import private_unet
+
+    init_phrase = " ".join(cfg.init_words)
+    prior_prompts = [templates[k % len(templates)].format(init_phrase) for k in range(cfg.prior_images)]
+    x0_prior = prior_images(base_model, prior_prompts, side, cfg.seed, out) if cfg.prior_images else None
+    tuned = replace(model, unet=private_unet(model.unet, {}))  # the cached model's UNet is never trained
+
+    def prompts_for(g: torch.Generator, n: int) -> list[str]:
+        return [templates[int(k)].format(phrase) for k in torch.randint(len(templates), (n,), generator=g)]
+
+    return finetune_cross_attention(tuned, cfg, x0_all, m_all, prompts_for, x0_prior, prior_prompts, loss_fn, out,
+                                    resume, progress)
+
+
+def _denoise_loss(model, scheduler, x0, noise, t, prompts: list[str], masks, token_ids: Sequence[int],
+                  grad_text: bool = True) -> torch.Tensor:
+    """The model's own denoising loss (epsilon or v) on `x0` noised at `t`, prompted by `prompts`;
+    with `masks` the tokens attend only inside each image's object."""
+    from worker.engine.attention import control_attention
+
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    with nullcontext() if grad_text else torch.no_grad():
+        states, mask, pooled = _encode_with_grad(model, prompts)
+    added = None
+    if pooled is not None:
+        h, w_ = x0.shape[-2:]
+        scale = model.vae_scale
+        time_ids = torch.tensor([[h * scale, w_ * scale, 0, 0, h * scale, w_ * scale]], dtype=pooled.dtype)
+        added = {"text_embeds": pooled, "time_ids": time_ids.repeat(len(prompts), 1)}
+    controls = [_rectified(model, prompts, token_ids, masks)] if masks is not None else []
+    with control_attention(model.unet, controls, tuple(x0.shape[-2:])) if controls else nullcontext():
+        pred = model.unet(noisy.to(model.device, model.dtype), t.to(model.device), encoder_hidden_states=states,
+                          encoder_attention_mask=None if mask is None else mask.to(model.device),
+                          added_cond_kwargs=added).sample
+    return F.mse_loss(pred.float(), target.to(pred.device).float())
+
+
 def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: LearnConfig, templates: list[str],
-                 n_images: int, state: LearnState) -> Path:
+                 n_images: int, state: LearnState,
+                 unet: tuple[dict[str, torch.Tensor], list[float]] | None = None) -> Path:
     from safetensors.torch import save_file
 
     files = {}
@@ -283,5 +323,11 @@ def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: Lear
                      "images": n_images, "templates": templates,
                      "final_loss": round(float(np.mean(state.losses[-50:])), 5) if state.losses else None},
     }
+    if unet is not None:
+        weights, losses = unet
+        save_file(weights, str(out / UNET_FILE))
+        meta["unet"] = {"file": UNET_FILE, "parameters": "cross-attention key/value", "steps": cfg.unet_steps,
+                        "lr": cfg.unet_lr, "prior_images": cfg.prior_images,
+                        "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None}
     (out / CONCEPT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
     return out

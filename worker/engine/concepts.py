@@ -6,10 +6,14 @@ A concept folder holds
   `{token: [D]}` for one-encoder models (SD 1.x/2.x, the builtin shapes models), and
   `{"clip_l": [1, D1], "clip_g": [1, D2]}` for SDXL (both encoders, as SDXL embeddings ship);
 - `concept.json`: the tokens, the files, and the base model's id and revision it was learned on
-  (a concept is refused on any other model: its embedding means nothing elsewhere).
+  (a concept is refused on any other model: its embedding means nothing elsewhere);
+- optionally `unet.safetensors`: the UNet's cross-attention key/value weights fine-tuned with the
+  tokens (`dsgen concepts learn --unet-steps`, worker.engine.concept_unet), by parameter name.
 
 `with_concepts(model, folders)` returns a copy of the model whose tokenizer(s) know the tokens
-and whose text encoder(s) have the learned rows; the cached base model is never changed.
+and whose text encoder(s) have the learned rows (and, for a concept with UNet weights, a UNet
+whose cross-attention k/v are the concept's, every other tensor shared); the cached base model
+is never changed.
 The same `add_concept_tokens` serves training (rows initialised from a related word) and
 loading (rows from the file), for CLIP BPE and word-level tokenizers alike.
 """
@@ -24,14 +28,17 @@ from typing import Any, Sequence
 
 import torch
 
+from shared.formats.prompts import CONCEPT_TOKEN
 from shared.formats.spec import SpecError
 from worker.engine.text import VECTORS_ATTR
 
 CONCEPT_FILE = "concept.json"
+UNET_FILE = "unet.safetensors"
 FORMAT = "dsgen-concept"
-# A concept token as prompts write it: "<my-part>" (one word, though \w splits it).
-TOKEN = r"<[A-Za-z0-9][A-Za-z0-9_\-]{0,40}>"
+TOKEN = CONCEPT_TOKEN
 TOKEN_PATTERN = re.compile(rf"^{TOKEN}$")
+# Parameter-name endings of the cross-attention projections a concept may fine-tune (Custom Diffusion).
+CROSS_KV = ("attn2.to_k.weight", "attn2.to_v.weight")
 SDXL_KEYS = ("clip_l", "clip_g")
 
 
@@ -48,6 +55,12 @@ class Concept:
     base_id: str
     base_revision: str
     meta: dict[str, Any]
+    unet_file: str | None = None  # the fine-tuned cross-attention k/v (concept_unet), if any
+
+    def unet_weights(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.folder / self.unet_file)) if self.unet_file else {}
 
     def embeddings(self) -> dict[str, list[torch.Tensor]]:
         """token -> one [N, D] matrix per text encoder (in encoder order): its N vectors."""
@@ -105,7 +118,11 @@ def read_concept(folder: str | Path, field: str = "concepts") -> Concept:
         check_token(t, field)
         if not (folder / files[t]).is_file() or "/" in files[t] or "\\" in files[t]:
             raise ConceptError(f"{field}: {folder} lacks {files[t]} (the embedding of {t})", field=field)
-    return Concept(folder, tokens, files, str(base["id"]), str(base["revision"]), meta)
+    unet_file = (meta.get("unet") or {}).get("file")
+    if unet_file is not None and (not isinstance(unet_file, str) or "/" in unet_file or "\\" in unet_file
+                                  or not (folder / unet_file).is_file()):
+        raise ConceptError(f"{field}: {folder} lacks {unet_file} (its fine-tuned UNet weights)", field=field)
+    return Concept(folder, tokens, files, str(base["id"]), str(base["revision"]), meta, unet_file)
 
 
 def _pairs(model) -> list[tuple[Any, Any]]:
@@ -163,6 +180,36 @@ def private_copy(model):
     return replace(model, **update)
 
 
+def cross_kv_names(unet) -> list[str]:
+    """The UNet's cross-attention key/value weights (diffusers names them attn2.to_k / attn2.to_v)."""
+    return [n for n, _ in unet.named_parameters() if n.endswith(CROSS_KV)]
+
+
+def private_unet(unet, weights: dict[str, torch.Tensor]):
+    """A copy of `unet` with its own modules and cross-attention k/v tensors, set to `weights`
+    where given; every other parameter and buffer is the original's tensor (no memory doubled)."""
+    own = set(cross_kv_names(unet))
+    memo = {id(t): t for n, t in [*unet.named_parameters(), *unet.named_buffers()] if n not in own}
+    copied = copy.deepcopy(unet, memo)
+    params = dict(copied.named_parameters())
+    with torch.no_grad():
+        for name, w in weights.items():
+            params[name].copy_(w.to(params[name].dtype))
+    return copied
+
+
+def _unet_with(model, concept: Concept, field: str):
+    weights = concept.unet_weights()
+    params = dict(model.unet.named_parameters())
+    expected = set(cross_kv_names(model.unet))
+    wrong = sorted(n for n, w in weights.items() if n not in expected or tuple(w.shape) != tuple(params[n].shape))
+    if wrong or set(weights) != expected:
+        raise ConceptError(f"{field}: {concept.folder / concept.unet_file} does not hold this model's cross-attention "
+                           f"key/value weights ({(wrong or sorted(expected - set(weights)))[0]}); learn the concept again "
+                           "with `dsgen concepts learn --unet-steps`", field=field)
+    return private_unet(model.unet, weights)
+
+
 def check_base(concept: Concept, model, field: str) -> None:
     if concept.base_revision != model.info.revision:
         raise ConceptError(
@@ -184,6 +231,11 @@ def with_concepts(model, folders: Sequence[str | Path], fields: Sequence[str] | 
     concepts = [read_concept(f, field) for f, field in zip(folders, fields)]
     for c, field in zip(concepts, fields):
         check_base(c, model, field)
+    tuned = [field for c, field in zip(concepts, fields) if c.unet_file]
+    if len(tuned) > 1:
+        raise ConceptError(f"{tuned[1]}: only one concept of a job may carry fine-tuned UNet weights ({tuned[0]} does "
+                           "too); learn such concepts together (several --token in one `dsgen concepts learn`)",
+                           field=tuned[1])
     seen: dict[str, str] = {}
     for c, field in zip(concepts, fields):
         for t in c.tokens:
@@ -203,6 +255,9 @@ def with_concepts(model, folders: Sequence[str | Path], fields: Sequence[str] | 
                 rows[token] = emb
         copied = private_copy(model)
         add_concept_tokens(copied, rows)
+        for c, field in zip(concepts, fields):
+            if c.unet_file:
+                copied = replace(copied, unet=_unet_with(model, c, field))
         _applied.clear()  # one concept set at a time, like the model cache
         _applied[key] = copied
     return _applied[key]
@@ -214,5 +269,6 @@ def concept_lineage(folders: Sequence[str | Path]) -> list[dict[str, Any]]:
     for f in folders:
         c = read_concept(f)
         out.append({"tokens": list(c.tokens), "base_revision": c.base_revision,
-                    "steps": c.meta.get("training", {}).get("steps"), "name": c.meta.get("name")})
+                    "steps": c.meta.get("training", {}).get("steps"), "name": c.meta.get("name"),
+                    "unet_steps": (c.meta.get("unet") or {}).get("steps", 0)})
     return out

@@ -44,3 +44,19 @@ def test_layout_first_checks_the_jobs_prompts_not_the_layout_phrase():
     assert check_spec_fits_model(ok, meta) == []  # the phrase is not used: the prompts are
     bad = parse_spec({**base, "prompts": {"templates": ["a {colour} {class}"], "slots": {"colour": ["teal"]}}, "layout": layout})
     assert [f for f, _ in check_spec_fits_model(bad, meta)] == ["prompts.slots.colour"]
+
+
+def test_concept_tokens_pass_the_vocabulary_check_only_with_concepts():
+    """A word-level model's vocabulary has no "<cyan>": with `concepts:` listed the token is the
+    concepts' to define (checked where they load); without, the error says to list the concept."""
+    meta = model_meta("builtin:shapes-v2")
+    base = {"model": "builtin:shapes-v2", "classes": [{"name": "cross", "words": ["<cross>"]}], "num_images": 1,
+            "prompts": {"templates": ["a <cyan> {class}"]}, "generation": {"width": 48, "height": 48, "steps": 2}}
+    assert check_spec_fits_model(parse_spec({**base, "concepts": ["upload:c1"]}), meta) == []
+    errors = check_spec_fits_model(parse_spec(base), meta)
+    assert errors[0][0] == "classes.0.words" and "'<cross>'" in errors[0][1]
+    assert "add the concept that defines it to `concepts:`" in errors[0][1]
+    # an ordinary unknown word next to a concept token is still refused, naming that word only
+    spelled = parse_spec({**base, "concepts": ["upload:c1"], "prompts": {"templates": ["a shiny <cyan> {class}"]}})
+    (field, message), = check_spec_fits_model(spelled, meta)
+    assert message.startswith("'shiny' in")

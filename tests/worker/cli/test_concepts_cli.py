@@ -59,6 +59,28 @@ def test_learn_inside_the_class_masks(real, tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_learn_with_a_cross_attention_fine_tune(real, tmp_path):
+    """--unet-steps: the concept folder gains unet.safetensors, the bar goes on through the fine-tune, and a
+    job using it runs; a negative step count is a CLI error naming the option."""
+    runner = CliRunner()
+    out = tmp_path / "u"
+    r = runner.invoke(cli, ["concepts", "learn", "--model", "builtin:shapes-v1", "--source", str(real), "--class", "square",
+                            "--token", "<sq>", "--init-word", "square", "--out", str(out), "--steps", "2",
+                            "--batch-size", "2", "--masked", "--unet-steps", "2", "--prior-images", "2"])
+    assert r.exit_code == 0, r.output
+    assert "+ 2 cross-attention steps" in r.output and r.output.count("cross-attention fine-tune (loss") == 2
+    meta = json.loads((out / "concept.json").read_text())
+    assert meta["unet"]["steps"] == 2 and (out / meta["unet"]["file"]).is_file()
+    spec = parse_spec({"model": "builtin:shapes-v1", "classes": [{"name": "square", "words": ["<sq>"]}], "num_images": 1,
+                       "concepts": [str(out)], "prompts": {"templates": ["a red {class}"]},
+                       "generation": {"width": 32, "height": 32, "steps": 2, "batch_size": 1}})
+    report = run_to_folder(spec, tmp_path / "job")  # the shapes model's vocabulary check takes the concept's token
+    assert report.generated == 1
+    bad = runner.invoke(cli, ["concepts", "learn", "--model", "builtin:shapes-v1", "--source", str(real), "--class", "square",
+                              "--token", "<x>", "--out", str(tmp_path / "d"), "--unet-steps", "-1"])
+    assert bad.exit_code == 2 and "--unet-steps" in bad.output and not (tmp_path / "d").exists()
+
+
 def test_mix_replaces_real_samples_by_their_variants(real, tmp_path):
     spec = parse_spec({
         "model": "builtin:shapes-v1", "method": "augment", "num_images": 6, "seed": 1,

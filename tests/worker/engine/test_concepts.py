@@ -234,3 +234,85 @@ def test_masked_learning_keeps_the_tokens_inside_the_masks(tmp_path):
     assert json.loads((tmp_path / "part" / "concept.json").read_text())["masked"] is True
     with pytest.raises(ConceptError, match="--masked"):
         learn_concept(model, paths, LearnConfig(["<thing>"], ["the"], steps=1, masked=True), tmp_path / "none")
+
+
+def _unet_state(unet) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in unet.named_parameters()}
+
+
+def test_unet_step_trains_only_cross_attention_kv_and_the_loaded_copy_shares_the_rest(tmp_path):
+    """--unet-steps: after textual inversion the cross-attention key/value train (Custom
+    Diffusion), written to unet.safetensors; loading gives a UNet with those weights whose every
+    other tensor is the cached model's own; the cached model is never changed."""
+    from worker.engine.concepts import CROSS_KV, UNET_FILE
+
+    model = load_model("builtin:tiny-random")
+    before = _unet_state(model.unet)
+    out, _ = _learn(model, tmp_path, steps=2, unet_steps=3, unet_lr=1e-2, prior_images=2)
+    assert all(torch.equal(p, before[n]) for n, p in model.unet.named_parameters())  # the cached UNet untouched
+    meta = json.loads((out / "concept.json").read_text())
+    assert meta["unet"]["file"] == UNET_FILE and meta["unet"]["steps"] == 3 and meta["unet"]["prior_images"] == 2
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / UNET_FILE))
+    assert saved and all(n.endswith(CROSS_KV) for n in saved)
+    assert set(saved) == {n for n in before if n.endswith(CROSS_KV)}
+    assert any(not torch.equal(w, before[n]) for n, w in saved.items())  # they did train
+
+    learned = with_concepts(model, [out])
+    assert learned.unet is not model.unet
+    shared = 0
+    for (n, p), (_, q) in zip(learned.unet.named_parameters(), model.unet.named_parameters()):
+        if n.endswith(CROSS_KV):
+            assert torch.equal(p, saved[n]) and p.data_ptr() != q.data_ptr()
+        else:
+            assert p.data_ptr() == q.data_ptr()  # shared, not copied
+            shared += 1
+    assert shared > 0
+    # the session draws with it, and the record says the concept carries UNet weights
+    samples = list(EngineSession(_spec("builtin:tiny-random", out, "<thing>")).generate(range(2)))
+    assert samples[0].record.parameters["concepts"][0]["unet_steps"] == 3
+    plain, _ = _learn(model, tmp_path / "ti-only", steps=2)
+    ti_only = list(EngineSession(_spec("builtin:tiny-random", plain, "<thing>")).generate(range(2)))
+    assert not np.array_equal(np.asarray(samples[0].image), np.asarray(ti_only[0].image))
+    assert all(torch.equal(p, before[n]) for n, p in model.unet.named_parameters())  # still untouched
+
+
+def test_unet_step_resumes_and_keeps_its_prior_pictures(tmp_path):
+    model = load_model("builtin:tiny-random")
+    out, _ = _learn(model, tmp_path, steps=2, unet_steps=2, unet_lr=1e-2, prior_images=2)
+    from safetensors.torch import load_file
+
+    first = load_file(str(out / "unet.safetensors"))
+    prior = torch.load(out / "prior.pt", weights_only=True)
+    from worker.engine.concept_training import PHOTO_TEMPLATES
+
+    # the base model's pictures of the init word, in the templates the tokens learn with
+    assert prior["x0"].shape[0] == 2 and prior["prompts"] == [t.format("the") for t in PHOTO_TEMPLATES[:2]]
+    # the same run again: both steps are done, nothing retrains, the weights are the same
+    _learn(model, tmp_path, steps=2, unet_steps=2, unet_lr=1e-2, prior_images=2)
+    again = load_file(str(out / "unet.safetensors"))
+    assert all(torch.equal(first[n], again[n]) for n in first)
+    # more fine-tune steps on the same embedding are another run: refused, nothing overwritten
+    with pytest.raises(ConceptError, match="different run"):
+        _learn(model, tmp_path, steps=2, unet_steps=4, unet_lr=1e-2, prior_images=2)
+
+
+def test_two_concepts_with_unet_weights_or_foreign_weights_are_refused_naming_the_field(tmp_path):
+    model = load_model("builtin:tiny-random")
+    a, _ = _learn(model, tmp_path / "a", steps=1, unet_steps=1, prior_images=0)
+    b, _ = _learn(model, tmp_path / "b", tokens=("<other>",), steps=1, unet_steps=1, prior_images=0)
+    with pytest.raises(ConceptError, match=r"concepts\[1\]: only one concept of a job may carry fine-tuned UNet") as err:
+        with_concepts(model, [a, b])
+    assert err.value.field == "concepts[1]"
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(a / "unet.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name][:, :-1].contiguous()  # not this model's shape
+    save_file(weights, str(a / "unet.safetensors"))
+    with pytest.raises(ConceptError, match=r"concepts\[0\]: .*does not hold this model's cross-attention"):
+        with_concepts(model, [a], ["concepts[0]"])
+    (a / "unet.safetensors").unlink()
+    with pytest.raises(ConceptError, match=r"concepts\[0\]: .*lacks unet.safetensors"):
+        with_concepts(model, [a], ["concepts[0]"])
