@@ -19,6 +19,9 @@ Prints one JSON object (and writes it to <out>/concepts.json):
   concepts.layout_with_own_shapes   (--layout) the same for `method: layout` with `layout.shapes`
                            taken from the 16 learning renders: the tokens' words drawn in the
                            concept's own shapes, at random boxes (guidance 1.5)
+  concepts.unet             (--unet-steps N) the concept learned as `dsgen concepts learn --unet-steps` learns it:
+                           textual inversion, then the UNet's cross-attention key/value fine-tuned
+                           (Custom Diffusion) with the base model's pictures of the init words as prior
   concepts.pixel_presence  the pixel judge's reading (a pair present when it wins 12 pixels):
                            blobs and fragments of the held-out colour pass it, kept for comparison
   concepts.learn_seconds   wall time of the learning on this CPU, steps, images
@@ -139,7 +142,8 @@ def object_rates(judge, rule, world: World, held: tuple[str, str], images, init:
 def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: int, n_eval: int, n_judge: int,
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
         init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = (), vectors: int = 1,
-        layout: bool = False, masked: bool = False) -> dict:
+        layout: bool = False, masked: bool = False, unet_steps: int = 0, unet_lr: float = 1e-4,
+        prior_images: int = 16, layout_word: str | None = None) -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.loading import load_model
 
@@ -164,10 +168,13 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     init = list(init)
     # one folder per learning setting: a re-run with the same settings resumes (finished: no work)
     concept_dir = folder / (f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img-v{vectors}"
-                            + ("-masked" if masked else ""))
+                            + ("-masked" if masked else "")
+                            + (f"-unet{unet_steps}-lr{unet_lr:g}-prior{prior_images}" if unet_steps else ""))
     t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
-                                                    seed=seed, vectors=vectors, masked=masked), concept_dir, resume=True,
+                                                    seed=seed, vectors=vectors, masked=masked, unet_steps=unet_steps,
+                                                    unet_lr=unet_lr, prior_images=prior_images),
+                          concept_dir, resume=True,
                           masks=masks,
                           progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
     learn_s, learn_cpu = time.time() - t0, time.process_time() - c0
@@ -204,8 +211,10 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         log(f"generation seed {gs}: pixel rate {per_seed[gs][0][0]} baseline {per_seed[gs][1][0]}; "
             f"objects {per_seed[gs][0][3]} baseline {per_seed[gs][1][3]}")
         if layout:  # the concept's words drawn in shapes taken from its own learning renders (guidance 1.5)
-            lay = generate_layout(model_id, concept_dir, tokens[0], held[1], tokens[1], shapes_dir, n_eval, gen_steps,
-                                  LAYOUT_GUIDANCE, gs)
+            # the shape's word: its learned token, or (--layout-word) a word the model knows: the region
+            # gives the shape either way
+            lay = generate_layout(model_id, concept_dir, tokens[0], held[1], layout_word or tokens[1], shapes_dir, n_eval,
+                                  gen_steps, LAYOUT_GUIDANCE, gs)
             lay_base = generate_layout(model_id, None, init[0], held[1], init[1], shapes_dir, n_eval, gen_steps,
                                        LAYOUT_GUIDANCE, gs)
             per_layout[gs] = (rates(lay), rates(lay_base))
@@ -250,6 +259,9 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
                                  for k, v in per_seed.items()},
             "learn_images": n_learn, "learn_steps": state.step, "learn_vectors": vectors, "learn_masked": masked,
             "learn_lr": lr, "learn_batch": batch,
+            "unet": {"steps": unet_steps, "lr": unet_lr, "prior_images": prior_images,
+                     "parameters": "cross-attention key/value"} if unet_steps else None,
+            "layout_shape_word": layout_word or tokens[1],
             "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1),
             "final_loss": round(float(np.mean(state.losses[-50:])), 5),
             "judge": {"real_concept_found": round(judge_acc, 4), "train_scenes": n_judge, "epochs": judge_epochs},
@@ -335,6 +347,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="learn inside the renders' object masks (rectified cross-attention; `concepts learn --masked`)")
     p.add_argument("--layout", action="store_true",
                    help="also measure the concept drawn by method layout in shapes from its own learning renders")
+    p.add_argument("--unet-steps", type=int, default=0,
+                   help="then fine-tune the cross-attention key/value (`concepts learn --unet-steps`)")
+    p.add_argument("--unet-lr", type=float, default=1e-4)
+    p.add_argument("--prior-images", type=int, default=16)
+    p.add_argument("--layout-word", default=None,
+                   help="with --layout: the shape's word in the layout prompt (default: the learned shape token)")
     p.add_argument("--augment", action="store_true", help="also measure method augment (label validity, segmenter)")
     p.add_argument("--n-real", type=int, default=50)
     p.add_argument("--variants", type=int, default=2)
@@ -351,7 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     result = run(a.model, a.out, a.images, a.steps, a.lr, a.batch, a.n_eval, a.n_judge, a.judge_epochs, a.gen_steps,
                  a.guidance, log=log, init=tuple(a.init_words.split(",")),
                  gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()), vectors=a.vectors,
-                 layout=a.layout, masked=a.masked)
+                 layout=a.layout, masked=a.masked, unet_steps=a.unet_steps, unet_lr=a.unet_lr,
+                 prior_images=a.prior_images, layout_word=a.layout_word)
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))
