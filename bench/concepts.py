@@ -127,9 +127,15 @@ def object_rates(judge, rule, world: World, held: tuple[str, str], images, init:
     """Per image, read per object (bench/object_judge.py): the share of images holding an object
     of the concept, of its colour, of its shape, with exactly one object (the prompt asks one), and
     holding the init words' pair (a pair the model was trained on: for the untrained prompt
-    "a <init colour> <init shape>" that is the model's own rate, the ceiling a concept starts under)."""
-    found = {"concept": [], "colour": [], "shape": [], "one_object": [], "init_pair": []}
+    "a <init colour> <init shape>" that is the model's own rate, the ceiling a concept starts under).
+    `*_by_silhouette`: the same with each region's shape read from its outline (the judge's
+    colour, the best-fitting shape template, `oj.silhouette_objects`)."""
+    found = {"concept": [], "colour": [], "shape": [], "one_object": [], "init_pair": [], "concept_by_silhouette": [],
+             "shape_by_silhouette": []}
     for pm in judge.pairs(images):
+        outlined = oj.silhouette_objects(pm, world.colours, world.shapes, rule.min_area)
+        found["concept_by_silhouette"].append(any((c, s) == held for c, s, _ in outlined))
+        found["shape_by_silhouette"].append(any(s == held[1] for _, s, _ in outlined))
         objs = [o for o in oj.read_objects(pm, world.colours, world.shapes, rule.min_area) if rule.accepts(o)]
         found["init_pair"].append(any((o.colour, o.shape) == init for o in objs))
         found["concept"].append(any((o.colour, o.shape) == held for o in objs))
@@ -143,7 +149,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         judge_epochs: int, gen_steps: int, guidance: float, seed: int = 0, log=print,
         init: tuple[str, str] = ("blue", "star"), gen_seeds: tuple[int, ...] = (), vectors: int = 1,
         layout: bool = False, masked: bool = False, unet_steps: int = 0, unet_lr: float = 1e-4,
-        prior_images: int = 16, layout_word: str | None = None) -> dict:
+        prior_images: int = 16, layout_word: str | None = None, unet_params: str = "cross-kv") -> dict:
     from worker.engine.concept_training import LearnConfig, learn_concept
     from worker.engine.loading import load_model
 
@@ -169,11 +175,11 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     # one folder per learning setting: a re-run with the same settings resumes (finished: no work)
     concept_dir = folder / (f"concept-{'-'.join(init)}-{steps}x{batch}-lr{lr:g}-s{seed}-{n_learn}img-v{vectors}"
                             + ("-masked" if masked else "")
-                            + (f"-unet{unet_steps}-lr{unet_lr:g}-prior{prior_images}" if unet_steps else ""))
+                            + (f"-unet{unet_steps}-{unet_params}-lr{unet_lr:g}-prior{prior_images}" if unet_steps else ""))
     t0, c0 = time.time(), time.process_time()
     state = learn_concept(model, paths, LearnConfig(tokens=tokens, init_words=init, steps=steps, lr=lr, batch_size=batch,
                                                     seed=seed, vectors=vectors, masked=masked, unet_steps=unet_steps,
-                                                    unet_lr=unet_lr, prior_images=prior_images),
+                                                    unet_lr=unet_lr, prior_images=prior_images, unet_params=unet_params),
                           concept_dir, resume=True,
                           masks=masks,
                           progress=lambda s, n, loss: log(f"learn {s}/{n} loss {loss:.4f}") if s % 50 == 0 else None)
@@ -260,7 +266,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             "learn_images": n_learn, "learn_steps": state.step, "learn_vectors": vectors, "learn_masked": masked,
             "learn_lr": lr, "learn_batch": batch,
             "unet": {"steps": unet_steps, "lr": unet_lr, "prior_images": prior_images,
-                     "parameters": "cross-attention key/value"} if unet_steps else None,
+                     "parameters": unet_params} if unet_steps else None,
             "layout_shape_word": layout_word or tokens[1],
             "learn_seconds": round(learn_s, 1), "learn_cpu_seconds": round(learn_cpu, 1),
             "final_loss": round(float(np.mean(state.losses[-50:])), 5),
@@ -350,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-steps", type=int, default=0,
                    help="then fine-tune the cross-attention key/value (`concepts learn --unet-steps`)")
     p.add_argument("--unet-lr", type=float, default=1e-4)
+    p.add_argument("--unet-params", default="cross-kv", choices=("cross-kv", "all"))
     p.add_argument("--prior-images", type=int, default=16)
     p.add_argument("--layout-word", default=None,
                    help="with --layout: the shape's word in the layout prompt (default: the learned shape token)")
@@ -370,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
                  a.guidance, log=log, init=tuple(a.init_words.split(",")),
                  gen_seeds=tuple(int(x) for x in a.gen_seeds.split(",") if x.strip()), vectors=a.vectors,
                  layout=a.layout, masked=a.masked, unet_steps=a.unet_steps, unet_lr=a.unet_lr,
-                 prior_images=a.prior_images, layout_word=a.layout_word)
+                 prior_images=a.prior_images, layout_word=a.layout_word, unet_params=a.unet_params)
     if a.augment:
         result.update(run_augment(a.model, a.out, result.pop("_judge"), a.n_real, a.variants, a.gen_steps, a.guidance,
                                   a.seg_epochs, log=log))

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from worker.cli import UserError, cli
+from worker.engine.concepts import UNET_PARAMS
 from worker.engine.image_sources import IMAGE_SUFFIXES
 
 
@@ -81,6 +82,9 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
               help="then fine-tune the UNet's cross-attention key/value this many steps (Custom Diffusion) for what "
               "no embedding reaches, e.g. a colour the model never drew; the concept then carries unet.safetensors")
 @click.option("--unet-lr", default=1e-4, show_default=True, type=click.FloatRange(min=0, min_open=True))
+@click.option("--unet-params", default=UNET_PARAMS[0], show_default=True, type=click.Choice(UNET_PARAMS),
+              help="with --unet-steps: what trains, the cross-attention key/value (Custom Diffusion, a small file) or "
+              "all of the UNet (DreamBooth; a UNet's worth of file, for small models)")
 @click.option("--prior-images", default=16, show_default=True, type=click.IntRange(min=0),
               help="with --unet-steps: the base model's own pictures of the init words, half of each batch, so those "
               "words keep drawing what they drew (0: none)")
@@ -89,7 +93,7 @@ def _images(images: Path | None, source: Path | None, fmt: str, cls: str | None,
 @click.option("--resume/--restart", default=True, show_default=True, help="continue from --out's checkpoint")
 @click.option("--threads", default=None, type=int, help="torch CPU threads")
 def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps, lr, batch_size, vectors, max_images,
-              masked, unet_steps, unet_lr, prior_images, templates, seed, resume, threads) -> None:
+              masked, unet_steps, unet_lr, unet_params, prior_images, templates, seed, resume, threads) -> None:
     """Learn TOKEN(s) from a few images: their embeddings (textual inversion), then with
     --unet-steps the UNet's cross-attention key/value too."""
     import torch
@@ -121,7 +125,7 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
             init_words = (word,) * len(tokens)
         cfg = LearnConfig(tokens=list(tokens), init_words=list(init_words), steps=steps, lr=lr, batch_size=batch_size,
                           seed=seed, templates=list(templates) or None, vectors=vectors, masked=masked,
-                          unet_steps=unet_steps, unet_lr=unet_lr, prior_images=prior_images)
+                          unet_steps=unet_steps, unet_lr=unet_lr, unet_params=unet_params, prior_images=prior_images)
         click.echo(f"learning {' '.join(tokens)} from {len(paths)} images on {model.info.id} ({model.info.revision}), "
                    f"{steps} steps")
         # one bar over both steps: textual inversion, then (--unet-steps) the cross-attention fine-tune
@@ -136,10 +140,10 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
                 return progress
 
             state = learn_concept(model, paths, cfg, out, progress=advance(0, "textual inversion"), resume=resume,
-                                  masks=masks, unet_progress=advance(steps, "cross-attention fine-tune"))
+                                  masks=masks, unet_progress=advance(steps, f"UNet fine-tune ({unet_params})"))
     except SpecError as err:
         raise UserError(str(err)) from None
-    tuned = f" + {unet_steps} cross-attention steps" if unet_steps else ""
+    tuned = f" + {unet_steps} UNet steps ({unet_params})" if unet_steps else ""
     click.echo(f"wrote {out} ({' '.join(tokens)}, {state.step} steps{tuned}); use it with `concepts: [{out}]` in a spec")
 
 

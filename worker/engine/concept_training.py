@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from worker.engine.concepts import CONCEPT_FILE, FORMAT, UNET_FILE, ConceptError, add_concept_tokens, check_token, \
+from worker.engine.concepts import CONCEPT_FILE, FORMAT, UNET_FILE, UNET_PARAMS, ConceptError, add_concept_tokens, check_token, \
     private_copy, token_file, word_embedding
 from worker.engine.generate import encode_images
 from worker.engine.text import _encode_one, tokenize
@@ -60,6 +60,7 @@ class LearnConfig:
     # worker.engine.concept_unet), for what no embedding reaches: a colour the model never drew.
     unet_steps: int = 0
     unet_lr: float = 1e-4
+    unet_params: str = "cross-kv"  # worker.engine.concepts.UNET_PARAMS: the projections, or the whole UNet
     prior_images: int = 16  # the base model's own pictures of the init words, half of each fine-tune batch
 
 
@@ -159,6 +160,9 @@ def learn_concept(
         raise ConceptError("--init-word: give one init word per --token", field="--init-word")
     for t in cfg.tokens:
         check_token(t)
+    if cfg.unet_params not in UNET_PARAMS:
+        raise ConceptError(f"--unet-params: one of {', '.join(UNET_PARAMS)} (got {cfg.unet_params!r})",
+                           field="--unet-params")
     model = private_copy(base_model)
     pairs = [(model.tokenizer, model.text_encoder)]
     if model.text_encoder_2 is not None:
@@ -257,12 +261,14 @@ def _finetune_unet(base_model, model, cfg: LearnConfig, x0_all, m_all, templates
     """The concept's cross-attention k/v step, on a private UNet, with the base model's own pictures
     of the init words as the prior half of each batch."""
     from worker.engine.concept_unet import finetune_cross_attention, prior_images
-    from worker.engine.concepts import private_unet
+    from worker.engine.concepts import private_unet, unet_param_names
 
     init_phrase = " ".join(cfg.init_words)
     prior_prompts = [templates[k % len(templates)].format(init_phrase) for k in range(cfg.prior_images)]
     x0_prior = prior_images(base_model, prior_prompts, side, cfg.seed, out) if cfg.prior_images else None
-    tuned = replace(model, unet=private_unet(model.unet, {}))  # the cached model's UNet is never trained
+    # the cached model's UNet is never trained: the copy has its own tensors for what trains
+    own = {n: p.detach() for n, p in model.unet.named_parameters() if n in set(unet_param_names(model.unet, cfg.unet_params))}
+    tuned = replace(model, unet=private_unet(model.unet, own))
 
     def prompts_for(g: torch.Generator, n: int) -> list[str]:
         return [templates[int(k)].format(phrase) for k in torch.randint(len(templates), (n,), generator=g)]
@@ -326,7 +332,7 @@ def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: Lear
     if unet is not None:
         weights, losses = unet
         save_file(weights, str(out / UNET_FILE))
-        meta["unet"] = {"file": UNET_FILE, "parameters": "cross-attention key/value", "steps": cfg.unet_steps,
+        meta["unet"] = {"file": UNET_FILE, "parameters": cfg.unet_params, "steps": cfg.unet_steps,
                         "lr": cfg.unet_lr, "prior_images": cfg.prior_images,
                         "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None}
     (out / CONCEPT_FILE).write_text(json.dumps(meta, indent=1) + "\n")

@@ -7,12 +7,12 @@ A concept folder holds
   `{"clip_l": [1, D1], "clip_g": [1, D2]}` for SDXL (both encoders, as SDXL embeddings ship);
 - `concept.json`: the tokens, the files, and the base model's id and revision it was learned on
   (a concept is refused on any other model: its embedding means nothing elsewhere);
-- optionally `unet.safetensors`: the UNet's cross-attention key/value weights fine-tuned with the
-  tokens (`dsgen concepts learn --unet-steps`, worker.engine.concept_unet), by parameter name.
+- optionally `unet.safetensors`: the UNet weights fine-tuned with the tokens (`dsgen concepts learn
+  --unet-steps`, worker.engine.concept_unet; the cross-attention key/value by default), by name.
 
 `with_concepts(model, folders)` returns a copy of the model whose tokenizer(s) know the tokens
 and whose text encoder(s) have the learned rows (and, for a concept with UNet weights, a UNet
-whose cross-attention k/v are the concept's, every other tensor shared); the cached base model
+whose fine-tuned weights are the concept's, every other tensor shared); the cached base model
 is never changed.
 The same `add_concept_tokens` serves training (rows initialised from a related word) and
 loading (rows from the file), for CLIP BPE and word-level tokenizers alike.
@@ -37,8 +37,11 @@ UNET_FILE = "unet.safetensors"
 FORMAT = "dsgen-concept"
 TOKEN = CONCEPT_TOKEN
 TOKEN_PATTERN = re.compile(rf"^{TOKEN}$")
-# Parameter-name endings of the cross-attention projections a concept may fine-tune (Custom Diffusion).
+# Parameter-name endings of the cross-attention projections a concept fine-tunes by default (Custom Diffusion).
 CROSS_KV = ("attn2.to_k.weight", "attn2.to_v.weight")
+# What `concepts learn --unet-params` may train: those projections, or every UNet weight (DreamBooth;
+# a full UNet's worth of file and memory, for small models).
+UNET_PARAMS = ("cross-kv", "all")
 SDXL_KEYS = ("clip_l", "clip_g")
 
 
@@ -180,16 +183,19 @@ def private_copy(model):
     return replace(model, **update)
 
 
-def cross_kv_names(unet) -> list[str]:
-    """The UNet's cross-attention key/value weights (diffusers names them attn2.to_k / attn2.to_v)."""
-    return [n for n, _ in unet.named_parameters() if n.endswith(CROSS_KV)]
+def unet_param_names(unet, which: str = "cross-kv") -> list[str]:
+    """The UNet weights a concept's fine-tune trains: the cross-attention key/value (diffusers
+    names them attn2.to_k / attn2.to_v), or all."""
+    if which not in UNET_PARAMS:
+        raise ConceptError(f"--unet-params: one of {', '.join(UNET_PARAMS)} (got {which!r})", field="--unet-params")
+    return [n for n, _ in unet.named_parameters() if which == "all" or n.endswith(CROSS_KV)]
 
 
 def private_unet(unet, weights: dict[str, torch.Tensor]):
-    """A copy of `unet` with its own modules and cross-attention k/v tensors, set to `weights`
-    where given; every other parameter and buffer is the original's tensor (no memory doubled)."""
-    own = set(cross_kv_names(unet))
-    memo = {id(t): t for n, t in [*unet.named_parameters(), *unet.named_buffers()] if n not in own}
+    """A copy of `unet` with its own modules and its own tensors for the parameters named in
+    `weights` (set to them); every other parameter and buffer is the original's tensor (no memory
+    doubled beyond what the concept changes)."""
+    memo = {id(t): t for n, t in [*unet.named_parameters(), *unet.named_buffers()] if n not in weights}
     copied = copy.deepcopy(unet, memo)
     params = dict(copied.named_parameters())
     with torch.no_grad():
@@ -201,12 +207,11 @@ def private_unet(unet, weights: dict[str, torch.Tensor]):
 def _unet_with(model, concept: Concept, field: str):
     weights = concept.unet_weights()
     params = dict(model.unet.named_parameters())
-    expected = set(cross_kv_names(model.unet))
-    wrong = sorted(n for n, w in weights.items() if n not in expected or tuple(w.shape) != tuple(params[n].shape))
-    if wrong or set(weights) != expected:
-        raise ConceptError(f"{field}: {concept.folder / concept.unet_file} does not hold this model's cross-attention "
-                           f"key/value weights ({(wrong or sorted(expected - set(weights)))[0]}); learn the concept again "
-                           "with `dsgen concepts learn --unet-steps`", field=field)
+    wrong = sorted(n for n, w in weights.items() if n not in params or tuple(w.shape) != tuple(params[n].shape))
+    if wrong or not weights:
+        raise ConceptError(f"{field}: {concept.folder / concept.unet_file} does not hold weights of this model's UNet "
+                           f"({wrong[0] if wrong else 'none'}); learn the concept again with `dsgen concepts learn "
+                           "--unet-steps`", field=field)
     return private_unet(model.unet, weights)
 
 

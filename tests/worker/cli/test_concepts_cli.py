@@ -68,7 +68,7 @@ def test_learn_with_a_cross_attention_fine_tune(real, tmp_path):
                             "--token", "<sq>", "--init-word", "square", "--out", str(out), "--steps", "2",
                             "--batch-size", "2", "--masked", "--unet-steps", "2", "--prior-images", "2"])
     assert r.exit_code == 0, r.output
-    assert "+ 2 cross-attention steps" in r.output and r.output.count("cross-attention fine-tune (loss") == 2
+    assert "+ 2 UNet steps (cross-kv)" in r.output and r.output.count("UNet fine-tune (cross-kv) (loss") == 2
     meta = json.loads((out / "concept.json").read_text())
     assert meta["unet"]["steps"] == 2 and (out / meta["unet"]["file"]).is_file()
     spec = parse_spec({"model": "builtin:shapes-v1", "classes": [{"name": "square", "words": ["<sq>"]}], "num_images": 1,

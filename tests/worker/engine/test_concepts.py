@@ -311,8 +311,25 @@ def test_two_concepts_with_unet_weights_or_foreign_weights_are_refused_naming_th
     name = next(iter(weights))
     weights[name] = weights[name][:, :-1].contiguous()  # not this model's shape
     save_file(weights, str(a / "unet.safetensors"))
-    with pytest.raises(ConceptError, match=r"concepts\[0\]: .*does not hold this model's cross-attention"):
+    with pytest.raises(ConceptError, match=r"concepts\[0\]: .*does not hold weights of this model's UNet"):
         with_concepts(model, [a], ["concepts[0]"])
     (a / "unet.safetensors").unlink()
     with pytest.raises(ConceptError, match=r"concepts\[0\]: .*lacks unet.safetensors"):
         with_concepts(model, [a], ["concepts[0]"])
+
+
+def test_unet_params_all_trains_the_whole_unet_and_a_wrong_choice_is_refused_before_learning(tmp_path):
+    from safetensors.torch import load_file
+
+    model = load_model("builtin:tiny-random")
+    before = _unet_state(model.unet)
+    out, _ = _learn(model, tmp_path, steps=1, unet_steps=2, unet_lr=1e-2, prior_images=0, unet_params="all")
+    saved = load_file(str(out / "unet.safetensors"))
+    assert set(saved) == set(before) and json.loads((out / "concept.json").read_text())["unet"]["parameters"] == "all"
+    assert any(not torch.equal(w, before[n]) for n, w in saved.items() if "attn2" not in n)  # beyond the projections
+    learned = with_concepts(model, [out])
+    assert all(torch.equal(p, saved[n]) for n, p in learned.unet.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in model.unet.named_parameters())  # the cached model untouched
+    with pytest.raises(ConceptError, match="--unet-params: one of cross-kv, all"):
+        _learn(model, tmp_path / "bad", steps=1, unet_steps=1, unet_params="lora")
+    assert not (tmp_path / "bad" / "concept").exists()
