@@ -200,8 +200,11 @@ def learn_concept(
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         # a checkpoint written before a setting existed holds that setting's default
+        # the UNet step's settings are its own checkpoint's (concept_unet): a finished textual
+        # inversion may go on to a fine-tune in the same folder
         defaults = {f.name: f.default for f in fields(LearnConfig) if f.default is not MISSING}
-        if {**defaults, **ckpt["config"]} != asdict(cfg) or ckpt["images"] != [str(p) for p in images]:
+        if (_without_unet({**defaults, **ckpt["config"]}) != _without_unet(asdict(cfg))
+                or ckpt["images"] != [str(p) for p in images]):
             raise ConceptError(f"--out: {out} holds a checkpoint of a different run (other tokens, images or settings); "
                                "use another --out or delete it", field="--out")
         with torch.no_grad():
@@ -254,6 +257,13 @@ def learn_concept(
                               unet_progress)
     save_concept(out, rows, base_model.info, cfg, templates, len(images), state, unet)
     return state
+
+
+UNET_SETTINGS = ("unet_steps", "unet_lr", "unet_params", "prior_images")
+
+
+def _without_unet(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in UNET_SETTINGS}
 
 
 def _finetune_unet(base_model, model, cfg: LearnConfig, x0_all, m_all, templates: list[str], phrase: str, side: int,

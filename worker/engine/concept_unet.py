@@ -91,8 +91,12 @@ def finetune_cross_attention(
     opt = torch.optim.AdamW(trained, lr=cfg.unet_lr, weight_decay=0.0)
     step, losses = 0, []
     ckpt_path = out / UNET_CHECKPOINT
+    settings = {k: getattr(cfg, k) for k in ("unet_steps", "unet_lr", "unet_params", "prior_images")}
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt.get("settings") != settings:
+            raise ConceptError(f"--out: {out} holds a UNet fine-tune with other settings ({ckpt.get('settings')}); "
+                               "use another --out or delete it", field="--out")
         with torch.no_grad():
             for n in names:
                 params[n].copy_(ckpt["weights"][n].to(params[n].dtype))
@@ -130,7 +134,7 @@ def finetune_cross_attention(
             progress(step, cfg.unet_steps, float(np.mean(losses[-20:])))
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
             tmp = ckpt_path.with_suffix(".tmp")
-            torch.save({"step": step, "losses": losses, "optimizer": opt.state_dict(),
+            torch.save({"settings": settings, "step": step, "losses": losses, "optimizer": opt.state_dict(),
                         "weights": {n: params[n].detach().cpu().clone() for n in names}}, tmp)
             os.replace(tmp, ckpt_path)
     unet.requires_grad_(False).eval()

@@ -293,9 +293,22 @@ def test_unet_step_resumes_and_keeps_its_prior_pictures(tmp_path):
     _learn(model, tmp_path, steps=2, unet_steps=2, unet_lr=1e-2, prior_images=2)
     again = load_file(str(out / "unet.safetensors"))
     assert all(torch.equal(first[n], again[n]) for n in first)
-    # more fine-tune steps on the same embedding are another run: refused, nothing overwritten
-    with pytest.raises(ConceptError, match="different run"):
+    # other fine-tune settings against that checkpoint: refused, nothing overwritten
+    with pytest.raises(ConceptError, match="UNet fine-tune with other settings"):
         _learn(model, tmp_path, steps=2, unet_steps=4, unet_lr=1e-2, prior_images=2)
+    assert all(torch.equal(first[n], w) for n, w in load_file(str(out / "unet.safetensors")).items())
+
+
+def test_a_learned_concept_goes_on_to_a_unet_fine_tune_in_its_folder(tmp_path):
+    """Textual inversion done without --unet-steps: the same command with them reuses the learned
+    rows (no step of textual inversion again) and adds the fine-tune."""
+    model = load_model("builtin:tiny-random")
+    out, _ = _learn(model, tmp_path, steps=2)
+    rows = read_concept(out).embeddings()["<thing>"][0]
+    assert read_concept(out).unet_file is None
+    _, state = _learn(model, tmp_path, steps=2, unet_steps=1, unet_lr=1e-2, prior_images=0)
+    assert len(state.losses) == 2  # the two steps of the first run, none more
+    assert torch.equal(read_concept(out).embeddings()["<thing>"][0], rows) and read_concept(out).unet_file
 
 
 def test_two_concepts_with_unet_weights_or_foreign_weights_are_refused_naming_the_field(tmp_path):
