@@ -259,31 +259,31 @@ def learn_concept(
     return state
 
 
-UNET_SETTINGS = ("unet_steps", "unet_lr", "unet_params", "prior_images")
-
-
 def _without_unet(config: dict) -> dict:
+    from worker.engine.concept_unet import UNET_SETTINGS
+
     return {k: v for k, v in config.items() if k not in UNET_SETTINGS}
 
 
 def _finetune_unet(base_model, model, cfg: LearnConfig, x0_all, m_all, templates: list[str], phrase: str, side: int,
                    loss_fn, out: Path, resume: bool, progress) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """The concept's cross-attention k/v step, on a private UNet, with the base model's own pictures
-    of the init words as the prior half of each batch."""
-    from worker.engine.concept_unet import finetune_cross_attention, prior_images
+    """The concept's UNet step (cfg.unet_params), on a private UNet, with the base model's own
+    pictures of the init words as the prior half of each batch."""
+    from worker.engine.concept_unet import finetune_concept_unet, prior_images
     from worker.engine.concepts import private_unet, unet_param_names
 
     init_phrase = " ".join(cfg.init_words)
     prior_prompts = [templates[k % len(templates)].format(init_phrase) for k in range(cfg.prior_images)]
     x0_prior = prior_images(base_model, prior_prompts, side, cfg.seed, out) if cfg.prior_images else None
     # the cached model's UNet is never trained: the copy has its own tensors for what trains
-    own = {n: p.detach() for n, p in model.unet.named_parameters() if n in set(unet_param_names(model.unet, cfg.unet_params))}
+    trained = set(unet_param_names(model.unet, cfg.unet_params))
+    own = {n: p.detach() for n, p in model.unet.named_parameters() if n in trained}
     tuned = replace(model, unet=private_unet(model.unet, own))
 
     def prompts_for(g: torch.Generator, n: int) -> list[str]:
         return [templates[int(k)].format(phrase) for k in torch.randint(len(templates), (n,), generator=g)]
 
-    return finetune_cross_attention(tuned, cfg, x0_all, m_all, prompts_for, x0_prior, prior_prompts, loss_fn, out,
+    return finetune_concept_unet(tuned, cfg, x0_all, m_all, prompts_for, x0_prior, prior_prompts, loss_fn, out,
                                     resume, progress)
 
 

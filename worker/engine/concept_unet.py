@@ -30,6 +30,8 @@ from worker.engine.concepts import ConceptError, unet_param_names
 
 UNET_CHECKPOINT = "unet-checkpoint.pt"
 PRIOR_FILE = "prior.pt"
+# LearnConfig fields of this step: its checkpoint holds them; the textual-inversion one does not compare them
+UNET_SETTINGS = ("unet_steps", "unet_lr", "unet_params", "prior_images")
 
 
 def prior_images(base_model, prompts: list[str], side: int, seed: int, out: Path) -> torch.Tensor:
@@ -60,7 +62,7 @@ def prior_images(base_model, prompts: list[str], side: int, seed: int, out: Path
     return x0_all
 
 
-def finetune_cross_attention(
+def finetune_concept_unet(
     model,
     cfg,
     x0_concept: torch.Tensor,
@@ -91,7 +93,7 @@ def finetune_cross_attention(
     opt = torch.optim.AdamW(trained, lr=cfg.unet_lr, weight_decay=0.0)
     step, losses = 0, []
     ckpt_path = out / UNET_CHECKPOINT
-    settings = {k: getattr(cfg, k) for k in ("unet_steps", "unet_lr", "unet_params", "prior_images")}
+    settings = {k: getattr(cfg, k) for k in UNET_SETTINGS}
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("settings") != settings:
