@@ -47,7 +47,7 @@ class LearnConfig:
     lr: float = 5e-4
     batch_size: int = 8
     seed: int = 0
-    resolution: int | None = None  # default: the model's default generation size
+    resolution: int | None = None  # default: the model's default generation size, else its native side
     checkpoint_every: int = 100
     templates: list[str] | None = None  # with "{}" for the tokens; default: what the tokenizer can spell
     flips: bool = True
@@ -177,7 +177,7 @@ def learn_concept(
     phrase = " ".join(cfg.tokens)
     templates = usable_templates(model.tokenizer, phrase, cfg.templates)
     gen_defaults = model.extras.get("default_generation", {})
-    side = cfg.resolution or int(gen_defaults.get("width", 512))
+    side = cfg.resolution or int(gen_defaults.get("width") or model.native_side)
     x_all = _load_images(images, side)
     m_all = _load_masks(masks, side) if cfg.masked else None
 

@@ -69,6 +69,13 @@ class LoadedModel:
             return 1
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @property
+    def native_side(self) -> int:
+        """The image side the UNet was configured for (its sample size in pixels): 512 for SD 1.x,
+        768 for SD 2.x, 1024 for SDXL, as diffusers' pipelines default to."""
+        size = self.unet.config.sample_size
+        return int(size if isinstance(size, int) else min(size)) * self.vae_scale
+
 
 def builtin_root() -> Path:
     return Path(str(resources.files("worker.engine") / "builtin"))

@@ -13,6 +13,12 @@ def test_builtin_tiny_random_loads_offline_from_package_data():
     assert load_model("builtin:tiny-random") is model  # cached per process
 
 
+def test_native_side_is_the_unets_sample_size_in_pixels():
+    # what `concepts learn` trains at when the model names no default size (SD 1.5: 64 x 8 = 512)
+    assert load_model("builtin:tiny-random").native_side == 16 * 2  # 16 latent cells, a 2-block VAE
+    assert load_model("builtin:shapes-v2").native_side == 48  # pixel space: no VAE
+
+
 def test_unknown_builtin_lists_the_builtin_names():
     with pytest.raises(ModelLoadError, match="builtin:tiny-random"):
         load_model("builtin:does-not-exist")
