@@ -21,7 +21,8 @@ setup: $(STAMP)
 
 ## DA-Fusion on the shapes model: out/methods/augment/ (augmented real renders, labels carried) and
 ## out/methods/concept-cyan-cross/ (a concept the model never saw, learned from 16 renders: textual
-## inversion + the UNet fine-tuned) and out/methods/concept-layout/ (it drawn in layouts, labelled).
+## inversion + the UNet fine-tuned; 11 min on a quiet 2-core CPU, 17 min on one core) and
+## out/methods/concept-layout/ (it drawn in layouts, labelled).
 SHAPES_MODEL ?= builtin:shapes-v2
 demo-augment: setup
 	$(BIN)/dsgen shapes render --out out/methods/augment-real --n 8 --seed 7 --size 48 --overwrite
@@ -29,7 +30,7 @@ demo-augment: setup
 	PYTHONPATH=. $(BIN)/python examples/methods/concept_images.py out/methods/concept-images 16
 	$(BIN)/dsgen concepts learn --model $(SHAPES_MODEL) --source out/methods/concept-images/labelled --class cross \
 	  --masked --token "<cyan>" --token "<cross>" --init-word blue --init-word star --steps 400 --lr 5e-3 \
-	  --batch-size 8 --unet-steps 200 --unet-params all --out out/methods/concept-cyan-cross --threads 1
+	  --batch-size 8 --unet-steps 200 --unet-params all --out out/methods/concept-cyan-cross
 	$(BIN)/dsgen run examples/methods/concept-layout.yaml --out out/methods/concept-layout --overwrite
 
 ## Generate the demo dataset (out/demo/) with the builtin model, on this machine.
