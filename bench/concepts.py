@@ -22,6 +22,9 @@ Prints one JSON object (and writes it to <out>/concepts.json):
   concepts.unet             (--unet-steps N) the concept learned as `dsgen concepts learn --unet-steps` learns it:
                            textual inversion, then the UNet's cross-attention key/value fine-tuned
                            (Custom Diffusion) with the base model's pictures of the init words as prior
+  concepts.*.*_by_silhouette / *_by_outline_classifier   the same with each region's shape read
+                           from its outline: the best-fitting renderer shape (IoU >= 0.8), or a small
+                           CNN trained on real renders' outlines (bench/outline_classifier.py)
   concepts.pixel_presence  the pixel judge's reading (a pair present when it wins 12 pixels):
                            blobs and fragments of the held-out colour pass it, kept for comparison
   concepts.learn_seconds   wall time of the learning on this CPU, steps, images
@@ -43,6 +46,7 @@ import quality as q  # noqa: E402  (bench/quality.py: the judge and the scene st
 import torch  # noqa: E402
 
 from bench import object_judge as oj  # noqa: E402  (the per-object reading)
+from bench import outline_classifier as oc  # noqa: E402  (shapes read from outlines, learned on real renders)
 from shared.formats.model_meta import model_side  # noqa: E402
 from shared.shapes import render_scene  # noqa: E402
 from shared.shapes.dataset import scene_seed, write_sample  # noqa: E402
@@ -123,16 +127,25 @@ def generate_layout(model_id: str, concept: Path | None, colour_word: str, shape
     return [np.asarray(s.image) for s in EngineSession(spec).generate(range(n))]
 
 
-def object_rates(judge, rule, world: World, held: tuple[str, str], images, init: tuple[str, str]) -> dict:
+def object_rates(judge, rule, world: World, held: tuple[str, str], images, init: tuple[str, str],
+                 outlines: oc.OutlineClassifier | None = None) -> dict:
     """Per image, read per object (bench/object_judge.py): the share of images holding an object
     of the concept, of its colour, of its shape, with exactly one object (the prompt asks one), and
     holding the init words' pair (a pair the model was trained on: for the untrained prompt
     "a <init colour> <init shape>" that is the model's own rate, the ceiling a concept starts under).
     `*_by_silhouette`: the same with each region's shape read from its outline (the judge's
-    colour, the best-fitting shape template, `oj.silhouette_objects`)."""
+    colour, the best-fitting shape template, `oj.silhouette_objects`). `*_by_outline_classifier`:
+    the same with the shape read by `outlines`, a classifier of outlines trained on real renders
+    (bench/outline_classifier.py)."""
     found = {"concept": [], "colour": [], "shape": [], "one_object": [], "init_pair": [], "concept_by_silhouette": [],
              "shape_by_silhouette": []}
+    if outlines is not None:
+        found |= {"concept_by_outline_classifier": [], "shape_by_outline_classifier": []}
     for pm in judge.pairs(images):
+        if outlines is not None:
+            classified = oc.outline_objects(pm, world.colours, world.shapes, outlines, rule.min_area)
+            found["concept_by_outline_classifier"].append(any((c, s) == held for c, s, _ in classified))
+            found["shape_by_outline_classifier"].append(any(s == held[1] for _, s, _ in classified))
         outlined = oj.silhouette_objects(pm, world.colours, world.shapes, rule.min_area)
         found["concept_by_silhouette"].append(any((c, s) == held for c, s, _ in outlined))
         found["shape_by_silhouette"].append(any(s == held[1] for _, s, _ in outlined))
@@ -196,7 +209,9 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     log(f"judge trained in {time.time() - t1:.0f}s; finds {held} in {judge_acc:.2f} of real renders")
 
     rule = q.object_rule(judge)  # calibrated on one-object real renders of every drawable colour x shape
-    real_objects = object_rates(judge, rule, jw, held, [s.image for s in test], tuple(init))
+    outlines = q.outline_classifier(judge, seed=seed)
+    log(f"outline classifier {outlines.to_json()}")
+    real_objects = object_rates(judge, rule, jw, held, [s.image for s in test], tuple(init), outlines)
     log(f"object rule {rule.to_json()}; real concept renders read {real_objects}")
 
     def rates(images):
@@ -204,7 +219,8 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
         colour = [q.pair_index(held[0], s) for s in jw.shapes]
         shape = [q.pair_index(c, held[1]) for c in jw.colours]
         return (round(float(pres[:, pair].mean()), 4), round(float(pres[:, colour].amax(1).mean()), 4),
-                round(float(pres[:, shape].amax(1).mean()), 4), object_rates(judge, rule, jw, held, images, tuple(init)))
+                round(float(pres[:, shape].amax(1).mean()), 4),
+                object_rates(judge, rule, jw, held, images, tuple(init), outlines))
 
     phrase = f"a {tokens[0]} {tokens[1]}"
     per_seed, per_layout, kept = {}, {}, {}
@@ -250,7 +266,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
             # the headline: per object (one solid region of the concept's colour and shape, its
             # silhouette matching the shape as 95% of real objects do); bench/object_judge.py
             "objects": {"learned": mean_objects(0), "untrained": mean_objects(1), "real_renders": real_objects,
-                        "rule": rule.to_json()},
+                        "rule": rule.to_json(), "outline_classifier": outlines.to_json()},
             # method layout, layout.shapes from the 16 learning renders: the token gives the colour,
             # the shape is the region it is drawn in (docs/concepts-augment.md)
             **({"layout_with_own_shapes": {"learned": mean_objects(0, per_layout), "untrained": mean_objects(1, per_layout),

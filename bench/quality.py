@@ -81,6 +81,7 @@ FILTER_CALIBRATION_STREAM = 910_008  # real renders that set the sample-scope fi
 SELECTION_TEST_STREAM = 910_009  # held-out real renders that settings are chosen on (bench/generated_labels.py)
 OBJECT_CALIBRATION_STREAM = 910_010  # one-object real renders that calibrate the per-object reading
 LAYOUT_SHAPES_STREAM = 910_011  # real renders whose instance masks are layout_first's shapes
+OUTLINE_STREAM = 910_012  # one-object real renders the outline classifier learns from
 FILTER_ROWS = ("pixels", "real_quantile", "samples")
 N_CLASSES = len(SHAPES) + 1
 CLASS_RGB = [(0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48)]
@@ -293,6 +294,19 @@ def object_rule(judge: PairJudge, per_shape: int = 40):
               for i in range(per_shape * len(SHAPES))]
     return oj.calibrate(judge.pairs([s.image for s in scenes]), [s.objects[0].shape for s in scenes],
                         [s.objects[0].area for s in scenes], len(SHAPES))
+
+
+def outline_classifier(judge: PairJudge, per_shape: int = 160, seed: int = 0):
+    """A shape classifier of regions' outlines (bench/outline_classifier.py), trained through
+    `judge` on real renders holding one object each, every colour x shape of the current world."""
+    from bench import outline_classifier as oc
+
+    scenes = [render_scene(scene_seed(OUTLINE_STREAM, i), SIZE, world=WORLD,
+                           objects=[(COLOURS[i % len(COLOURS)], SHAPES[(i // len(COLOURS)) % len(SHAPES)])])
+              for i in range(per_shape * len(SHAPES))]
+    read = [(oc.largest_region(pm, len(SHAPES)), s.objects[0].shape) for pm, s in zip(judge.pairs([s.image for s in scenes]), scenes)]
+    read = [(r, shape) for r, shape in read if r.any()]  # the judge saw nothing: no outline to learn
+    return oc.OutlineClassifier([r for r, _ in read], [shape for _, shape in read], SHAPES, seed=seed)
 
 
 def object_fidelity(judge: PairJudge, rule, captions: list[str], images: list[np.ndarray]) -> dict:
