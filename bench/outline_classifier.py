@@ -55,8 +55,8 @@ class _Net(nn.Module):
 
 class OutlineClassifier:
     """Trained on `regions` (boolean masks of real objects as the judge reads them) of known
-    `labels` (shape names, all in `shapes`); a `held_out` share of each shape is kept back to
-    measure it (`real_accuracy`) and to calibrate `min_probability` at the `quantile`."""
+    `labels` (shape names, all in `shapes`); a random `held_out` share of them is kept back to
+    measure it (`real_accuracy`) and to calibrate each shape's `min_probability` at the `quantile`."""
 
     def __init__(self, regions: list[np.ndarray], labels: list[str], shapes: tuple[str, ...], steps: int = 600,
                  seed: int = 0, held_out: float = 0.25, quantile: float = 0.05, batch: int = 64):
