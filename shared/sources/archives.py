@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from shared.errors import DomainError, InvalidRequest, NotFound
+from shared.formats.concepts import CONCEPT_FILE, concept_summary, foreign_concept
 
 SOURCES_PREFIX = "sources/"
 UPLOAD_REF = "upload:"  # a model-like reference to an upload (e.g. a segmenter folder)
@@ -37,12 +38,13 @@ class SourceTooLarge(DomainError):
 
 class SourceView(BaseModel):
     id: str
-    format: str  # the layout found: dsgen, voc, coco, masks, images
+    format: str  # the layout found: dsgen, voc, coco, masks, images, segmenter, controlnet, concept
     archive: str  # zip | tar
     bytes: int
     unpacked_bytes: int
     files: int
     created_at: str
+    concept: dict | None = None  # a concept folder's tokens and base model (shared.formats.concepts)
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ def detect_layout(names: list[str]) -> str:
             raise _bad("a TorchScript segmenter is code and is not accepted as an upload; train one on your real "
                        "data with `dsgen segmenter train` and upload that folder")
         return "segmenter"
+    if any(p[-1] == CONCEPT_FILE for p in parts) and any(n.endswith(".safetensors") for n in names):
+        return "concept"  # `dsgen concepts learn`'s folder (before the COCO rule: its concept.json is a .json)
     if _is_controlnet(names):  # before the COCO rule: its config.json is a .json too
         return "controlnet"
     if any(len(p) >= 3 and p[-3] == "samples" and p[-1] == "record.json" for p in parts):
@@ -273,13 +277,31 @@ def upload_source(store, settings, tenant_id: uuid.UUID, data: bytes) -> SourceV
     limits = Limits.from_settings(settings)
     kind, members = inspect_archive(data, limits)
     layout = detect_layout([m.name for m in members])
+    concept = _concept_of(data, kind, [m.name for m in members]) if layout == "concept" else None
     upload_id = uuid.uuid4().hex
     view = SourceView(id=upload_id, format=layout, archive=kind, bytes=len(data),
                       unpacked_bytes=sum(m.size for m in members), files=len(members),
-                      created_at=dt.datetime.now(dt.timezone.utc).isoformat())
+                      created_at=dt.datetime.now(dt.timezone.utc).isoformat(), concept=concept)
     store.put(archive_key(upload_id), data)
     store.put(meta_key(upload_id), json.dumps({**view.model_dump(), "tenant": str(tenant_id)}).encode())
     return view
+
+
+def _concept_of(data: bytes, kind: str, names: list[str]) -> dict:
+    """The summary of a concept archive's CONCEPT_FILE (its size already checked by inspect_archive)."""
+    (name, *more) = [n for n in names if n.rsplit("/", 1)[-1] == CONCEPT_FILE]
+    if more:
+        raise _bad(f"holds {CONCEPT_FILE} twice; upload one concept folder per archive")
+    if kind == "zip":
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            raw = next(zf.read(i) for i in zf.infolist() if _safe_name(i.filename) == name)
+    else:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+            raw = next(tf.extractfile(i).read() for i in tf if i.isfile() and _safe_name(i.name) == name)
+    summary = concept_summary(raw)
+    if summary is None:
+        raise _bad(f"{name} is not a dsgen concept (tokens, base_model); upload the folder `dsgen concepts learn` wrote")
+    return summary
 
 
 def get_source(store, tenant_id: uuid.UUID, upload_id: str, field: str = "upload") -> SourceView:
@@ -357,6 +379,13 @@ def check_spec_sources(spec, store, tenant_id: uuid.UUID) -> list[tuple[str, str
             except (NotFound, InvalidRequest) as err:
                 errors.append((field, err.message.split(": ", 1)[1]))
                 continue
+            if field.startswith("concepts"):
+                if view.format != "concept":
+                    errors.append((field, f"upload {view.id} holds a {view.format} layout, not a concept folder; zip "
+                                          "the folder `dsgen concepts learn` wrote (concept.json + one .safetensors "
+                                          "per token) and POST it to /v1/sources"))
+                elif view.concept is not None and (why := foreign_concept(view.concept, spec.model.id)) is not None:
+                    errors.append((field, why))
             if field.endswith("segmenter") and view.format != "segmenter":
                 errors.append((field, f"upload {view.id} holds a {view.format} layout, not a segmenter folder; zip the "
                                       "folder `dsgen segmenter train` wrote (segmenter.json + segmenter.pt) and POST it "

@@ -90,6 +90,47 @@ def test_a_segmenter_reference_must_name_a_segmenter_upload(client, headers):
     assert r.status_code == 422 and "TorchScript segmenter is code" in r.json()["detail"]
 
 
+def concept_zip(base_model: str, tokens=("<thing>",)) -> bytes:
+    meta = {"format": "dsgen-concept", "version": 1, "tokens": list(tokens),
+            "files": {t: t.strip("<>") + ".safetensors" for t in tokens},
+            "base_model": {"id": base_model, "revision": "0123456789abcdef"}}
+    return zip_of({"concept/concept.json": json.dumps(meta).encode(),
+                   **{f"concept/{t.strip('<>')}.safetensors": b"x" for t in tokens}})
+
+
+def test_a_concept_reference_must_name_a_concept_of_the_jobs_model(client, headers, other_headers):
+    masks = client.post("/v1/sources", content=zip_of({"masks/a.png": b"\x89PNG"}), headers=headers).json()
+    ours = client.post("/v1/sources", content=concept_zip("builtin:tiny-random"), headers=headers).json()
+    assert ours["format"] == "concept"
+    assert ours["concept"] == {"tokens": ["<thing>"], "base_model": {"id": "builtin:tiny-random", "revision": "0123456789abcdef"}}
+    foreign = client.post("/v1/sources", content=concept_zip("builtin:shapes-v2", ("<cyan>",)), headers=headers).json()
+    s = copy.deepcopy(SPEC)
+    cases = [
+        ("upload:" + uuid.uuid4().hex, "no upload"),  # missing
+        (f"upload:{masks['id']}", "masks layout, not a concept folder"),
+        (f"upload:{foreign['id']}", "was learned on builtin:shapes-v2, not on this job's model builtin:tiny-random; "
+                                    "use model 'builtin:shapes-v2' or learn the concept again"),
+    ]
+    for ref, text in cases:
+        s["concepts"] = [f"upload:{ours['id']}", ref]
+        r = client.post("/v1/jobs", json=s, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "concepts[1]" and text in r.json()["detail"]
+    # another tenant cannot name it
+    s["concepts"] = [f"upload:{ours['id']}"]
+    r = client.post("/v1/jobs", json=s, headers=other_headers)
+    assert r.status_code == 422 and r.json()["field"] == "concepts[0]"
+    assert client.post("/v1/jobs", json=s, headers=headers).status_code == 201
+
+
+def test_a_concept_archive_must_hold_a_dsgen_concept(client, headers, store):
+    bad = zip_of({"c/concept.json": b'{"format": "other"}', "c/x.safetensors": b"x"})
+    r = client.post("/v1/sources", content=bad, headers=headers)
+    assert r.status_code == 422 and r.json()["field"] == "archive"
+    assert "not a dsgen concept" in r.json()["detail"] and "dsgen concepts learn" in r.json()["detail"]
+    assert store.list("sources/") == []
+
+
 def test_upload_requires_a_key(client):
     assert client.post("/v1/sources", content=zip_of({"a.png": b"x"})).status_code == 401
 

@@ -104,3 +104,28 @@ def test_layout_shapes_come_from_an_uploaded_source_and_are_the_labels(cluster, 
         ys, xs = np.nonzero(fetch_png(s["urls"]["semantic"]) == 1)
         assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)  # it fills the asked box
         assert len(xs) < 0.95 * w * h  # with a circle's shape, not the box's
+
+
+def test_a_concept_uploaded_over_rest_is_loaded_by_the_workers(cluster, api, headers, tmp_path):
+    from worker.engine.concept_training import LearnConfig, learn_concept
+    from worker.engine.loading import load_model
+
+    images = []
+    for i in range(2):
+        a = np.zeros((32, 32, 3), np.uint8)
+        a[8:24, 8 + i:24 + i] = (20, 205, 215)
+        images.append(tmp_path / f"{i}.png")
+        Image.fromarray(a).save(images[-1])
+    folder = tmp_path / "thing-concept"
+    learn_concept(load_model("builtin:tiny-random"), images,
+                  LearnConfig(tokens=["<thing>"], init_words=["the"], steps=2, batch_size=2, lr=1e-2), folder)
+    concept = upload(api, headers, zip_folder(folder))
+    assert concept["format"] == "concept" and concept["concept"]["tokens"] == ["<thing>"]
+    _, samples = run_job(api, headers, cluster, {
+        "name": "concept", "num_images": 2, "export": {"formats": ["coco"]},
+        "classes": [{"name": "thing", "words": ["<thing>"]}], "prompts": {"templates": ["a {class}"]},
+        "concepts": [f"upload:{concept['id']}"]})
+    for s in samples:
+        assert s["prompt"] == "a <thing>"
+        (used,) = s["lineage"]["parameters"]["concepts"]
+        assert used["tokens"] == ["<thing>"] and used["steps"] == 2

@@ -28,13 +28,13 @@ from typing import Any, Sequence
 
 import torch
 
+from shared.formats.concepts import CONCEPT_FILE, CONCEPT_FORMAT
 from shared.formats.prompts import CONCEPT_TOKEN
 from shared.formats.spec import SpecError
 from worker.engine.text import VECTORS_ATTR
 
-CONCEPT_FILE = "concept.json"
 UNET_FILE = "unet.safetensors"
-FORMAT = "dsgen-concept"
+FORMAT = CONCEPT_FORMAT
 TOKEN = CONCEPT_TOKEN
 TOKEN_PATTERN = re.compile(rf"^{TOKEN}$")
 # Parameter-name endings of the cross-attention projections a concept fine-tunes by default (Custom Diffusion).
