@@ -277,7 +277,7 @@ def upload_source(store, settings, tenant_id: uuid.UUID, data: bytes) -> SourceV
     limits = Limits.from_settings(settings)
     kind, members = inspect_archive(data, limits)
     layout = detect_layout([m.name for m in members])
-    concept = _concept_of(data, kind, [m.name for m in members]) if layout == "concept" else None
+    concept = _concept_of(data, kind, members) if layout == "concept" else None
     upload_id = uuid.uuid4().hex
     view = SourceView(id=upload_id, format=layout, archive=kind, bytes=len(data),
                       unpacked_bytes=sum(m.size for m in members), files=len(members),
@@ -287,11 +287,17 @@ def upload_source(store, settings, tenant_id: uuid.UUID, data: bytes) -> SourceV
     return view
 
 
-def _concept_of(data: bytes, kind: str, names: list[str]) -> dict:
-    """The summary of a concept archive's CONCEPT_FILE (its size already checked by inspect_archive)."""
-    (name, *more) = [n for n in names if n.rsplit("/", 1)[-1] == CONCEPT_FILE]
+MAX_CONCEPT_META_BYTES = 1 << 20  # concept.json is read into memory at upload: a few KB when real
+
+
+def _concept_of(data: bytes, kind: str, members: list[Member]) -> dict:
+    """The summary of a concept archive's CONCEPT_FILE."""
+    (meta, *more) = [m for m in members if m.name.rsplit("/", 1)[-1] == CONCEPT_FILE]
     if more:
         raise _bad(f"holds {CONCEPT_FILE} twice; upload one concept folder per archive")
+    if meta.size > MAX_CONCEPT_META_BYTES:
+        raise _bad(f"{meta.name} is {meta.size} bytes; a concept's {CONCEPT_FILE} is at most {MAX_CONCEPT_META_BYTES}")
+    name = meta.name
     if kind == "zip":
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             raw = next(zf.read(i) for i in zf.infolist() if _safe_name(i.filename) == name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import random
 import uuid
 import zipfile
 
@@ -128,6 +129,12 @@ def test_a_concept_archive_must_hold_a_dsgen_concept(client, headers, store):
     r = client.post("/v1/sources", content=bad, headers=headers)
     assert r.status_code == 422 and r.json()["field"] == "archive"
     assert "not a dsgen concept" in r.json()["detail"] and "dsgen concepts learn" in r.json()["detail"]
+    huge = zip_of({"c/concept.json": random.Random(0).randbytes(2 << 20), "c/x.safetensors": b"x"})  # incompressible
+    r = client.post("/v1/sources", content=huge, headers=headers)
+    assert r.status_code == 422 and "at most" in r.json()["detail"]
+    twice = zip_of({"a/concept.json": b"{}", "b/concept.json": b"{}", "a/x.safetensors": b"x"})
+    r = client.post("/v1/sources", content=twice, headers=headers)
+    assert r.status_code == 422 and "twice" in r.json()["detail"]
     assert store.list("sources/") == []
 
 
