@@ -4,6 +4,9 @@ safetensors file per token; worker/engine/concepts.py reads the folder."""
 from __future__ import annotations
 
 import json
+import re
+
+from shared.formats.prompts import CONCEPT_TOKEN
 
 CONCEPT_FILE = "concept.json"
 CONCEPT_FORMAT = "dsgen-concept"
@@ -20,8 +23,11 @@ def concept_summary(raw: bytes) -> dict | None:
         meta = json.loads(raw)
         if meta.get("format") != CONCEPT_FORMAT:
             return None
-        base = meta["base_model"]
-        return {"tokens": [str(t) for t in meta["tokens"]],
+        base, tokens = meta["base_model"], meta["tokens"]
+        if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and re.fullmatch(CONCEPT_TOKEN, t)
+                                                                  for t in tokens):
+            return None
+        return {"tokens": tokens,
                 "base_model": {"id": str(base["id"]), "revision": str(base.get("revision", ""))}}
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
