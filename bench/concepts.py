@@ -256,7 +256,7 @@ def run(model_id: str, out: Path, n_learn: int, steps: int, lr: float, batch: in
     rows, names = [learned[:16], baseline[:16]], [phrase, f"a {init[0]} {init[1]} (untrained)"]
     if per_layout:
         rows, names = rows + [lay[:16], lay_base[:16]], names + ["layout, own shapes", "layout, untrained"]
-    q.save_grid(rows + [[s.image for s in test[:16]]], out / "concepts_grid.png", labels=names + ["real"])
+    q.save_grid(rows + [[s.image for s in test[:16]]], out / "concepts_grid.png", row_labels=names + ["real"])
     np.savez_compressed(out / "concepts_images.npz", **kept)  # to re-read with another judge, no generation
     return {
         "_judge": judge,

@@ -470,20 +470,25 @@ def overlay(img: np.ndarray, sem: np.ndarray) -> np.ndarray:
     return np.where(m, 0.45 * img + 0.55 * col, img).astype(np.uint8)
 
 
-def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: list[str] | None = None) -> None:
+def save_grid(rows: list[list[np.ndarray]], path: Path, scale: int = 4, labels: list[str] | None = None,
+              row_labels: list[str] | None = None) -> None:
+    """Tiles in rows; `labels` name the columns (along the top), `row_labels` the rows (at the left)."""
     h, w = rows[0][0].shape[:2]
     pad = 2
+    top = 12 if labels else 0
+    left = 6 * max(map(len, row_labels)) + 4 if row_labels else 0  # PIL's default font: about 6 px a character
     cols = max(len(r) for r in rows)
-    size = (cols * (w * scale + pad) + pad, len(rows) * (h * scale + pad) + pad + (12 if labels else 0))
+    size = (left + cols * (w * scale + pad) + pad, len(rows) * (h * scale + pad) + pad + top)
     canvas = Image.new("RGB", size, (255, 255, 255))
     for ri, row in enumerate(rows):
         for ci, tile in enumerate(row):
             im = Image.fromarray(tile).resize((w * scale, h * scale), Image.NEAREST)
-            canvas.paste(im, (pad + ci * (w * scale + pad), pad + ri * (h * scale + pad) + (12 if labels else 0)))
-    if labels:
-        d = ImageDraw.Draw(canvas)
-        for ci, text in enumerate(labels):
-            d.text((pad + ci * (w * scale + pad), 0), text, fill=(0, 0, 0))
+            canvas.paste(im, (left + pad + ci * (w * scale + pad), pad + ri * (h * scale + pad) + top))
+    d = ImageDraw.Draw(canvas)
+    for ci, text in enumerate(labels or []):
+        d.text((left + pad + ci * (w * scale + pad), 0), text, fill=(0, 0, 0))
+    for ri, text in enumerate(row_labels or []):
+        d.text((2, top + pad + ri * (h * scale + pad) + (h * scale) // 2 - 5), text, fill=(0, 0, 0))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
 
