@@ -39,13 +39,15 @@ demo: setup
 	$(BIN)/dsgen run examples/demo.yaml --out out/demo
 
 ## One complete dataset (with exports) per available method under out/methods/<method>/, from
-## real renders of `dsgen shapes render`, plus a grid per method (out/methods/<method>/grid.png).
+## real renders of `dsgen shapes render`, plus a grid per method (out/methods/<method>/grid.png);
+## then demo-augment (DA-Fusion and a learned concept, about 13 min more on 2 cores).
 METHODS := text2image image2image mask2image edit layout
 demo-methods: setup
 	$(BIN)/dsgen shapes render --out out/methods/_real --n 16 --seed 5 --size 48 --formats coco --overwrite
 	$(BIN)/dsgen shapes render --out out/methods/_shapes --n 64 --seed 6 --size 48 --formats coco --overwrite
 	for m in $(METHODS); do $(BIN)/dsgen run examples/methods/$$m.yaml --out out/methods/$$m --overwrite || exit 1; done
 	$(BIN)/python examples/methods/grids.py $(addprefix out/methods/,$(METHODS))
+	$(MAKE) demo-augment
 
 ## Run the whole test suite (starts Postgres and Redis here if they are down).
 test: setup services browser
