@@ -100,7 +100,8 @@ def learn_cmd(model_id, images, source, fmt, cls, tokens, init_words, out, steps
 
     from shared.formats.spec import SpecError
     from worker.engine.concept_training import LearnConfig, learn_concept
-    from worker.engine.concepts import CONCEPT_FILE, check_token
+    from shared.formats.concepts import CONCEPT_FILE
+    from worker.engine.concepts import check_token
     from worker.engine.loading import load_model
 
     if threads:

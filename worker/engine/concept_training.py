@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from worker.engine.concepts import CONCEPT_FILE, FORMAT, UNET_FILE, UNET_PARAMS, ConceptError, add_concept_tokens, check_token, \
+from shared.formats.concepts import CONCEPT_FILE, CONCEPT_FORMAT
+from worker.engine.concepts import UNET_FILE, UNET_PARAMS, ConceptError, add_concept_tokens, check_token, \
     private_copy, token_file, word_embedding
 from worker.engine.generate import encode_images
 from worker.engine.text import _encode_one, tokenize
@@ -327,7 +328,7 @@ def save_concept(out: Path, rows: dict[str, list[torch.Tensor]], info, cfg: Lear
         save_file(tensors, str(out / token_file(token)))
         files[token] = token_file(token)
     meta = {
-        "format": FORMAT,
+        "format": CONCEPT_FORMAT,
         "version": 1,
         "tokens": list(rows),
         "files": files,

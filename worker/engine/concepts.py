@@ -34,7 +34,6 @@ from shared.formats.spec import SpecError
 from worker.engine.text import VECTORS_ATTR
 
 UNET_FILE = "unet.safetensors"
-FORMAT = CONCEPT_FORMAT
 TOKEN = CONCEPT_TOKEN
 TOKEN_PATTERN = re.compile(rf"^{TOKEN}$")
 # Parameter-name endings of the cross-attention projections a concept fine-tunes by default (Custom Diffusion).
@@ -114,9 +113,9 @@ def read_concept(folder: str | Path, field: str = "concepts") -> Concept:
         files = {t: meta["files"][t] for t in tokens}
         base = meta["base_model"]
     except (ValueError, KeyError, TypeError):
-        raise ConceptError(f"{field}: {meta_path} is not a {FORMAT} file (tokens, files, base_model)", field=field) from None
-    if meta.get("format") != FORMAT:
-        raise ConceptError(f"{field}: {meta_path} is not a {FORMAT} file", field=field)
+        raise ConceptError(f"{field}: {meta_path} is not a {CONCEPT_FORMAT} file (tokens, files, base_model)", field=field) from None
+    if meta.get("format") != CONCEPT_FORMAT:
+        raise ConceptError(f"{field}: {meta_path} is not a {CONCEPT_FORMAT} file", field=field)
     for t in tokens:
         check_token(t, field)
         if not (folder / files[t]).is_file() or "/" in files[t] or "\\" in files[t]:
