@@ -5,6 +5,7 @@ import copy
 import io
 import json
 import random
+import tarfile
 import uuid
 import zipfile
 
@@ -103,6 +104,17 @@ def test_a_concept_reference_must_name_a_concept_of_the_jobs_model(client, heade
     masks = client.post("/v1/sources", content=zip_of({"masks/a.png": b"\x89PNG"}), headers=headers).json()
     ours = client.post("/v1/sources", content=concept_zip("builtin:tiny-random"), headers=headers).json()
     assert ours["format"] == "concept"
+    # the same folder as a tar.gz reads the same
+    with zipfile.ZipFile(io.BytesIO(concept_zip("builtin:tiny-random"))) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    tarred = client.post("/v1/sources", content=buf.getvalue(), headers=headers).json()
+    assert (tarred["format"], tarred["archive"], tarred["concept"]) == ("concept", "tar", ours["concept"])
     assert ours["concept"] == {"tokens": ["<thing>"], "base_model": {"id": "builtin:tiny-random", "revision": "0123456789abcdef"}}
     foreign = client.post("/v1/sources", content=concept_zip("builtin:shapes-v2", ("<cyan>",)), headers=headers).json()
     s = copy.deepcopy(SPEC)
